@@ -1,0 +1,157 @@
+//! The command line: `memesh [serve]`, `init`, `tenant create`, `audit verify`. Every flag is
+//! also an environment variable (`MEMESH_*`), validated once here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::state::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "memesh",
+    version,
+    about = "Long-term memory and governance server for AI agents"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `memesh` alone serves, with these flags.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Directory holding the SQLite database and index snapshots.
+    #[arg(long, env = "MEMESH_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, env = "MEMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Create the first tenant and its owner, and print the owner's API key once.
+    Init(InitArgs),
+    /// Operator commands for tenants (workspaces) on this server.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OwnerArgs {
+    /// Name of the first tenant.
+    #[arg(long, env = "MEMESH_TENANT_NAME", default_value = "default")]
+    pub tenant_name: String,
+    /// Email of the first tenant's owner.
+    #[arg(
+        long = "owner-email",
+        env = "MEMESH_OWNER_EMAIL",
+        default_value = "owner@localhost"
+    )]
+    pub email: String,
+    /// Use this owner API key instead of a random one (mk_ + 43 base64url characters).
+    #[arg(long, env = "MEMESH_BOOTSTRAP_KEY", hide_env_values = true)]
+    pub bootstrap_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MEMESH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "MEMESH_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+    /// Seconds a request may take before it is answered 408.
+    #[arg(long, env = "MEMESH_REQUEST_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_secs: u64,
+    /// Hours an invitation stays valid.
+    #[arg(long, env = "MEMESH_INVITATION_TTL_HOURS", default_value_t = 72,
+          value_parser = clap::value_parser!(u64).range(1..=24 * 365))]
+    pub invitation_ttl_hours: u64,
+    #[command(flatten)]
+    pub owner: OwnerArgs,
+}
+
+impl ServeArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            invitation_ttl: Duration::from_secs(self.invitation_ttl_hours * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub owner: OwnerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create another tenant and print its owner's API key once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        owner_email: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every tenant's hash chain and report the first broken link.
+    Verify,
+}
+
+impl GlobalArgs {
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("memesh.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bare_invocation_serves_with_flags() {
+        let cli = Cli::try_parse_from(["memesh", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen.port(), 0);
+        let cli = Cli::try_parse_from(["memesh", "audit", "verify", "--data-dir", "/x"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Audit(AuditCommand::Verify))
+        ));
+        assert_eq!(cli.global.data_dir, PathBuf::from("/x"));
+    }
+}

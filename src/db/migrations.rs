@@ -1,0 +1,103 @@
+//! The schema, embedded in the binary and versioned by `PRAGMA user_version`
+//! (rusqlite_migration). Migrations are append-only: never edit one that has shipped.
+
+use rusqlite::Connection;
+use rusqlite_migration::{M, Migrations};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: identity, keys, team and the audit log.
+    r#"
+    CREATE TABLE tenants (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+
+    CREATE TABLE users (
+        id          TEXT PRIMARY KEY,
+        tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+        email       TEXT NOT NULL,
+        role        TEXT NOT NULL CHECK (role IN ('OWNER','ADMIN','MEMBER','VIEWER')),
+        created_at  INTEGER NOT NULL,
+        removed_at  INTEGER
+    );
+    CREATE UNIQUE INDEX users_active_email ON users(tenant_id, email) WHERE removed_at IS NULL;
+
+    CREATE TABLE api_keys (
+        id            TEXT PRIMARY KEY,
+        tenant_id     TEXT NOT NULL REFERENCES tenants(id),
+        user_id       TEXT NOT NULL REFERENCES users(id),
+        name          TEXT NOT NULL,
+        lookup        TEXT NOT NULL UNIQUE,
+        hash          BLOB NOT NULL,
+        last4         TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        last_used_at  INTEGER,
+        revoked_at    INTEGER
+    );
+    CREATE INDEX api_keys_user ON api_keys(tenant_id, user_id);
+
+    CREATE TABLE invitations (
+        id               TEXT PRIMARY KEY,
+        tenant_id        TEXT NOT NULL REFERENCES tenants(id),
+        email            TEXT NOT NULL,
+        role             TEXT NOT NULL,
+        token_hash       BLOB NOT NULL UNIQUE,
+        invited_by       TEXT NOT NULL REFERENCES users(id),
+        created_at       INTEGER NOT NULL,
+        expires_at       INTEGER NOT NULL,
+        accepted_at      INTEGER,
+        accepted_user_id TEXT REFERENCES users(id)
+    );
+    CREATE INDEX invitations_email ON invitations(tenant_id, email);
+
+    CREATE TABLE audit_log (
+        seq_global     INTEGER PRIMARY KEY AUTOINCREMENT,
+        id             TEXT NOT NULL UNIQUE,
+        tenant_id      TEXT NOT NULL,
+        seq            INTEGER NOT NULL,
+        at             INTEGER NOT NULL,
+        actor_user_id  TEXT,
+        actor_key_id   TEXT,
+        action         TEXT NOT NULL,
+        resource_type  TEXT NOT NULL,
+        resource_id    TEXT NOT NULL,
+        request_id     TEXT,
+        outcome        TEXT NOT NULL,
+        detail         TEXT NOT NULL,
+        prev_hash      TEXT NOT NULL,
+        hash           TEXT NOT NULL,
+        UNIQUE (tenant_id, seq)
+    );
+    CREATE INDEX audit_log_tenant_at ON audit_log(tenant_id, at);
+    "#,
+];
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
+}
+
+pub fn apply(conn: &mut Connection) -> anyhow::Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current > latest_version() {
+        anyhow::bail!(
+            "the database schema is version {current}, newer than this memesh binary knows \
+             ({}); run a newer memesh or restore a backup",
+            latest_version()
+        );
+    }
+    migrations().to_latest(conn)?;
+    Ok(())
+}
+
+pub fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        super::migrations().validate().unwrap();
+    }
+}

@@ -1,0 +1,155 @@
+//! The SQLite store: one pooled database file, its pragmas, embedded migrations, and the
+//! `read`/`write` helpers that run every statement off the async runtime.
+
+mod migrations;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use r2d2::Pool;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use crate::error::{ApiError, ApiResult, Code};
+
+pub use migrations::latest_version;
+
+/// How long a writer waits for SQLite's write lock before giving up with 503.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool<SqliteConnectionManager>,
+}
+
+/// Pragmas for every connection.
+/// - WAL: readers never block the writer and a crash never leaves a half-written page.
+/// - synchronous=FULL: in WAL mode, NORMAL can lose the last commits on power loss (not on a
+///   process crash). A 2xx promises durability, so every commit is fsynced; writers batch work
+///   into one transaction per request, so this costs one fsync per mutation, not per row.
+/// - foreign_keys=ON: SQLite's default is OFF, per connection.
+/// - busy_timeout: concurrent writers queue instead of failing with SQLITE_BUSY at once.
+fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(())
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> anyhow::Result<Db> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating data directory {}", dir.display()))?;
+        }
+        let mut conn = Connection::open(path)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        configure(&mut conn)?;
+        migrations::apply(&mut conn)
+            .with_context(|| format!("migrating database {}", path.display()))?;
+        drop(conn);
+
+        let manager = SqliteConnectionManager::file(path).with_init(configure);
+        let pool = Pool::builder()
+            .max_size(8)
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager)
+            .context("building the database connection pool")?;
+        Ok(Db { pool })
+    }
+
+    fn conn(&self) -> ApiResult<r2d2::PooledConnection<SqliteConnectionManager>> {
+        self.pool.get().map_err(|e| {
+            tracing::error!(error = %e, "database pool exhausted");
+            ApiError::new(Code::Unavailable, "database busy; retry shortly")
+        })
+    }
+
+    /// Runs `f` on a pooled connection, on the blocking pool.
+    pub async fn read<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> ApiResult<T> + Send + 'static,
+    {
+        let db = self.clone();
+        run_blocking(move || db.read_blocking(f)).await
+    }
+
+    /// Runs `f` inside one `BEGIN IMMEDIATE` transaction, on the blocking pool; commits if `f`
+    /// returns `Ok`, rolls back otherwise. Everything a mutation writes (its rows and its audit
+    /// row) goes through one call, so it is all or nothing.
+    pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> ApiResult<T> + Send + 'static,
+    {
+        let db = self.clone();
+        run_blocking(move || db.write_blocking(f)).await
+    }
+
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
+        let conn = self.conn()?;
+        f(&conn)
+    }
+
+    pub fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>,
+    ) -> ApiResult<T> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(busy_or_internal)?;
+        let value = f(&tx)?;
+        tx.commit().map_err(busy_or_internal)?;
+        Ok(value)
+    }
+
+    /// True when the database answers and its schema is the one this binary expects.
+    pub fn is_ready(&self) -> bool {
+        self.read_blocking(|c| {
+            Ok(c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?)
+        })
+        .is_ok_and(|v| v == latest_version())
+    }
+
+    /// Folds the WAL back into the main file; called on clean shutdown.
+    pub fn checkpoint(&self) {
+        let result = self.read_blocking(|c| {
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+        }
+    }
+}
+
+fn busy_or_internal(e: rusqlite::Error) -> ApiError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            ApiError::new(Code::Unavailable, "database busy; retry shortly")
+        }
+        _ => ApiError::internal(e),
+    }
+}
+
+/// Runs blocking work (SQLite, hashing) on tokio's blocking pool and turns a panic into a 500.
+pub async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("blocking task failed: {e}")))?
+}
+
+/// Maps a UNIQUE-constraint violation to a 409 with `code`; anything else stays internal.
+pub fn unique_violation_as(e: rusqlite::Error, code: Code, message: &str) -> ApiError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => ApiError::new(code, message),
+        _ => ApiError::internal(e),
+    }
+}

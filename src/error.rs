@@ -1,0 +1,209 @@
+//! The one API error type: every error code the server can answer with, its HTTP status, and the
+//! JSON body `{"error":{"code","message","details?"}}` that every non-2xx response carries.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// Every machine-readable error code. The status of each is decided in [`Code::status`], with no
+/// catch-all arm, so a new code cannot ship without a deliberate status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    MalformedJson,
+    MissingField,
+    UnknownField,
+    InvalidField,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    Unauthorized,
+    InsufficientRole,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    AlreadyMember,
+    InvitationPending,
+    InvitationUsed,
+    InvitationExpired,
+    LastOwner,
+    Conflict,
+    RateLimited,
+    Internal,
+    Unavailable,
+}
+
+impl Code {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::MalformedJson | Code::MissingField | Code::UnknownField | Code::InvalidField => {
+                StatusCode::BAD_REQUEST
+            }
+            Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::InsufficientRole => StatusCode::FORBIDDEN,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Code::AlreadyMember
+            | Code::InvitationPending
+            | Code::InvitationUsed
+            | Code::LastOwner
+            | Code::Conflict => StatusCode::CONFLICT,
+            Code::InvitationExpired => StatusCode::GONE,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::MalformedJson => "malformed_json",
+            Code::MissingField => "missing_field",
+            Code::UnknownField => "unknown_field",
+            Code::InvalidField => "invalid_field",
+            Code::UnsupportedMediaType => "unsupported_media_type",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::Unauthorized => "unauthorized",
+            Code::InsufficientRole => "insufficient_role",
+            Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::RequestTimeout => "request_timeout",
+            Code::AlreadyMember => "already_member",
+            Code::InvitationPending => "invitation_pending",
+            Code::InvitationUsed => "invitation_used",
+            Code::InvitationExpired => "invitation_expired",
+            Code::LastOwner => "last_owner",
+            Code::Conflict => "conflict",
+            Code::RateLimited => "rate_limited",
+            Code::Internal => "internal_error",
+            Code::Unavailable => "unavailable",
+        }
+    }
+
+    /// The code a bare status from a layer outside the handlers (routing, timeouts, body limits)
+    /// stands for, so those responses get the same JSON body as everything else.
+    pub fn for_status(status: StatusCode) -> Code {
+        match status {
+            StatusCode::NOT_FOUND => Code::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => Code::MethodNotAllowed,
+            StatusCode::REQUEST_TIMEOUT => Code::RequestTimeout,
+            StatusCode::PAYLOAD_TOO_LARGE => Code::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::UnsupportedMediaType,
+            StatusCode::UNAUTHORIZED => Code::Unauthorized,
+            StatusCode::TOO_MANY_REQUESTS => Code::RateLimited,
+            StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+            s if s.is_client_error() => Code::InvalidField,
+            _ => Code::Internal,
+        }
+    }
+}
+
+/// An error answered to a client. Internal causes are logged, never sent.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+    pub details: Option<Value>,
+    source: Option<anyhow::Error>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            details: None,
+            source: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// A 400 naming the offending field, in the message and in `details.field`.
+    pub fn field(field: &str, problem: impl std::fmt::Display) -> Self {
+        ApiError::new(Code::InvalidField, format!("{field}: {problem}"))
+            .with_details(json!({ "field": field }))
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        ApiError::new(Code::NotFound, format!("{what} not found"))
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError::new(Code::Unauthorized, message)
+    }
+
+    pub fn internal(source: impl Into<anyhow::Error>) -> Self {
+        ApiError {
+            code: Code::Internal,
+            message: "internal error; see the server log".into(),
+            details: None,
+            source: Some(source.into()),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, " ({source:#})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// The JSON error body for `code`, used by handlers and by the fallback for bare statuses.
+pub fn error_body(code: Code, message: &str, details: Option<&Value>) -> Value {
+    let mut error = json!({ "code": code.as_str(), "message": message });
+    if let Some(details) = details {
+        error["details"] = details.clone();
+    }
+    json!({ "error": error })
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        if let Some(source) = &self.source {
+            tracing::error!(code = self.code.as_str(), error = %format!("{source:#}"), "request failed");
+        }
+        let body = error_body(self.code, &self.message, self.details.as_ref());
+        let mut response = (status, axum::Json(body)).into_response();
+        match self.code {
+            Code::Unauthorized => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"memesh\""),
+                );
+            }
+            Code::RateLimited => {
+                let retry = self
+                    .details
+                    .as_ref()
+                    .and_then(|d| d.get("retryAfterSeconds"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1);
+                if let Ok(value) = HeaderValue::from_str(&retry.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,125 @@
+//! The whole route table in one place, with the layers every request passes through: request
+//! ids, tracing spans named by route, compression, timeouts, body limits and JSON error bodies.
+
+pub mod extract;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
+use axum::http::{HeaderName, Request, Response, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, patch, post};
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::{Code, error_body};
+use crate::state::AppState;
+use crate::{audit, keys, team};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState) -> Router {
+    // Every /v1 route authenticates through the `Principal` extractor in its handler, except
+    // accepting an invitation, whose token is the credential.
+    let v1 = Router::new()
+        .route(
+            "/keys",
+            post(keys::handlers::create).get(keys::handlers::list),
+        )
+        .route("/keys/{id}", delete(keys::handlers::revoke))
+        .route("/team/members", get(team::handlers::list))
+        .route("/team/members/invite", post(team::handlers::invite))
+        .route(
+            "/team/members/{user_id}/role",
+            patch(team::handlers::change_role),
+        )
+        .route("/team/members/{user_id}", delete(team::handlers::remove))
+        .route(
+            "/team/invitations/{token}/accept",
+            post(team::handlers::accept),
+        )
+        .route("/audit/logs", get(audit::handlers::list));
+
+    let settings = &state.settings;
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(make_span))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(CompressionLayer::new())
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.request_timeout,
+        ))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes));
+
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .layer(layers)
+        .with_state(state)
+}
+
+fn make_span(req: &Request<Body>) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %req.method(), route, request_id)
+}
+
+/// Gives bare error statuses produced outside handlers (unknown route, wrong method, timeout,
+/// body limit) the same JSON error body as handler errors.
+async fn json_errors(response: Response<Body>) -> Response<Body> {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = Code::for_status(status);
+    let message = status.canonical_reason().unwrap_or("error");
+    let mut fresh = (status, axum::Json(error_body(code, message, None))).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(v) = response.headers().get(&name) {
+            fresh.headers_mut().insert(name, v.clone());
+        }
+    }
+    fresh
+}
+
+async fn not_found() -> impl IntoResponse {
+    crate::error::ApiError::new(Code::NotFound, "no such route")
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let db = state.db.clone();
+    let ready = tokio::task::spawn_blocking(move || db.is_ready())
+        .await
+        .unwrap_or(false);
+    if ready {
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({ "status": "ready" })),
+        )
+            .into_response()
+    } else {
+        crate::error::ApiError::new(Code::Unavailable, "database not ready").into_response()
+    }
+}

@@ -1,0 +1,53 @@
+//! The shared application state every handler gets: database, clock and configuration.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::SharedClock;
+use crate::db::Db;
+
+/// Settings the running server needs (the CLI's `serve` flags, validated).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub invitation_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_body_bytes: 8 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            invitation_ttl: Duration::from_secs(72 * 3600),
+        }
+    }
+}
+
+pub struct App {
+    pub db: Db,
+    pub clock: SharedClock,
+    pub settings: Settings,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+impl AppState {
+    pub fn new(db: Db, clock: SharedClock, settings: Settings) -> Self {
+        AppState(Arc::new(App {
+            db,
+            clock,
+            settings,
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}

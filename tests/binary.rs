@@ -1,0 +1,316 @@
+//! The `memesh` binary itself: bootstrap printed once, restart keeps everything, graceful
+//! shutdown on SIGTERM, operator commands, and `audit verify` catching tampering.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+struct Running {
+    child: Child,
+    base: String,
+    stdout: String,
+}
+
+fn memesh(data: &Path) -> Command {
+    let mut cmd = Command::new(common::bin_path());
+    cmd.arg("--data-dir")
+        .arg(data)
+        .env_remove("MEMESH_BOOTSTRAP_KEY")
+        .env("MEMESH_LOG", "info");
+    cmd
+}
+
+/// Starts `memesh` on port 0 and waits for its "listening on" log line.
+fn start(data: &Path, envs: &[(&str, &str)]) -> Running {
+    let mut cmd = memesh(data);
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn memesh");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(rest.trim().to_owned());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("memesh reports its address");
+    // The banner is printed before the server listens, so it is complete by now.
+    let mut out = String::new();
+    let mut reader = BufReader::new(stdout);
+    let (otx, orx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            all.push_str(&line);
+            line.clear();
+            if all.contains("owner API key") {
+                break;
+            }
+        }
+        let _ = otx.send(all);
+    });
+    if let Ok(s) = orx.recv_timeout(Duration::from_millis(500)) {
+        out = s;
+    }
+    Running {
+        child,
+        base,
+        stdout: out,
+    }
+}
+
+fn key_in(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find(|w| w.starts_with("mk_"))
+        .map(str::to_owned)
+}
+
+fn stop(mut r: Running) {
+    // SIGTERM, then wait: a graceful stop exits 0.
+    let pid = r.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let exit = r.child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+}
+
+async fn get(base: &str, path: &str, key: &str) -> (StatusCode, Value) {
+    let resp = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_prints_key_once_and_restart_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path(), &[]);
+    let key = key_in(&first.stdout).expect("the first start prints the owner key");
+    let (st, _) = get(&first.base, "/v1/keys", &key).await;
+    assert_eq!(st, StatusCode::OK);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/keys", first.base))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({ "name": "survivor" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let base = first.base.clone();
+    stop(first);
+    assert!(
+        reqwest::get(format!("{base}/healthz")).await.is_err(),
+        "stopped"
+    );
+
+    let second = start(dir.path(), &[]);
+    assert!(
+        key_in(&second.stdout).is_none(),
+        "a second start prints no key"
+    );
+    let (st, keys) = get(&second.base, "/v1/keys", &key).await;
+    assert_eq!(st, StatusCode::OK, "the owner key still works");
+    let names: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"survivor"), "{names:?}");
+    let (st, _) = get(&second.base, "/readyz", &key).await;
+    assert_eq!(st, StatusCode::OK);
+    stop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_key_env_chooses_the_owner_key_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let chosen = "mk_ChosenByTheDeployPipeline0123456789abcdefgh";
+    assert_eq!(chosen.len(), 46);
+    let first = start(dir.path(), &[("MEMESH_BOOTSTRAP_KEY", chosen)]);
+    assert_eq!(key_in(&first.stdout).as_deref(), Some(chosen));
+    assert_eq!(get(&first.base, "/v1/keys", chosen).await.0, StatusCode::OK);
+    stop(first);
+
+    let other = "mk_SomethingElseEntirely0123456789abcdefghijkl";
+    let second = start(dir.path(), &[("MEMESH_BOOTSTRAP_KEY", other)]);
+    assert!(key_in(&second.stdout).is_none());
+    assert_eq!(
+        get(&second.base, "/v1/keys", chosen).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&second.base, "/v1/keys", other).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    stop(second);
+}
+
+#[test]
+fn malformed_bootstrap_key_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = memesh(dir.path())
+        .args(["init", "--owner-email", "ops@example.com"])
+        .env("MEMESH_BOOTSTRAP_KEY", "hunter2")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mk_ followed by 43"), "{err}");
+}
+
+#[test]
+fn init_then_tenant_create_then_audit_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = memesh(dir.path())
+        .args(["init", "--owner-email", "ops@example.com"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        key_in(&stdout).is_some() && stdout.contains("ops@example.com"),
+        "{stdout}"
+    );
+
+    let again = memesh(dir.path()).arg("init").output().unwrap();
+    assert!(
+        !again.status.success(),
+        "init refuses an initialized data directory"
+    );
+    assert!(key_in(&String::from_utf8_lossy(&again.stdout)).is_none());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already initialized"));
+
+    let tenant = memesh(dir.path())
+        .args([
+            "tenant",
+            "create",
+            "--name",
+            "beta",
+            "--owner-email",
+            "b@example.com",
+        ])
+        .output()
+        .unwrap();
+    assert!(tenant.status.success());
+    assert!(key_in(&String::from_utf8_lossy(&tenant.stdout)).is_some());
+
+    let verify = memesh(dir.path())
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{text}");
+    assert!(text.contains("intact: 4 rows in 2 tenants"), "{text}");
+
+    // Tamper with one row's detail: verify must point at it.
+    let conn = rusqlite::Connection::open(dir.path().join("memesh.db")).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE audit_log SET detail = '{\"name\":\"forged\"}'
+             WHERE action = 'keys.create' AND seq = 2
+               AND tenant_id = (SELECT tenant_id FROM audit_log WHERE seq = 1 ORDER BY at LIMIT 1)",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    let verify = memesh(dir.path())
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(!verify.status.success());
+    assert!(
+        text.contains("at sequence 2") && text.contains("altered"),
+        "{text}"
+    );
+}
+
+#[test]
+fn deleting_an_audit_row_breaks_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        memesh(dir.path())
+            .arg("init")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("memesh.db")).unwrap();
+    conn.execute("DELETE FROM audit_log WHERE seq = 1", [])
+        .unwrap();
+    drop(conn);
+    let verify = memesh(dir.path())
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(!verify.status.success());
+    assert!(text.contains("missing"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(dir.path(), &[]);
+    let key = key_in(&first.stdout).unwrap();
+    let client = reqwest::Client::new();
+    let mut created = Vec::new();
+    for i in 0..20 {
+        let resp = client
+            .post(format!("{}/v1/keys", first.base))
+            .header("x-api-key", &key)
+            .json(&serde_json::json!({ "name": format!("k{i}") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let body: Value = resp.json().await.unwrap();
+        created.push(body["id"].as_str().unwrap().to_owned());
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    let second = start(dir.path(), &[]);
+    let (_, keys) = get(&second.base, "/v1/keys", &key).await;
+    let listed: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    for id in &created {
+        assert!(listed.contains(&id.as_str()), "{id} lost after SIGKILL");
+    }
+    stop(second);
+    let verify = memesh(dir.path())
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}

@@ -1,0 +1,216 @@
+//! Test harness: a real memesh server on 127.0.0.1:0 with a fresh data directory and a clock
+//! the test controls, plus small HTTP helpers that return (status, JSON).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memesh::bootstrap::{self, TenantSpec};
+use memesh::clock::{Clock, ManualClock, Timestamp};
+use memesh::db::Db;
+use memesh::state::{AppState, Settings};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const START: &str = "2026-03-20T09:00:00.000Z";
+
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub owner_key: String,
+    pub dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub struct Tenant {
+    pub id: String,
+    pub owner_key: String,
+    pub owner_user_id: String,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(Settings::default()).await
+    }
+
+    pub async fn start_with(settings: Settings) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = Arc::new(ManualClock::new(Timestamp::parse(START).unwrap()));
+        let db = Db::open(&dir.path().join("memesh.db")).expect("open db");
+        let spec = TenantSpec {
+            name: "alpha",
+            owner_email: "owner@alpha.test",
+            owner_key: None,
+        };
+        let tenant = bootstrap::initialize(&db, &spec, clock.now())
+            .expect("bootstrap")
+            .expect("fresh database is initialized");
+        Self::launch(dir, db, clock, settings, tenant.key).await
+    }
+
+    async fn launch(
+        dir: TempDir,
+        db: Db,
+        clock: Arc<ManualClock>,
+        settings: Settings,
+        owner_key: String,
+    ) -> TestServer {
+        let state = AppState::new(db, clock.clone(), settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(memesh::serve(listener, state, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            clock,
+            owner_key,
+            dir,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("memesh.db")
+    }
+
+    /// Stops gracefully and starts a new server process-state on the same data directory.
+    pub async fn restart(mut self) -> TestServer {
+        self.stop_in_place().await;
+        let db = Db::open(&self.db_path()).expect("reopen db");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Self::launch(
+            dir,
+            db,
+            self.clock.clone(),
+            Settings::default(),
+            self.owner_key.clone(),
+        )
+        .await
+    }
+
+    async fn stop_in_place(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("server task").expect("server exits cleanly");
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop_in_place().await;
+    }
+
+    /// Adds another tenant to this server, as `memesh tenant create` does.
+    pub fn create_tenant(&self, name: &str, email: &str) -> Tenant {
+        let db = Db::open(&self.db_path()).unwrap();
+        let spec = TenantSpec {
+            name,
+            owner_email: email,
+            owner_key: None,
+        };
+        let t = bootstrap::create_tenant(&db, &spec, self.clock.now()).unwrap();
+        Tenant {
+            id: t.tenant_id.to_string(),
+            owner_key: t.key,
+            owner_user_id: t.owner.user_id.to_string(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.expect("body read");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body: {text}"))
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(key), None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(key), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(key), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(key), None).await
+    }
+
+    /// Invites `email` with `role` as `inviter` and accepts; returns (user id, API key).
+    pub async fn add_member(&self, inviter: &str, email: &str, role: &str) -> (String, String) {
+        let (s, inv) = self
+            .post(
+                "/v1/team/members/invite",
+                inviter,
+                serde_json::json!({ "email": email, "role": role }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{inv}");
+        let token = inv["token"].as_str().unwrap().to_owned();
+        let (s, acc) = self
+            .call(
+                Method::POST,
+                &format!("/v1/team/invitations/{token}/accept"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{acc}");
+        (
+            acc["member"]["userId"].as_str().unwrap().to_owned(),
+            acc["apiKey"]["key"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The error code of a JSON error body.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+pub fn bin_path() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_memesh"))
+}
