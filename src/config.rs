@@ -53,6 +53,49 @@ pub enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Re-embed every memory with the bundled model (after a model change); stop the server first.
+    Reindex(ModelArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Directory of the bundled embedding model (default: models/all-minilm-l6-v2-int8 beside
+    /// the binary, in the checkout, or in the working directory).
+    #[arg(long, env = "MEMESH_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// The ONNX Runtime shared library (default: runtime/libonnxruntime.so.1.31.1, found like
+    /// the model and checked against its pinned checksum).
+    #[arg(long, env = "MEMESH_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+    /// Threads the embedding model may use (default: all cores).
+    #[arg(long, env = "MEMESH_EMBED_THREADS",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub embed_threads: Option<u16>,
+}
+
+impl ModelArgs {
+    pub fn threads(&self) -> usize {
+        self.embed_threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            usize::from,
+        )
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IndexArgs {
+    /// An owner's memories get an HNSW graph from this many on; fewer are searched exactly.
+    #[arg(long, env = "MEMESH_INDEX_GRAPH_THRESHOLD", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u32).range(100..))]
+    pub index_graph_threshold: u32,
+    /// HNSW search breadth (higher: better recall, slower).
+    #[arg(long, env = "MEMESH_INDEX_EF_SEARCH", default_value_t = 128,
+          value_parser = clap::value_parser!(u16).range(10..=4096))]
+    pub index_ef_search: u16,
+    /// Seconds between graph snapshots (when the graphs changed); one is also written at shutdown.
+    #[arg(long, env = "MEMESH_SNAPSHOT_INTERVAL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub snapshot_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -91,6 +134,10 @@ pub struct ServeArgs {
     pub invitation_ttl_hours: u64,
     #[command(flatten)]
     pub owner: OwnerArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub index: IndexArgs,
 }
 
 impl ServeArgs {
@@ -129,6 +176,10 @@ pub enum AuditCommand {
 impl GlobalArgs {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("memesh.db")
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.data_dir.join("index")
     }
 }
 

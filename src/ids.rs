@@ -78,6 +78,11 @@ prefixed_id!(
     AuditId,
     "aud_"
 );
+prefixed_id!(
+    /// One memory.
+    MemoryId,
+    "mem_"
+);
 
 #[cfg(test)]
 mod tests {

@@ -7,10 +7,13 @@ pub mod bootstrap;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod embed;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod index;
 pub mod keys;
+pub mod memory;
 pub mod state;
 pub mod team;
 
@@ -25,8 +28,9 @@ pub fn app(state: AppState) -> Router {
     http::router(state)
 }
 
-/// Serves until `shutdown` resolves, lets in-flight requests finish, then folds the WAL into
-/// the database so a clean stop leaves a single file.
+/// Serves until `shutdown` resolves, lets in-flight requests finish, stops the background
+/// index thread (which writes a last snapshot), then folds the WAL into the database so a clean
+/// stop leaves a single file.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -35,9 +39,11 @@ pub async fn serve(
     axum::serve(listener, app(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await?;
-    let db = state.db.clone();
-    tokio::task::spawn_blocking(move || db.checkpoint())
-        .await
-        .map_err(std::io::Error::other)?;
+    tokio::task::spawn_blocking(move || {
+        state.memory.shutdown();
+        state.db.checkpoint();
+    })
+    .await
+    .map_err(std::io::Error::other)?;
     Ok(())
 }

@@ -4,15 +4,20 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use memesh::bootstrap::{self, NewTenant, TenantSpec};
 use memesh::clock::{Clock, SystemClock};
 use memesh::config::{
-    AuditCommand, Cli, Command, GlobalArgs, LogFormat, OwnerArgs, ServeArgs, TenantCommand,
+    AuditCommand, Cli, Command, GlobalArgs, LogFormat, ModelArgs, OwnerArgs, ServeArgs,
+    TenantCommand,
 };
 use memesh::db::Db;
+use memesh::embed::MODEL_DIM;
+use memesh::index::IndexConfig;
+use memesh::memory::engine::{EngineConfig, MemoryEngine};
 use memesh::state::AppState;
 use tracing_subscriber::EnvFilter;
 
@@ -27,6 +32,7 @@ fn main() -> ExitCode {
             create_tenant(&cli.global, &name, &owner_email)
         }
         Some(Command::Audit(AuditCommand::Verify)) => verify_audit(&cli.global),
+        Some(Command::Reindex(model)) => reindex(&cli.global, &model),
     };
     match result {
         Ok(code) => code,
@@ -131,7 +137,21 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else if args.owner.bootstrap_key.is_some() {
         tracing::info!("MEMESH_BOOTSTRAP_KEY ignored: the data directory is already initialized");
     }
-    let state = AppState::new(db, clock, args.settings());
+    let (embedder, _worker) = load_embedder(&args.model)?;
+    let engine = MemoryEngine::open(
+        &db,
+        embedder,
+        EngineConfig {
+            index: IndexConfig {
+                graph_threshold: args.index.index_graph_threshold as usize,
+                ef_search: usize::from(args.index.index_ef_search),
+                ..IndexConfig::new(MODEL_DIM)
+            },
+            snapshot_dir: global.index_dir(),
+            snapshot_interval: Duration::from_secs(args.index.snapshot_interval_secs),
+        },
+    )?;
+    let state = AppState::new(db, clock, args.settings(), engine);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -146,6 +166,63 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("shut down cleanly");
         anyhow::Ok(())
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_embedder(
+    model: &ModelArgs,
+) -> anyhow::Result<(memesh::embed::Embedder, memesh::embed::EmbedWorker)> {
+    memesh::embed::load_bundled(
+        model.model_dir.as_deref(),
+        model.ort_lib.as_deref(),
+        model.threads(),
+    )
+}
+
+/// Re-embeds every memory with the bundled model, in batches, each batch one transaction (an
+/// interrupted run can simply be started again), then records the model and drops the graph
+/// snapshot, which the next start rebuilds.
+fn reindex(global: &GlobalArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
+    const BATCH: usize = 64;
+    let db = open_db(global)?;
+    let (embedder, worker) = load_embedder(model)?;
+    let total = db.read_blocking(memesh::memory::store::count_all)?;
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("re-embedding");
+    let mut after = 0;
+    loop {
+        let batch = db.read_blocking(|c| memesh::memory::store::contents_after(c, after, BATCH))?;
+        let Some(&(last, _)) = batch.last() else {
+            break;
+        };
+        let texts = batch.iter().map(|(_, t)| t.clone()).collect();
+        let embeddings = embedder.embed_blocking(texts)?;
+        db.write_blocking(|tx| {
+            for ((row, _), e) in batch.iter().zip(&embeddings) {
+                memesh::memory::store::replace_embedding(tx, *row, e)?;
+            }
+            Ok(())
+        })?;
+        bar.inc(batch.len() as u64);
+        after = last;
+    }
+    let id = embedder.info().id.clone();
+    db.write_blocking(|tx| memesh::memory::store::set_model(tx, &id))?;
+    bar.finish_with_message("re-embedded");
+    let index_dir = global.index_dir();
+    if index_dir.exists() {
+        std::fs::remove_dir_all(&index_dir).with_context(|| {
+            format!("removing the stale graph snapshot {}", index_dir.display())
+        })?;
+    }
+    drop(embedder);
+    worker.join();
+    println!("memesh: re-embedded {total} memories with {id}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,4 +1,5 @@
-//! The shared application state every handler gets: database, clock and configuration.
+//! The shared application state every handler gets: database, clock, configuration and the
+//! memory engine (embedder and vector index).
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use crate::clock::SharedClock;
 use crate::db::Db;
+use crate::memory::MemoryEngine;
 
 /// Settings the running server needs (the CLI's `serve` flags, validated).
 #[derive(Debug, Clone)]
@@ -29,17 +31,19 @@ pub struct App {
     pub db: Db,
     pub clock: SharedClock,
     pub settings: Settings,
+    pub memory: MemoryEngine,
 }
 
 #[derive(Clone)]
 pub struct AppState(Arc<App>);
 
 impl AppState {
-    pub fn new(db: Db, clock: SharedClock, settings: Settings) -> Self {
+    pub fn new(db: Db, clock: SharedClock, settings: Settings, memory: MemoryEngine) -> Self {
         AppState(Arc::new(App {
             db,
             clock,
             settings,
+            memory,
         }))
     }
 }

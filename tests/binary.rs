@@ -314,3 +314,150 @@ async fn acknowledged_writes_survive_sigkill() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+async fn post(base: &str, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_writes_loses_no_acknowledged_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(dir.path(), &[]);
+    let key = key_in(&first.stdout).unwrap();
+    let base = first.base.clone();
+
+    // Four writers stream memories; the server is killed while they are mid-flight.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (base, key, acked) = (base.clone(), key.clone(), acknowledged.clone());
+        writers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 0..10_000 {
+                let content = format!("writer {w} memory {i} about the harbour at dawn");
+                let sent = client
+                    .post(format!("{base}/v1/memory/write"))
+                    .header("x-api-key", &key)
+                    .json(&serde_json::json!({ "content": content }))
+                    .send()
+                    .await;
+                let Ok(resp) = sent else { return };
+                if resp.status() != StatusCode::CREATED {
+                    return;
+                }
+                let Ok(body) = resp.json::<Value>().await else {
+                    return;
+                };
+                let id = body["id"].as_str().unwrap().to_owned();
+                acked.lock().unwrap().push((id, content));
+            }
+        }));
+    }
+    while acknowledged.lock().unwrap().len() < 60 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acknowledged.lock().unwrap().clone();
+    assert!(acked.len() >= 60);
+
+    let second = start(dir.path(), &[]);
+    let (st, ready) = get(&second.base, "/readyz", &key).await;
+    assert_eq!(st, StatusCode::OK, "{ready}");
+    assert_eq!(
+        ready["memories"], ready["index"]["vectors"],
+        "index matches SQLite exactly"
+    );
+    assert!(ready["memories"].as_u64().unwrap() >= acked.len() as u64);
+    for (id, content) in &acked {
+        let (st, m) = get(&second.base, &format!("/v1/memory/{id}"), &key).await;
+        assert_eq!(st, StatusCode::OK, "acknowledged {id} lost");
+        assert_eq!(m["content"], content.as_str());
+    }
+    for (id, content) in acked.iter().step_by(5) {
+        let (st, r) = post(
+            &second.base,
+            "/v1/memory/search",
+            &key,
+            serde_json::json!({ "query": content, "limit": 1 }),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(
+            r["results"][0]["memory"]["id"],
+            id.as_str(),
+            "searchable after restart"
+        );
+    }
+    stop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_models_database_is_refused_until_reindexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path(), &[]);
+    let key = key_in(&first.stdout).unwrap();
+    let (st, m) = post(
+        &first.base,
+        "/v1/memory/write",
+        &key,
+        serde_json::json!({ "content": "The cat sits on the mat." }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED);
+    stop(first);
+
+    // Pretend the stored vectors came from another model (and are garbage).
+    let conn = rusqlite::Connection::open(dir.path().join("memesh.db")).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = 'some-other-model' WHERE key = 'embedding_model'",
+        [],
+    )
+    .unwrap();
+    conn.execute("UPDATE memories SET embedding = zeroblob(1536)", [])
+        .unwrap();
+    drop(conn);
+
+    let refused = memesh(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("some-other-model") && err.contains("memesh reindex"),
+        "{err}"
+    );
+
+    let reindex = memesh(dir.path()).arg("reindex").output().unwrap();
+    assert!(
+        reindex.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reindex.stderr)
+    );
+    assert!(String::from_utf8_lossy(&reindex.stdout).contains("re-embedded 1 memories"));
+
+    let second = start(dir.path(), &[]);
+    let (_, r) = post(
+        &second.base,
+        "/v1/memory/search",
+        &key,
+        serde_json::json!({ "query": "A feline is resting on a rug." }),
+    )
+    .await;
+    assert_eq!(r["results"][0]["memory"]["id"], m["id"]);
+    let score = r["results"][0]["score"].as_f64().unwrap();
+    assert!((score - 0.571).abs() < 0.002, "real vectors again: {score}");
+    stop(second);
+}

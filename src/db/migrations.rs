@@ -71,6 +71,40 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_log_tenant_at ON audit_log(tenant_id, at);
     "#,
+    // 2: memories, their tags, and server-wide facts such as the embedding model in use.
+    r#"
+    CREATE TABLE meta (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+
+    CREATE TABLE memories (
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+        id               TEXT NOT NULL UNIQUE,
+        tenant_id        TEXT NOT NULL REFERENCES tenants(id),
+        user_id          TEXT NOT NULL REFERENCES users(id),
+        space            TEXT NOT NULL,
+        content          TEXT NOT NULL,
+        summary          TEXT,
+        tags             TEXT NOT NULL,
+        sensitivity      TEXT NOT NULL
+                         CHECK (sensitivity IN ('public','internal','confidential','restricted')),
+        source           TEXT,
+        token_count      INTEGER NOT NULL,
+        embed_tokens     INTEGER NOT NULL,
+        embed_truncated  INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        embedding        BLOB NOT NULL
+    );
+    CREATE INDEX memories_owner ON memories(tenant_id, user_id, space, created_at);
+
+    CREATE TABLE memory_tags (
+        memory_seq  INTEGER NOT NULL REFERENCES memories(seq) ON DELETE CASCADE,
+        tag         TEXT NOT NULL,
+        PRIMARY KEY (tag, memory_seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX memory_tags_memory ON memory_tags(memory_seq);
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

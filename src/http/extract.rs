@@ -51,17 +51,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 /// Deserializes `bytes`, mapping serde's error to a code and the path of the offending field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = inner.to_string();
-        let (code, field) = classify(&inner, &message, &path);
-        let mut err = ApiError::new(code, message);
-        if let Some(field) = field {
-            err = err.with_details(json!({ "field": field }));
-        }
-        err
-    })
+    serde_path_to_error::deserialize(de).map_err(|e| path_error(e, ""))
+}
+
+/// Deserializes one element of a larger body; field names are reported under `prefix`
+/// (`memories[3].`).
+pub fn parse_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    prefix: &str,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| path_error(e, prefix))
+}
+
+fn path_error(e: serde_path_to_error::Error<serde_json::Error>, prefix: &str) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let message = inner.to_string();
+    let (code, field) = classify(&inner, &message, &path);
+    let mut err = ApiError::new(code, format!("{prefix}{message}"));
+    if let Some(field) = field {
+        err = err.with_details(json!({ "field": format!("{prefix}{field}") }));
+    }
+    err
 }
 
 fn classify(e: &serde_json::Error, message: &str, path: &str) -> (Code, Option<String>) {

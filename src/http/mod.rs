@@ -17,7 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::{Code, error_body};
 use crate::state::AppState;
-use crate::{audit, keys, team};
+use crate::{audit, keys, memory, team};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -41,7 +41,19 @@ pub fn router(state: AppState) -> Router {
             "/team/invitations/{token}/accept",
             post(team::handlers::accept),
         )
-        .route("/audit/logs", get(audit::handlers::list));
+        .route("/audit/logs", get(audit::handlers::list))
+        .route("/memory/write", post(memory::handlers::write))
+        .route("/memory/batch", post(memory::handlers::batch))
+        .route(
+            "/memory/search",
+            get(memory::handlers::search_get).post(memory::handlers::search_post),
+        )
+        .route("/memory/count", get(memory::handlers::count))
+        .route("/memory/spaces", get(memory::handlers::spaces))
+        .route(
+            "/memory/{id}",
+            get(memory::handlers::get).delete(memory::handlers::delete),
+        );
 
     let settings = &state.settings;
     let layers = ServiceBuilder::new()
@@ -108,18 +120,27 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Ready when the database answers with the expected schema and the index holds exactly the
+/// memories SQLite holds.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let db = state.db.clone();
-    let ready = tokio::task::spawn_blocking(move || db.is_ready())
-        .await
-        .unwrap_or(false);
-    if ready {
-        (
+    let s = state.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let stored = s.db.read_blocking(crate::memory::store::count_all).ok()?;
+        Some((s.db.is_ready(), stored, s.memory.index.stats()))
+    })
+    .await
+    .ok()
+    .flatten();
+    match checked {
+        Some((true, stored, index)) if stored as usize == index.vectors => (
             StatusCode::OK,
-            axum::Json(serde_json::json!({ "status": "ready" })),
+            axum::Json(serde_json::json!({
+                "status": "ready",
+                "memories": stored,
+                "index": index,
+            })),
         )
-            .into_response()
-    } else {
-        crate::error::ApiError::new(Code::Unavailable, "database not ready").into_response()
+            .into_response(),
+        _ => crate::error::ApiError::new(Code::Unavailable, "not ready").into_response(),
     }
 }

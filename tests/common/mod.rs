@@ -5,9 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
 use memesh::bootstrap::{self, TenantSpec};
 use memesh::clock::{Clock, ManualClock, Timestamp};
 use memesh::db::Db;
+use memesh::embed::{Embedder, MODEL_DIM};
+use memesh::index::IndexConfig;
+use memesh::memory::engine::{EngineConfig, MemoryEngine};
 use memesh::state::{AppState, Settings};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -17,12 +23,53 @@ use tokio::task::JoinHandle;
 
 pub const START: &str = "2026-03-20T09:00:00.000Z";
 
+/// The real bundled model, loaded once per test binary and shared by its servers.
+pub fn embedder() -> Embedder {
+    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+    EMBEDDER
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let (embedder, worker) = memesh::embed::load_bundled(
+                Some(&root.join("models/all-minilm-l6-v2-int8")),
+                Some(&root.join("runtime/libonnxruntime.so.1.31.1")),
+                2,
+            )
+            .expect("the bundled model loads (run scripts/fetch-runtime.sh first)");
+            // The worker lives as long as the test process.
+            std::mem::forget(worker);
+            embedder
+        })
+        .clone()
+}
+
+/// Index settings for tests: graphs from 300 vectors on, so tests exercise them cheaply.
+pub fn test_index_config() -> IndexConfig {
+    IndexConfig {
+        graph_threshold: 300,
+        ..IndexConfig::new(MODEL_DIM)
+    }
+}
+
+pub fn open_engine(db: &Db, dir: &Path) -> MemoryEngine {
+    MemoryEngine::open(
+        db,
+        embedder(),
+        EngineConfig {
+            index: test_index_config(),
+            snapshot_dir: dir.join("index"),
+            snapshot_interval: Duration::from_secs(3600),
+        },
+    )
+    .expect("memory engine opens")
+}
+
 pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub owner_key: String,
     pub dir: TempDir,
+    pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -39,6 +86,10 @@ impl TestServer {
     }
 
     pub async fn start_with(settings: Settings) -> TestServer {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("memesh=info")
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::new(Timestamp::parse(START).unwrap()));
         let db = Db::open(&dir.path().join("memesh.db")).expect("open db");
@@ -60,11 +111,12 @@ impl TestServer {
         settings: Settings,
         owner_key: String,
     ) -> TestServer {
-        let state = AppState::new(db, clock.clone(), settings);
+        let engine = open_engine(&db, dir.path());
+        let state = AppState::new(db, clock.clone(), settings, engine);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(memesh::serve(listener, state, async {
+        let handle = tokio::spawn(memesh::serve(listener, state.clone(), async {
             let _ = rx.await;
         }));
         TestServer {
@@ -73,6 +125,7 @@ impl TestServer {
             clock,
             owner_key,
             dir,
+            state,
             shutdown: Some(tx),
             handle: Some(handle),
         }

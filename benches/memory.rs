@@ -1,0 +1,475 @@
+//! The memory engine's figures (issue 3), measured on this machine and printed as a table:
+//! - raw embedding throughput of the bundled model vs. write throughput through HTTP with
+//!   batches of 100;
+//! - start-up time of the `memesh` binary over 100,000 stored memories (until /readyz is 200);
+//! - recall@10 of the index against exact search at 100,000 memories, for an owner of 99% of
+//!   them (HNSW) and one of 1% (exact scan), with per-query latency;
+//! - the cost of an exact scan by partition size (where the HNSW threshold belongs).
+//!
+//! Run: `cargo bench --bench memory` (release build). The 100,000 embeddings are computed once
+//! (about five minutes) and cached under target/bench-cache/.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memesh::auth::Actor;
+use memesh::bootstrap::{self, TenantSpec};
+use memesh::clock::{Clock, SystemClock};
+use memesh::db::Db;
+use memesh::embed::{EmbedBackend, Embedding, MODEL_DIM, ModelFiles, OnnxBackend, RuntimeLibrary};
+use memesh::ids::{TenantId, UserId};
+use memesh::index::{IndexConfig, OwnerKey, VectorIndex};
+use memesh::memory::engine::{EngineConfig, MemoryEngine};
+use memesh::memory::model::WriteRequest;
+use memesh::memory::store::{self, Owner, Prepared};
+use memesh::state::{AppState, Settings};
+use serde_json::{Value, json};
+
+const CORPUS: usize = 100_000;
+const SMALL_OWNER: usize = CORPUS / 100;
+const QUERIES: usize = 300;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Deterministic sentences of about 20 tokens, like short agent memories.
+fn sentences(seed: u64, n: usize) -> Vec<String> {
+    const WHO: &[&str] = &[
+        "the customer",
+        "our lead engineer",
+        "the billing service",
+        "a new hire",
+        "the on-call SRE",
+        "the product manager",
+        "the mobile app",
+        "the data team",
+        "a vendor",
+        "the CEO",
+        "the support bot",
+        "the staging cluster",
+    ];
+    const DID: &[&str] = &[
+        "reported",
+        "fixed",
+        "asked about",
+        "postponed",
+        "documented",
+        "rolled back",
+        "approved",
+        "escalated",
+        "measured",
+        "forgot",
+        "prefers",
+        "migrated",
+    ];
+    const WHAT: &[&str] = &[
+        "the invoice export",
+        "dark mode",
+        "the login timeout",
+        "the quarterly forecast",
+        "a memory leak",
+        "the onboarding checklist",
+        "the API rate limit",
+        "vegetarian lunch options",
+        "the Kubernetes upgrade",
+        "flaky integration tests",
+        "the refund policy",
+        "the search ranking",
+        "a broken webhook",
+        "the holiday schedule",
+    ];
+    const WHEN: &[&str] = &[
+        "on Monday morning",
+        "after the release",
+        "during the outage",
+        "last quarter",
+        "before the audit",
+        "in the standup",
+        "yesterday evening",
+        "at the offsite",
+        "while on vacation",
+        "right before the deadline",
+    ];
+    const WHY: &[&str] = &[
+        "because customers complained",
+        "to cut costs",
+        "for compliance",
+        "after a long debate",
+        "to unblock the team",
+        "without telling anyone",
+        "as a quick experiment",
+        "following the postmortem",
+    ];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = |m: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % m as u64) as usize
+    };
+    (0..n)
+        .map(|i| {
+            format!(
+                "{} {} {} {} {} (ref {}).",
+                WHO[next(WHO.len())],
+                DID[next(DID.len())],
+                WHAT[next(WHAT.len())],
+                WHEN[next(WHEN.len())],
+                WHY[next(WHY.len())],
+                i
+            )
+        })
+        .collect()
+}
+
+fn backend() -> OnnxBackend {
+    let files = ModelFiles::locate(Some(&root().join("models/all-minilm-l6-v2-int8"))).unwrap();
+    let runtime =
+        RuntimeLibrary::locate(Some(&root().join("runtime/libonnxruntime.so.1.31.1"))).unwrap();
+    OnnxBackend::load(&files, &runtime, 2).unwrap().0
+}
+
+/// Embeddings of `texts`, cached on disk by name.
+fn cached_embeddings(name: &str, texts: &[String], backend: &mut OnnxBackend) -> Vec<Embedding> {
+    let path = root()
+        .join("target/bench-cache")
+        .join(format!("{name}.bin"));
+    if let Ok(bytes) = std::fs::read(&path)
+        && bytes.len() == texts.len() * MODEL_DIM * 4
+    {
+        return bytes
+            .chunks_exact(MODEL_DIM * 4)
+            .map(|c| Embedding {
+                vector: store::blob_to_vector(c),
+                tokens: 0,
+                truncated: false,
+            })
+            .collect();
+    }
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(256) {
+        out.extend(backend.embed(chunk).unwrap());
+        if out.len() % 10_240 == 0 {
+            eprintln!(
+                "  embedded {}/{} ({:.0}/s)",
+                out.len(),
+                texts.len(),
+                out.len() as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let bytes: Vec<u8> = out
+        .iter()
+        .flat_map(|e| store::vector_to_blob(&e.vector))
+        .collect();
+    std::fs::write(&path, bytes).unwrap();
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Raw model throughput vs. HTTP batch writes of the same texts.
+async fn write_throughput(backend: &mut OnnxBackend) -> (f64, f64) {
+    let texts = sentences(7, 3_000);
+    backend.embed(&texts[..100]).unwrap();
+    let started = Instant::now();
+    for chunk in texts.chunks(100) {
+        backend.embed(chunk).unwrap();
+    }
+    let raw = texts.len() as f64 / started.elapsed().as_secs_f64();
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("memesh.db")).unwrap();
+    let spec = TenantSpec {
+        name: "bench",
+        owner_email: "bench@localhost",
+        owner_key: None,
+    };
+    let key = bootstrap::initialize(&db, &spec, SystemClock.now())
+        .unwrap()
+        .unwrap()
+        .key;
+    let (embedder, _worker) = memesh::embed::load_bundled(
+        Some(&root().join("models/all-minilm-l6-v2-int8")),
+        Some(&root().join("runtime/libonnxruntime.so.1.31.1")),
+        2,
+    )
+    .unwrap();
+    let engine = MemoryEngine::open(
+        &db,
+        embedder,
+        EngineConfig {
+            index: IndexConfig::new(MODEL_DIM),
+            snapshot_dir: dir.path().join("index"),
+            snapshot_interval: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    let state = AppState::new(db, Arc::new(SystemClock), Settings::default(), engine);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(memesh::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::new();
+    let send = |chunk: &[String]| {
+        let memories: Vec<Value> = chunk.iter().map(|t| json!({ "content": t })).collect();
+        client
+            .post(format!("{base}/v1/memory/batch"))
+            .header("x-api-key", &key)
+            .json(&json!({ "transactional": true, "memories": memories }))
+            .send()
+    };
+    assert_eq!(send(&texts[..100]).await.unwrap().status(), 201);
+    let started = Instant::now();
+    for chunk in texts.chunks(100) {
+        assert_eq!(send(chunk).await.unwrap().status(), 201);
+    }
+    let http = texts.len() as f64 / started.elapsed().as_secs_f64();
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
+    (raw, http)
+}
+
+/// Fills a database with the corpus (precomputed embeddings; no HTTP): the large owner gets
+/// 99%, the small owner 1%, interleaved as they would be written.
+fn fill_database(dir: &Path, corpus: &[String], vectors: &[Embedding]) -> (Owner, Owner) {
+    let db = Db::open(&dir.join("memesh.db")).unwrap();
+    let spec = TenantSpec {
+        name: "bench",
+        owner_email: "big@localhost",
+        owner_key: None,
+    };
+    let t = bootstrap::initialize(&db, &spec, SystemClock.now())
+        .unwrap()
+        .unwrap();
+    let small_user = db
+        .write_blocking(|tx| {
+            let email = memesh::team::model::Email::parse("small@localhost")?;
+            memesh::team::store::insert_user(
+                tx,
+                &t.tenant_id,
+                &email,
+                memesh::auth::Role::Member,
+                SystemClock.now(),
+            )
+        })
+        .unwrap();
+    let big = Owner {
+        tenant: t.tenant_id.clone(),
+        user: t.owner.user_id.clone(),
+    };
+    let small = Owner {
+        tenant: t.tenant_id.clone(),
+        user: small_user.user_id,
+    };
+    db.write_blocking(|tx| memesh::memory::store::set_model(tx, memesh::embed::MODEL_ID))
+        .unwrap();
+    let now = SystemClock.now();
+    for (start, chunk) in corpus.chunks(1000).enumerate().map(|(i, c)| (i * 1000, c)) {
+        let mut big_items = Vec::new();
+        let mut small_items = Vec::new();
+        for (j, text) in chunk.iter().enumerate() {
+            let n = start + j;
+            let request = WriteRequest {
+                content: text.clone(),
+                space: None,
+                summary: None,
+                tags: None,
+                sensitivity: None,
+                source: None,
+            };
+            let prepared = Prepared {
+                memory: request.validate("").unwrap(),
+                embedding: vectors[n].clone(),
+                token_count: 20,
+            };
+            if n % 100 == 0 {
+                small_items.push(prepared)
+            } else {
+                big_items.push(prepared)
+            }
+        }
+        db.write_blocking(|tx| {
+            for (owner, items) in [(&big, &big_items), (&small, &small_items)] {
+                let actor = Actor {
+                    tenant_id: owner.tenant.clone(),
+                    user_id: Some(owner.user.clone()),
+                    key_id: None,
+                    request_id: None,
+                };
+                store::insert(tx, &actor, owner, items, memesh::embed::MODEL_ID, now)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    (big, small)
+}
+
+/// Starts the release binary on `dir` and returns the time until /readyz answers 200.
+fn time_binary_start(dir: &Path) -> Duration {
+    let exe = root().join("target/release/memesh");
+    assert!(
+        exe.exists(),
+        "build the binary first: cargo build --release"
+    );
+    let started = Instant::now();
+    let mut child = Command::new(&exe)
+        .args(["--listen", "127.0.0.1:18766", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let elapsed = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:18766") {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                break started.elapsed();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    elapsed
+}
+
+fn recall(index: &VectorIndex, owner: &OwnerKey, queries: &[Embedding]) -> (f64, f64, f64) {
+    let mut hits = 0;
+    let mut micros = Vec::new();
+    for q in queries {
+        let started = Instant::now();
+        let got = index.search(owner, &q.vector, 10, None);
+        micros.push(started.elapsed().as_secs_f64() * 1e6);
+        let want: HashSet<i64> = index
+            .exact_search(owner, &q.vector, 10)
+            .iter()
+            .map(|h| h.row)
+            .collect();
+        hits += got.iter().filter(|h| want.contains(&h.row)).count();
+    }
+    micros.sort_by(f64::total_cmp);
+    (
+        hits as f64 / (queries.len() * 10) as f64,
+        percentile(&micros, 0.5),
+        percentile(&micros, 0.99),
+    )
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut model = backend();
+    println!(
+        "## memesh memory engine benchmark ({} cores)\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    let (raw, http) = runtime.block_on(write_throughput(&mut model));
+    println!("| write path | texts/s |\n|---|---|");
+    println!("| raw model, batches of 100 | {raw:.0} |");
+    println!(
+        "| POST /v1/memory/batch, 100 per request | {http:.0} ({:.0}% of raw) |\n",
+        http / raw * 100.0
+    );
+
+    eprintln!("embedding the {CORPUS}-memory corpus (cached after the first run)…");
+    let corpus = sentences(42, CORPUS);
+    let vectors = cached_embeddings("corpus-100k", &corpus, &mut model);
+    let queries = cached_embeddings("queries-300", &sentences(4242, QUERIES), &mut model);
+    drop(model);
+
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let (big, small) = fill_database(dir.path(), &corpus, &vectors);
+    let filled = started.elapsed();
+
+    // First start: fill from SQLite, build the graph, snapshot at shutdown.
+    let db = Db::open(&dir.path().join("memesh.db")).unwrap();
+    let index = Arc::new(VectorIndex::new(IndexConfig::new(MODEL_DIM)));
+    let started = Instant::now();
+    db.read_blocking(|c| store::for_each_vector(c, |o, r, t, v| index.insert(&o, &[(r, t, &v)])))
+        .unwrap();
+    let fill = started.elapsed();
+    let started = Instant::now();
+    index.maintain_now();
+    let build = started.elapsed();
+    let started = Instant::now();
+    memesh::index::save_snapshot(&index, &dir.path().join("index"), memesh::embed::MODEL_ID)
+        .unwrap();
+    let snap = started.elapsed();
+
+    let (big_recall, big_p50, big_p99) = recall(&index, &big.key(), &queries);
+    let (small_recall, small_p50, small_p99) = recall(&index, &small.key(), &queries);
+    println!("| index at {CORPUS} memories | value |\n|---|---|");
+    println!(
+        "| SQLite fill (bench set-up, not timed against a target) | {:.1} s |",
+        filled.as_secs_f64()
+    );
+    println!("| index fill from SQLite | {:.2} s |", fill.as_secs_f64());
+    println!(
+        "| HNSW build, {} points (M=16, ef_construction=200) | {:.1} s |",
+        CORPUS - SMALL_OWNER,
+        build.as_secs_f64()
+    );
+    println!("| snapshot write | {:.2} s |", snap.as_secs_f64());
+    println!("| recall@10, owner of 99% (HNSW, ef_search=128) | {big_recall:.4} |");
+    println!("| search latency, owner of 99% (p50 / p99) | {big_p50:.0} µs / {big_p99:.0} µs |");
+    println!("| recall@10, owner of 1% (exact scan) | {small_recall:.4} |");
+    println!("| search latency, owner of 1% (p50 / p99) | {small_p50:.0} µs / {small_p99:.0} µs |");
+    drop(index);
+    drop(db);
+
+    let cold = time_binary_start(dir.path());
+    println!(
+        "| `memesh` start to /readyz 200, with snapshot (model load included) | {:.2} s |\n",
+        cold.as_secs_f64()
+    );
+
+    println!("| exact scan of one partition | µs/query |\n|---|---|");
+    for size in [1_000usize, 5_000, 20_000, 50_000, 100_000] {
+        let index = VectorIndex::new(IndexConfig {
+            graph_threshold: usize::MAX,
+            ..IndexConfig::new(MODEL_DIM)
+        });
+        let owner = OwnerKey::new(&TenantId::generate(), &UserId::generate());
+        let items: Vec<(i64, i64, &[f32])> = vectors[..size]
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i as i64, 0, e.vector.as_slice()))
+            .collect();
+        index.insert(&owner, &items);
+        let started = Instant::now();
+        for q in &queries[..50] {
+            std::hint::black_box(index.search(&owner, &q.vector, 10, None));
+        }
+        println!(
+            "| {size} | {:.0} |",
+            started.elapsed().as_secs_f64() * 1e6 / 50.0
+        );
+    }
+}

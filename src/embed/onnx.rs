@@ -1,0 +1,231 @@
+//! The bundled model (all-MiniLM-L6-v2, int8 ONNX) run by fastembed on ONNX Runtime, loaded
+//! from local files only. Every file is checked against the checksums compiled into the binary,
+//! and a missing or wrong file is reported with what to do about it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{Context, bail};
+use fastembed::{
+    InitOptionsUserDefined, Pooling, QuantizationMode, TextEmbedding, TokenizerFiles,
+    UserDefinedEmbeddingModel,
+};
+use sha2::{Digest, Sha256};
+
+use super::{EmbedBackend, Embedding, ModelInfo};
+
+pub const MODEL_ID: &str = "all-minilm-l6-v2-int8";
+pub const MODEL_DIM: usize = 384;
+/// The sequence length the model was trained at; longer texts are truncated (and flagged).
+pub const MODEL_MAX_TOKENS: usize = 256;
+/// Texts per ONNX Runtime call within a micro-batch (measured best on 2 cores).
+const ORT_BATCH: usize = 32;
+
+const MODEL_SUMS: &str = include_str!("../../models/all-minilm-l6-v2-int8/SHA256SUMS");
+
+pub const ORT_LIB_NAME: &str = "libonnxruntime.so.1.31.1";
+const ORT_LIB_SHA256: &str = "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3";
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// Candidate locations: the explicit one, else beside the executable (an unpacked bundle),
+/// two levels up from it (`target/<profile>/memesh` in a checkout), and the working directory.
+fn candidates(explicit: Option<&Path>, relative: &Path) -> Vec<PathBuf> {
+    if let Some(p) = explicit {
+        return vec![p.to_path_buf()];
+    }
+    let mut out = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        out.push(dir.join(relative));
+        if let Some(root) = dir.parent().and_then(Path::parent) {
+            out.push(root.join(relative));
+        }
+    }
+    out.push(PathBuf::from(relative));
+    out
+}
+
+/// The model directory, located and verified.
+pub struct ModelFiles {
+    dir: PathBuf,
+}
+
+impl ModelFiles {
+    pub fn locate(explicit: Option<&Path>) -> anyhow::Result<ModelFiles> {
+        let relative = Path::new("models").join(MODEL_ID);
+        let tried = candidates(explicit, &relative);
+        let Some(dir) = tried.iter().find(|d| d.join("model.onnx").is_file()) else {
+            bail!(
+                "the embedding model was not found (looked in {}). It ships in the repository \
+                 under models/{MODEL_ID}/; run memesh from the checkout or an unpacked bundle, \
+                 or pass --model-dir / MEMESH_MODEL_DIR",
+                tried
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        let files = ModelFiles { dir: dir.clone() };
+        files.verify()?;
+        Ok(files)
+    }
+
+    /// Compares every file with the checksums compiled into this binary.
+    fn verify(&self) -> anyhow::Result<()> {
+        for line in MODEL_SUMS.lines().filter(|l| !l.trim().is_empty()) {
+            let (expected, name) = line
+                .split_once(char::is_whitespace)
+                .context("malformed SHA256SUMS compiled into the binary")?;
+            let name = name.trim().trim_start_matches('*');
+            let path = self.dir.join(name);
+            if !path.is_file() {
+                bail!(
+                    "model file {} is missing; restore models/{MODEL_ID}/ from the repository \
+                     or the release bundle",
+                    path.display()
+                );
+            }
+            let actual = sha256_file(&path)?;
+            if actual != expected {
+                bail!(
+                    "model file {} is corrupt: sha256 {actual}, expected {expected}; restore it \
+                     from the repository or the release bundle (see models/README.md)",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&self, name: &str) -> anyhow::Result<Vec<u8>> {
+        let path = self.dir.join(name);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+/// The ONNX Runtime shared library, located and verified.
+pub struct RuntimeLibrary {
+    path: PathBuf,
+}
+
+impl RuntimeLibrary {
+    /// An explicit path is trusted as given (another platform's build, say); the default one
+    /// must be the pinned build.
+    pub fn locate(explicit: Option<&Path>) -> anyhow::Result<RuntimeLibrary> {
+        let relative = Path::new("runtime").join(ORT_LIB_NAME);
+        let tried = candidates(explicit, &relative);
+        let Some(path) = tried.iter().find(|p| p.is_file()) else {
+            bail!(
+                "the ONNX Runtime library {ORT_LIB_NAME} was not found (looked in {}). \
+                 From the repository root run: scripts/fetch-runtime.sh \
+                 (or pass --ort-lib / MEMESH_ORT_LIB)",
+                tried
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        if explicit.is_none() {
+            let actual = sha256_file(path)?;
+            if actual != ORT_LIB_SHA256 {
+                bail!(
+                    "{} has sha256 {actual}, expected {ORT_LIB_SHA256}; run \
+                     scripts/fetch-runtime.sh to replace it",
+                    path.display()
+                );
+            }
+        }
+        let path = std::fs::canonicalize(path)?;
+        Ok(RuntimeLibrary { path })
+    }
+
+    /// Loads the library into the process (once; later calls reuse it).
+    fn load(&self) -> anyhow::Result<()> {
+        static LOADED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        let loaded = LOADED.get_or_init(|| {
+            ort::init_from(&self.path)
+                .map(|_builder| self.path.clone())
+                .map_err(|e| format!("{e}"))
+        });
+        match loaded {
+            Ok(_) => Ok(()),
+            Err(e) => bail!(
+                "could not load the ONNX Runtime library {}: {e}; run scripts/fetch-runtime.sh",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// fastembed's text embedding over the bundled model.
+pub struct OnnxBackend {
+    model: TextEmbedding,
+}
+
+impl OnnxBackend {
+    pub fn load(
+        files: &ModelFiles,
+        runtime: &RuntimeLibrary,
+        threads: usize,
+    ) -> anyhow::Result<(OnnxBackend, ModelInfo)> {
+        runtime.load()?;
+        let tokenizer = TokenizerFiles {
+            tokenizer_file: files.read("tokenizer.json")?,
+            config_file: files.read("config.json")?,
+            special_tokens_map_file: files.read("special_tokens_map.json")?,
+            tokenizer_config_file: files.read("tokenizer_config.json")?,
+        };
+        let model = UserDefinedEmbeddingModel::new(files.read("model.onnx")?, tokenizer)
+            .with_pooling(Pooling::Mean)
+            .with_quantization(QuantizationMode::None);
+        let options = InitOptionsUserDefined::new()
+            .with_max_length(MODEL_MAX_TOKENS)
+            .with_intra_threads(threads.max(1));
+        let model = TextEmbedding::try_new_from_user_defined(model, options)
+            .map_err(|e| anyhow::anyhow!("loading the embedding model: {e}"))?;
+        let info = ModelInfo {
+            id: MODEL_ID.to_owned(),
+            dim: MODEL_DIM,
+            max_tokens: MODEL_MAX_TOKENS,
+        };
+        Ok((OnnxBackend { model }, info))
+    }
+}
+
+impl EmbedBackend for OnnxBackend {
+    fn embed(&mut self, texts: &[String]) -> anyhow::Result<Vec<Embedding>> {
+        let vectors = self
+            .model
+            .embed(texts, Some(ORT_BATCH))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        texts
+            .iter()
+            .zip(vectors)
+            .map(|(text, vector)| {
+                if vector.len() != MODEL_DIM {
+                    bail!(
+                        "the model returned {} dimensions, expected {MODEL_DIM}",
+                        vector.len()
+                    );
+                }
+                let encoding = self
+                    .model
+                    .tokenizer
+                    .encode(text.as_str(), true)
+                    .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+                Ok(Embedding {
+                    vector,
+                    tokens: encoding.get_ids().len(),
+                    truncated: !encoding.get_overflowing().is_empty(),
+                })
+            })
+            .collect()
+    }
+}

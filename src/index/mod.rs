@@ -1,0 +1,609 @@
+//! The vector index: one partition per owner (tenant and user), so a search only ever looks at
+//! the caller's own vectors. Small partitions are scanned exactly; large ones also get an HNSW
+//! graph, fed in the background, with tombstones for deletions and a rebuild when they pile up.
+
+mod graph;
+mod maintainer;
+mod snapshot;
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub use graph::Graph;
+pub use maintainer::{Maintainer, SnapshotPolicy};
+pub use snapshot::{LoadReport, load as load_snapshot, save as save_snapshot};
+
+use crate::ids::{TenantId, UserId};
+
+/// A memory's SQLite rowid: its identity in the index. Rowids are never reused (AUTOINCREMENT).
+pub type RowId = i64;
+
+/// Whose vectors these are.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerKey(Arc<str>);
+
+impl OwnerKey {
+    pub fn new(tenant: &TenantId, user: &UserId) -> OwnerKey {
+        OwnerKey(format!("{tenant}/{user}").into())
+    }
+
+    pub fn parse(s: &str) -> Option<OwnerKey> {
+        let (t, u) = s.split_once('/')?;
+        Some(OwnerKey::new(&TenantId::parse(t)?, &UserId::parse(u)?))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    pub dim: usize,
+    /// A partition gets an HNSW graph once it holds this many vectors; below, exact scan.
+    pub graph_threshold: usize,
+    pub ef_search: usize,
+    pub ef_construction: usize,
+    pub max_connections: usize,
+    /// Rebuild a graph when this fraction of its points are deleted.
+    pub rebuild_ratio: f64,
+}
+
+impl IndexConfig {
+    pub fn new(dim: usize) -> IndexConfig {
+        IndexConfig {
+            dim,
+            graph_threshold: 20_000,
+            ef_search: 128,
+            ef_construction: 200,
+            max_connections: 16,
+            rebuild_ratio: 0.1,
+        }
+    }
+}
+
+/// One search result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub row: RowId,
+    /// Cosine similarity, from -1 to 1.
+    pub score: f32,
+    pub created_at: i64,
+}
+
+/// Orders hits best first: higher score, then newer, then higher rowid (a total order, so
+/// pages are stable).
+fn better(a: &Hit, b: &Hit) -> Ordering {
+    b.score
+        .total_cmp(&a.score)
+        .then(b.created_at.cmp(&a.created_at))
+        .then(b.row.cmp(&a.row))
+}
+
+/// Heap entry that puts the worst kept hit on top.
+struct Worst(Hit);
+
+impl PartialEq for Worst {
+    fn eq(&self, other: &Self) -> bool {
+        better(&self.0, &other.0) == Ordering::Equal
+    }
+}
+impl Eq for Worst {}
+impl PartialOrd for Worst {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Worst {
+    fn cmp(&self, other: &Self) -> Ordering {
+        better(&self.0, &other.0)
+    }
+}
+
+/// Keeps the best `k` hits seen.
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Worst>,
+}
+
+impl TopK {
+    fn new(k: usize) -> TopK {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    fn push(&mut self, hit: Hit) {
+        if self.k == 0 {
+            return;
+        }
+        if self.heap.len() < self.k {
+            self.heap.push(Worst(hit));
+        } else if let Some(worst) = self.heap.peek()
+            && better(&hit, &worst.0) == Ordering::Less
+        {
+            self.heap.pop();
+            self.heap.push(Worst(hit));
+        }
+    }
+
+    fn into_sorted(self) -> Vec<Hit> {
+        let mut hits: Vec<Hit> = self.heap.into_iter().map(|w| w.0).collect();
+        hits.sort_by(better);
+        hits
+    }
+}
+
+/// Dot product written so the compiler vectorises it (eight independent accumulators).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// One owner's vectors: a contiguous matrix (for exact scans and rebuilds) and, once large,
+/// a graph. `pending` are live rows the graph does not hold yet; `tombstones` are rows the
+/// graph holds that were deleted.
+#[derive(Default)]
+pub(crate) struct Partition {
+    rows: Vec<RowId>,
+    created: Vec<i64>,
+    vectors: Vec<f32>,
+    pos: HashMap<RowId, usize>,
+    graph: Option<Arc<Graph>>,
+    in_graph: HashSet<RowId>,
+    pending: HashSet<RowId>,
+    tombstones: HashSet<RowId>,
+}
+
+impl Partition {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn vector(&self, i: usize, dim: usize) -> &[f32] {
+        &self.vectors[i * dim..(i + 1) * dim]
+    }
+
+    fn insert(&mut self, row: RowId, created_at: i64, vector: &[f32]) {
+        if self.pos.contains_key(&row) {
+            return;
+        }
+        self.pos.insert(row, self.rows.len());
+        self.rows.push(row);
+        self.created.push(created_at);
+        self.vectors.extend_from_slice(vector);
+        if self.graph.is_some() && !self.in_graph.contains(&row) {
+            self.pending.insert(row);
+        }
+        // A row the graph still holds as deleted cannot come back: rowids are never reused.
+    }
+
+    fn remove(&mut self, row: RowId, dim: usize) -> bool {
+        let Some(i) = self.pos.remove(&row) else {
+            return false;
+        };
+        let last = self.rows.len() - 1;
+        if i != last {
+            let moved = self.rows[last];
+            self.rows[i] = moved;
+            self.created[i] = self.created[last];
+            self.vectors
+                .copy_within(last * dim..(last + 1) * dim, i * dim);
+            self.pos.insert(moved, i);
+        }
+        self.rows.pop();
+        self.created.pop();
+        self.vectors.truncate(last * dim);
+        self.pending.remove(&row);
+        if self.in_graph.contains(&row) {
+            self.tombstones.insert(row);
+        }
+        true
+    }
+
+    fn hit(&self, i: usize, score: f32) -> Hit {
+        Hit {
+            row: self.rows[i],
+            score,
+            created_at: self.created[i],
+        }
+    }
+
+    /// Exact top-k over the rows that pass `allow`.
+    fn exact(
+        &self,
+        query: &[f32],
+        k: usize,
+        dim: usize,
+        allow: &dyn Fn(RowId) -> bool,
+    ) -> Vec<Hit> {
+        let mut top = TopK::new(k);
+        for (i, row) in self.rows.iter().enumerate() {
+            if allow(*row) {
+                top.push(self.hit(i, dot(query, self.vector(i, dim))));
+            }
+        }
+        top.into_sorted()
+    }
+
+    /// Exact top-k over an explicit set of rows (a selective filter): cost follows the set.
+    fn exact_among(&self, query: &[f32], k: usize, dim: usize, rows: &HashSet<RowId>) -> Vec<Hit> {
+        let mut top = TopK::new(k);
+        for row in rows {
+            if let Some(&i) = self.pos.get(row) {
+                top.push(self.hit(i, dot(query, self.vector(i, dim))));
+            }
+        }
+        top.into_sorted()
+    }
+
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        config: &IndexConfig,
+        allow: Option<&HashSet<RowId>>,
+    ) -> Vec<Hit> {
+        let dim = config.dim;
+        let allowed = |row: RowId| allow.is_none_or(|set| set.contains(&row));
+        let Some(graph) = &self.graph else {
+            return match allow {
+                Some(set) if set.len() < self.len() / 4 => self.exact_among(query, k, dim, set),
+                _ => self.exact(query, k, dim, &allowed),
+            };
+        };
+        // A selective filter is answered exactly from its own rows: filtering inside the graph
+        // costs far more than scanning a few thousand vectors, and starves results.
+        if let Some(set) = allow
+            && set.len() <= config.graph_threshold
+        {
+            return self.exact_among(query, k, dim, set);
+        }
+        let live = |row: RowId| {
+            !self.tombstones.contains(&row) && self.pos.contains_key(&row) && allowed(row)
+        };
+        let mut top = TopK::new(k);
+        let mut seen = HashSet::new();
+        for (row, score) in graph.search(query, k, config.ef_search, &live) {
+            if let Some(&i) = self.pos.get(&row)
+                && seen.insert(row)
+            {
+                top.push(self.hit(i, score));
+            }
+        }
+        for row in &self.pending {
+            if let Some(&i) = self.pos.get(row)
+                && allowed(*row)
+                && seen.insert(*row)
+            {
+                top.push(self.hit(i, dot(query, self.vector(i, dim))));
+            }
+        }
+        let hits = top.into_sorted();
+        let candidates = allow.map_or(self.len(), HashSet::len);
+        if hits.len() < k.min(candidates) {
+            // The graph came back short (unreachable points, a heavy filter): never return a
+            // short page when more matches exist.
+            return match allow {
+                Some(set) => self.exact_among(query, k, dim, set),
+                None => self.exact(query, k, dim, &allowed),
+            };
+        }
+        hits
+    }
+}
+
+/// Counts for `/readyz` and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexStats {
+    pub vectors: usize,
+    pub partitions: usize,
+    pub graphs: usize,
+    pub pending: usize,
+    pub tombstones: usize,
+}
+
+pub struct VectorIndex {
+    config: IndexConfig,
+    partitions: RwLock<HashMap<OwnerKey, Arc<RwLock<Partition>>>>,
+    /// Bumped whenever a graph changes, so snapshots are written only when there is news.
+    graph_changes: std::sync::atomic::AtomicU64,
+    /// Held by whoever changes or dumps graphs (the upkeep thread, `maintain_now`, snapshots),
+    /// so two of them never feed the same rows to a graph or dump one mid-change.
+    upkeep: std::sync::Mutex<()>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn upkeep_guard(index: &VectorIndex) -> std::sync::MutexGuard<'_, ()> {
+    index
+        .upkeep
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl VectorIndex {
+    pub fn new(config: IndexConfig) -> VectorIndex {
+        VectorIndex {
+            config,
+            partitions: RwLock::new(HashMap::new()),
+            graph_changes: std::sync::atomic::AtomicU64::new(0),
+            upkeep: std::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn config(&self) -> &IndexConfig {
+        &self.config
+    }
+
+    fn partition(&self, owner: &OwnerKey) -> Option<Arc<RwLock<Partition>>> {
+        read(&self.partitions).get(owner).cloned()
+    }
+
+    fn partition_or_create(&self, owner: &OwnerKey) -> Arc<RwLock<Partition>> {
+        if let Some(p) = self.partition(owner) {
+            return p;
+        }
+        write(&self.partitions)
+            .entry(owner.clone())
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn all_partitions(&self) -> Vec<(OwnerKey, Arc<RwLock<Partition>>)> {
+        read(&self.partitions)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Adds vectors (each `dim` long) to `owner`'s partition. A row already present is ignored.
+    pub fn insert(&self, owner: &OwnerKey, items: &[(RowId, i64, &[f32])]) {
+        let part = self.partition_or_create(owner);
+        let mut p = write(&part);
+        for (row, created_at, vector) in items {
+            debug_assert_eq!(vector.len(), self.config.dim);
+            p.insert(*row, *created_at, vector);
+        }
+    }
+
+    /// Removes a row; from then on no search returns it.
+    pub fn remove(&self, owner: &OwnerKey, row: RowId) -> bool {
+        match self.partition(owner) {
+            Some(part) => write(&part).remove(row, self.config.dim),
+            None => false,
+        }
+    }
+
+    /// The `k` most similar of `owner`'s vectors, best first, optionally only among `allow`.
+    pub fn search(
+        &self,
+        owner: &OwnerKey,
+        query: &[f32],
+        k: usize,
+        allow: Option<&HashSet<RowId>>,
+    ) -> Vec<Hit> {
+        match self.partition(owner) {
+            Some(part) => read(&part).search(query, k, &self.config, allow),
+            None => Vec::new(),
+        }
+    }
+
+    /// Exact search over all of `owner`'s vectors: the reference for recall measurements.
+    pub fn exact_search(&self, owner: &OwnerKey, query: &[f32], k: usize) -> Vec<Hit> {
+        match self.partition(owner) {
+            Some(part) => read(&part).exact(query, k, self.config.dim, &|_| true),
+            None => Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> IndexStats {
+        let mut s = IndexStats::default();
+        for (_, part) in self.all_partitions() {
+            let p = read(&part);
+            s.partitions += 1;
+            s.vectors += p.len();
+            s.graphs += usize::from(p.graph.is_some());
+            s.pending += p.pending.len();
+            s.tombstones += p.tombstones.len();
+        }
+        s
+    }
+
+    /// Every row the index holds, sorted: compared with SQLite by tests and at start-up.
+    pub fn rows(&self) -> Vec<RowId> {
+        let mut rows: Vec<RowId> = self
+            .all_partitions()
+            .iter()
+            .flat_map(|(_, part)| read(part).rows.clone())
+            .collect();
+        rows.sort_unstable();
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(seed: u64, dim: usize) -> Vec<f32> {
+        // xorshift: deterministic, no dependency.
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut v: Vec<f32> = (0..dim)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        let n = dot(&v, &v).sqrt();
+        v.iter_mut().for_each(|c| *c /= n);
+        v
+    }
+
+    fn owner(n: u8) -> OwnerKey {
+        OwnerKey(format!("tenant/{n}").into())
+    }
+
+    /// Inserts `vs` for owner 1 as rows `first..`.
+    fn insert_all(index: &VectorIndex, vs: &[Vec<f32>], first: RowId) {
+        let items: Vec<(RowId, i64, &[f32])> = vs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (first + i as RowId, 0, v.as_slice()))
+            .collect();
+        index.insert(&owner(1), &items);
+    }
+
+    fn small_config() -> IndexConfig {
+        IndexConfig {
+            graph_threshold: 200,
+            ..IndexConfig::new(16)
+        }
+    }
+
+    #[test]
+    fn dot_matches_naive() {
+        let (a, b) = (unit(1, 385), unit(2, 385));
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-5);
+    }
+
+    #[test]
+    fn owners_never_see_each_other() {
+        let index = VectorIndex::new(small_config());
+        let v = unit(7, 16);
+        index.insert(&owner(1), &[(1, 0, &v)]);
+        index.insert(&owner(2), &[(2, 0, &unit(8, 16))]);
+        let hits = index.search(&owner(2), &v, 10, None);
+        assert_eq!(hits.iter().map(|h| h.row).collect::<Vec<_>>(), [2]);
+        assert!(index.search(&owner(3), &v, 10, None).is_empty());
+    }
+
+    #[test]
+    fn removal_is_immediate_and_keeps_matrix_consistent() {
+        let index = VectorIndex::new(small_config());
+        let vs: Vec<Vec<f32>> = (0..50).map(|i| unit(i, 16)).collect();
+        insert_all(&index, &vs, 0);
+        for row in (0..50).step_by(3) {
+            assert!(index.remove(&owner(1), row));
+        }
+        assert!(!index.remove(&owner(1), 0), "second removal is a no-op");
+        for (i, v) in vs.iter().enumerate() {
+            let top = index.search(&owner(1), v, 1, None);
+            if i % 3 == 0 {
+                assert!(top.iter().all(|h| h.row != i as RowId));
+            } else {
+                assert_eq!(top[0].row, i as RowId, "a vector finds itself");
+                assert!((top[0].score - 1.0).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn ties_order_newest_first() {
+        let index = VectorIndex::new(small_config());
+        let v = unit(3, 16);
+        index.insert(&owner(1), &[(1, 100, &v), (2, 300, &v), (3, 200, &v)]);
+        let rows: Vec<RowId> = index
+            .search(&owner(1), &v, 3, None)
+            .iter()
+            .map(|h| h.row)
+            .collect();
+        assert_eq!(rows, [2, 3, 1]);
+    }
+
+    #[test]
+    fn filter_restricts_results_and_fills_the_page() {
+        let index = VectorIndex::new(small_config());
+        let vs: Vec<Vec<f32>> = (0..400).map(|i| unit(i, 16)).collect();
+        insert_all(&index, &vs, 0);
+        index.maintain_now();
+        assert_eq!(index.stats().graphs, 1);
+        for set_size in [5usize, 150, 300] {
+            let allow: HashSet<RowId> = (0..set_size as RowId)
+                .map(|r| r * 400 / set_size as RowId)
+                .collect();
+            let hits = index.search(&owner(1), &vs[399], 10, Some(&allow));
+            assert_eq!(hits.len(), 10.min(set_size));
+            assert!(hits.iter().all(|h| allow.contains(&h.row)));
+        }
+    }
+
+    #[test]
+    fn graph_search_agrees_with_exact_and_sees_pending_and_tombstones() {
+        let index = VectorIndex::new(small_config());
+        let vs: Vec<Vec<f32>> = (0..600).map(|i| unit(i + 1000, 16)).collect();
+        insert_all(&index, &vs[..500], 0);
+        index.maintain_now();
+        // Added after the graph was built: pending, found by the exact side scan.
+        insert_all(&index, &vs[500..], 500);
+        assert_eq!(index.stats().pending, 100);
+        assert_eq!(index.search(&owner(1), &vs[550], 1, None)[0].row, 550);
+        index.remove(&owner(1), 10);
+        assert!(
+            index
+                .search(&owner(1), &vs[10], 5, None)
+                .iter()
+                .all(|h| h.row != 10)
+        );
+        index.maintain_now();
+        let s = index.stats();
+        assert_eq!((s.pending, s.tombstones, s.vectors), (0, 1, 599));
+        let mut agree = 0;
+        for q in vs.iter().step_by(7) {
+            let got: HashSet<RowId> = index
+                .search(&owner(1), q, 10, None)
+                .iter()
+                .map(|h| h.row)
+                .collect();
+            let want: HashSet<RowId> = index
+                .exact_search(&owner(1), q, 10)
+                .iter()
+                .map(|h| h.row)
+                .collect();
+            agree += got.intersection(&want).count();
+        }
+        let total = vs.iter().step_by(7).count() * 10;
+        assert!(agree as f64 / total as f64 >= 0.9, "recall {agree}/{total}");
+    }
+
+    #[test]
+    fn many_deletions_trigger_a_rebuild() {
+        let index = VectorIndex::new(small_config());
+        let vs: Vec<Vec<f32>> = (0..300).map(|i| unit(i + 5000, 16)).collect();
+        insert_all(&index, &vs, 0);
+        index.maintain_now();
+        for row in 0..60 {
+            index.remove(&owner(1), row);
+        }
+        assert_eq!(index.stats().tombstones, 60);
+        index.maintain_now();
+        assert_eq!(
+            index.stats().tombstones,
+            0,
+            "rebuilt without the deleted points"
+        );
+        assert_eq!(index.search(&owner(1), &vs[100], 1, None)[0].row, 100);
+    }
+}

@@ -1,0 +1,263 @@
+//! Memory request and response shapes, and the validated values handlers work with.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::clock::Timestamp;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::MemoryId;
+
+pub const MAX_CONTENT_CHARS: usize = 16_384;
+pub const MAX_SUMMARY_CHARS: usize = 1_000;
+pub const MAX_SOURCE_CHARS: usize = 256;
+pub const MAX_TAGS: usize = 32;
+pub const MAX_TAG_CHARS: usize = 64;
+pub const MAX_SPACE_CHARS: usize = 64;
+pub const MAX_BATCH: usize = 100;
+pub const DEFAULT_SPACE: &str = "default";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sensitivity {
+    Public,
+    Internal,
+    Confidential,
+    Restricted,
+}
+
+impl Sensitivity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sensitivity::Public => "public",
+            Sensitivity::Internal => "internal",
+            Sensitivity::Confidential => "confidential",
+            Sensitivity::Restricted => "restricted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Sensitivity> {
+        match s {
+            "public" => Some(Sensitivity::Public),
+            "internal" => Some(Sensitivity::Internal),
+            "confidential" => Some(Sensitivity::Confidential),
+            "restricted" => Some(Sensitivity::Restricted),
+            _ => None,
+        }
+    }
+}
+
+/// A space name: 1 to 64 of `A-Z a-z 0-9 _ - . :`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Space(String);
+
+impl Space {
+    pub fn parse(field: &str, raw: &str) -> ApiResult<Space> {
+        let ok = !raw.is_empty()
+            && raw.chars().count() <= MAX_SPACE_CHARS
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+        if !ok {
+            return Err(ApiError::field(
+                field,
+                "a space is 1 to 64 characters of letters, digits, '_', '-', '.' or ':'",
+            ));
+        }
+        Ok(Space(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `a,b` from a query string, or a JSON list; empty entries are ignored.
+    pub fn parse_list(field: &str, raw: &[String]) -> ApiResult<Vec<Space>> {
+        raw.iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| Space::parse(field, s))
+            .collect()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WriteRequest {
+    pub content: String,
+    pub space: Option<String>,
+    pub summary: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub sensitivity: Option<Sensitivity>,
+    pub source: Option<String>,
+}
+
+/// A memory about to be stored, every field checked.
+#[derive(Debug, Clone)]
+pub struct NewMemory {
+    pub content: String,
+    pub space: Space,
+    pub summary: Option<String>,
+    pub tags: Vec<String>,
+    pub sensitivity: Sensitivity,
+    pub source: Option<String>,
+}
+
+fn bounded(field: &str, value: Option<String>, max: usize) -> ApiResult<Option<String>> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) if v.chars().count() > max => Err(ApiError::field(
+            field,
+            format!("must be at most {max} characters"),
+        )),
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+impl WriteRequest {
+    /// Validates every field; `prefix` is prepended to field names (`memories[3].`).
+    pub fn validate(self, prefix: &str) -> ApiResult<NewMemory> {
+        let f = |name: &str| format!("{prefix}{name}");
+        if self.content.trim().is_empty() {
+            return Err(ApiError::field(&f("content"), "must not be empty"));
+        }
+        let chars = self.content.chars().count();
+        if chars > MAX_CONTENT_CHARS {
+            return Err(ApiError::field(
+                &f("content"),
+                format!("is {chars} characters; at most {MAX_CONTENT_CHARS} are accepted"),
+            ));
+        }
+        let space = match self.space.as_deref() {
+            None | Some("") => Space(DEFAULT_SPACE.to_owned()),
+            Some(s) => Space::parse(&f("space"), s)?,
+        };
+        let raw_tags = self.tags.unwrap_or_default();
+        if raw_tags.len() > MAX_TAGS {
+            return Err(ApiError::field(
+                &f("tags"),
+                format!("at most {MAX_TAGS} tags"),
+            ));
+        }
+        let mut tags: Vec<String> = Vec::with_capacity(raw_tags.len());
+        for tag in raw_tags {
+            let tag = tag.trim().to_owned();
+            let valid = !tag.is_empty()
+                && tag.chars().count() <= MAX_TAG_CHARS
+                && !tag
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == ',');
+            if !valid {
+                return Err(ApiError::field(
+                    &f("tags"),
+                    format!(
+                        "each tag is 1 to {MAX_TAG_CHARS} characters without spaces or commas; \
+                         got {tag:?}"
+                    ),
+                ));
+            }
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        Ok(NewMemory {
+            content: self.content,
+            space,
+            summary: bounded(&f("summary"), self.summary, MAX_SUMMARY_CHARS)?,
+            tags,
+            sensitivity: self.sensitivity.unwrap_or(Sensitivity::Internal),
+            source: bounded(&f("source"), self.source, MAX_SOURCE_CHARS)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingInfo {
+    pub model: String,
+    /// Model tokens embedded (the window is 256; longer content is truncated).
+    pub tokens: usize,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Memory {
+    pub id: MemoryId,
+    pub content: String,
+    pub space: String,
+    pub summary: Option<String>,
+    pub tags: Vec<String>,
+    pub sensitivity: Sensitivity,
+    pub source: Option<String>,
+    /// `cl100k_base` tokens of the content.
+    pub token_count: usize,
+    pub embedding: EmbeddingInfo,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchRequest {
+    pub memories: Vec<Value>,
+    pub transactional: Option<bool>,
+}
+
+/// One item of a non-transactional batch.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItem {
+    pub index: usize,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+impl BatchItem {
+    pub fn failed(index: usize, e: &ApiError) -> BatchItem {
+        let mut error = json!({ "code": e.code.as_str(), "message": e.message });
+        if let Some(d) = &e.details {
+            error["details"] = d.clone();
+        }
+        BatchItem {
+            index,
+            status: e.code.status().as_u16(),
+            memory: None,
+            error: Some(error),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SearchBody {
+    pub query: String,
+    pub spaces: Option<Vec<String>>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SearchParams {
+    pub query: Option<String>,
+    pub spaces: Option<String>,
+    pub limit: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchResult {
+    /// Cosine similarity between the query and the memory, from -1 to 1.
+    pub score: f32,
+    pub memory: Memory,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpaceUsage {
+    pub space: String,
+    pub count: i64,
+    pub last_written_at: Timestamp,
+}
