@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use memesh::auth::Actor;
@@ -36,7 +37,18 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Deterministic sentences of about 20 tokens, like short agent memories.
+/// A deterministic xorshift picker: each call returns an index below its argument.
+fn picker(seed: u64) -> impl FnMut(usize) -> usize {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    move |m: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % m as u64) as usize
+    }
+}
+
+/// Deterministic sentences of about 30 tokens, like short agent memories.
 fn sentences(seed: u64, n: usize) -> Vec<String> {
     const WHO: &[&str] = &[
         "the customer",
@@ -104,13 +116,7 @@ fn sentences(seed: u64, n: usize) -> Vec<String> {
         "as a quick experiment",
         "following the postmortem",
     ];
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = |m: usize| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % m as u64) as usize
-    };
+    let mut next = picker(seed);
     (0..n)
         .map(|i| {
             format!(
@@ -121,6 +127,54 @@ fn sentences(seed: u64, n: usize) -> Vec<String> {
                 WHEN[next(WHEN.len())],
                 WHY[next(WHY.len())],
                 i
+            )
+        })
+        .collect()
+}
+
+/// Short questions, the way people and agents search (about ten tokens).
+fn questions(seed: u64, n: usize) -> Vec<String> {
+    const ASK: &[&str] = &[
+        "what happened with",
+        "who handled",
+        "any news on",
+        "status of",
+        "notes about",
+        "why did we change",
+        "decision on",
+        "problems with",
+    ];
+    const TOPIC: &[&str] = &[
+        "the invoice export",
+        "dark mode",
+        "the login timeout",
+        "the quarterly forecast",
+        "a memory leak",
+        "the onboarding checklist",
+        "the API rate limit",
+        "lunch options",
+        "the Kubernetes upgrade",
+        "flaky tests",
+        "the refund policy",
+        "search ranking",
+        "the webhook",
+        "the holiday schedule",
+    ];
+    const WHEN: &[&str] = &[
+        "",
+        " last quarter",
+        " during the outage",
+        " after the release",
+        " this week",
+    ];
+    let mut next = picker(seed);
+    (0..n)
+        .map(|_| {
+            format!(
+                "{} {}{}?",
+                ASK[next(ASK.len())],
+                TOPIC[next(TOPIC.len())],
+                WHEN[next(WHEN.len())]
             )
         })
         .collect()
@@ -205,7 +259,8 @@ async fn write_throughput(backend: &mut OnnxBackend) -> (f64, f64) {
     .unwrap();
     let engine = MemoryEngine::open(
         &db,
-        embedder,
+        memesh::embed::MODEL_ID,
+        || Ok(embedder),
         EngineConfig {
             index: IndexConfig::new(MODEL_DIM),
             snapshot_dir: dir.path().join("index"),
@@ -242,7 +297,7 @@ async fn write_throughput(backend: &mut OnnxBackend) -> (f64, f64) {
 
 /// Fills a database with the corpus (precomputed embeddings; no HTTP): the large owner gets
 /// 99%, the small owner 1%, interleaved as they would be written.
-fn fill_database(dir: &Path, corpus: &[String], vectors: &[Embedding]) -> (Owner, Owner) {
+fn fill_database(dir: &Path, corpus: &[String], vectors: &[Embedding]) -> (Owner, Owner, String) {
     let db = Db::open(&dir.join("memesh.db")).unwrap();
     let spec = TenantSpec {
         name: "bench",
@@ -313,22 +368,30 @@ fn fill_database(dir: &Path, corpus: &[String], vectors: &[Embedding]) -> (Owner
         })
         .unwrap();
     }
-    (big, small)
+    (big, small, t.key)
 }
 
-/// Starts the release binary on `dir` and returns the time until /readyz answers 200.
-fn time_binary_start(dir: &Path) -> Duration {
+/// Starts the release binary on `dir` and returns it with the time until /readyz answered 200.
+fn time_binary_start(dir: &Path) -> (std::process::Child, Duration) {
     let exe = root().join("target/release/memesh");
     assert!(
         exe.exists(),
         "build the binary first: cargo build --release"
     );
+    let log_path = dir.join("start.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let started = Instant::now();
-    let mut child = Command::new(&exe)
-        .args(["--listen", "127.0.0.1:18766", "--data-dir"])
+    let child = Command::new(&exe)
+        .args([
+            "--listen",
+            "127.0.0.1:18766",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
         .arg(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let elapsed = loop {
@@ -348,12 +411,158 @@ fn time_binary_start(dir: &Path) -> Duration {
         );
         std::thread::sleep(Duration::from_millis(5));
     };
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if let Some(line) = log.lines().find(|l| l.contains("memory index ready")) {
+        eprintln!("  start-up: {line}");
+    }
+    (child, elapsed)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn timed_post(client: &reqwest::Client, url: String, key: &str, body: Value) -> f64 {
+    let started = Instant::now();
+    let resp = client
+        .post(url)
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
         .unwrap();
-    child.wait().unwrap();
-    elapsed
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await.unwrap();
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+async fn timed_search(client: reqwest::Client, base: String, key: String, q: String) -> f64 {
+    let started = Instant::now();
+    let resp = client
+        .get(format!("{base}/v1/memory/search"))
+        .query(&[("query", q.as_str()), ("limit", "10")])
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await.unwrap();
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Retrieval figures (issue 4) against the running binary holding the 100,000 memories.
+async fn retrieval(base: &str, key: &str, pid: u32, queries: &[String]) {
+    let client = reqwest::Client::new();
+    for q in &queries[..20] {
+        timed_search(client.clone(), base.into(), key.into(), q.clone()).await;
+    }
+    let mut ms = Vec::new();
+    for q in queries {
+        ms.push(timed_search(client.clone(), base.into(), key.into(), q.clone()).await);
+    }
+    ms.sort_by(f64::total_cmp);
+    println!("| retrieval at {CORPUS} memories (owner of 99%) | value |\n|---|---|");
+    println!(
+        "| GET /v1/memory/search, 1 client, p50 / p99 (query embedding included) | {:.1} ms / {:.1} ms |",
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99)
+    );
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let qs: Vec<String> = queries.iter().skip(c).step_by(8).cloned().collect();
+        let (client, base, key) = (client.clone(), base.to_owned(), key.to_owned());
+        tasks.push(tokio::spawn(async move {
+            for q in qs {
+                timed_search(client.clone(), base.clone(), key.clone(), q).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "| GET /v1/memory/search, 8 concurrent clients | {:.0} searches/s |",
+        queries.len() as f64 / started.elapsed().as_secs_f64()
+    );
+
+    let mut batch_ms = Vec::new();
+    for round in 0..6 {
+        let qs: Vec<&String> = queries.iter().skip(round * 50).take(50).collect();
+        let url = format!("{base}/v1/memory/batch/search");
+        batch_ms.push(timed_post(&client, url, key, json!({ "queries": qs })).await);
+    }
+    batch_ms.sort_by(f64::total_cmp);
+    println!(
+        "| POST /v1/memory/batch/search, 50 queries (median of 6) | {:.0} ms |",
+        percentile(&batch_ms, 0.5)
+    );
+
+    let mut query_ms = Vec::new();
+    for q in &queries[..50] {
+        let url = format!("{base}/v1/memory/query");
+        let body = json!({ "query": q, "limit": 10, "similarityThreshold": 0.3 });
+        query_ms.push(timed_post(&client, url, key, body).await);
+    }
+    query_ms.sort_by(f64::total_cmp);
+    println!(
+        "| POST /v1/memory/query with a threshold (exact scan and total), p50 | {:.1} ms |",
+        percentile(&query_ms, 0.5)
+    );
+
+    let before = rss_kib(pid);
+    let peak = Arc::new(AtomicU64::new(before));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut resp = client
+        .get(format!("{base}/v1/memory/stream/export"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    let (mut events, mut bytes) = (0usize, 0usize);
+    let mut line = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        bytes += chunk.len();
+        for b in chunk.iter() {
+            if *b == b'\n' {
+                if line == b"event: memory" {
+                    events += 1;
+                }
+                line.clear();
+            } else {
+                line.push(*b);
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    println!(
+        "| GET /v1/memory/stream/export, {events} memories ({:.0} MB) | {:.0} memories/s |",
+        bytes as f64 / 1e6,
+        events as f64 / secs
+    );
+    println!(
+        "| server RSS before the export / peak during it | {} MiB / {} MiB |\n",
+        before / 1024,
+        peak.load(Ordering::Relaxed) / 1024
+    );
 }
 
 fn recall(index: &VectorIndex, owner: &OwnerKey, queries: &[Embedding]) -> (f64, f64, f64) {
@@ -400,12 +609,12 @@ fn main() {
     eprintln!("embedding the {CORPUS}-memory corpus (cached after the first run)…");
     let corpus = sentences(42, CORPUS);
     let vectors = cached_embeddings("corpus-100k", &corpus, &mut model);
-    let queries = cached_embeddings("queries-300", &sentences(4242, QUERIES), &mut model);
+    let queries = cached_embeddings("questions-300", &questions(4242, QUERIES), &mut model);
     drop(model);
 
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let (big, small) = fill_database(dir.path(), &corpus, &vectors);
+    let (big, small, key) = fill_database(dir.path(), &corpus, &vectors);
     let filled = started.elapsed();
 
     // First start: fill from SQLite, build the graph, snapshot at shutdown.
@@ -444,11 +653,23 @@ fn main() {
     drop(index);
     drop(db);
 
-    let cold = time_binary_start(dir.path());
+    let (mut server, cold) = time_binary_start(dir.path());
     println!(
         "| `memesh` start to /readyz 200, with snapshot (model load included) | {:.2} s |\n",
         cold.as_secs_f64()
     );
+    let query_texts = questions(4242, QUERIES);
+    runtime.block_on(retrieval(
+        "http://127.0.0.1:18766",
+        &key,
+        server.id(),
+        &query_texts,
+    ));
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    server.wait().unwrap();
 
     println!("| exact scan of one partition | µs/query |\n|---|---|");
     for size in [1_000usize, 5_000, 20_000, 50_000, 100_000] {

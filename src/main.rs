@@ -15,7 +15,7 @@ use memesh::config::{
     TenantCommand,
 };
 use memesh::db::Db;
-use memesh::embed::MODEL_DIM;
+use memesh::embed::{MODEL_DIM, MODEL_ID};
 use memesh::index::IndexConfig;
 use memesh::memory::engine::{EngineConfig, MemoryEngine};
 use memesh::state::AppState;
@@ -137,10 +137,11 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else if args.owner.bootstrap_key.is_some() {
         tracing::info!("MEMESH_BOOTSTRAP_KEY ignored: the data directory is already initialized");
     }
-    let (embedder, _worker) = load_embedder(&args.model)?;
     let engine = MemoryEngine::open(
         &db,
-        embedder,
+        MODEL_ID,
+        // The worker thread runs detached for the life of the process.
+        || load_embedder(&args.model).map(|(embedder, _worker)| embedder),
         EngineConfig {
             index: IndexConfig {
                 graph_threshold: args.index.index_graph_threshold as usize,

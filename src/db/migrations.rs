@@ -105,6 +105,26 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX memory_tags_memory ON memory_tags(memory_seq);
     "#,
+    // 3: full-text search over memories (BM25 keyword and hybrid retrieval), kept in step with
+    // the memories table by triggers (memories are never updated in place, so insert and delete
+    // triggers are all it needs); and an index for walking one owner's memories in order.
+    r#"
+    CREATE VIRTUAL TABLE memories_fts USING fts5(
+        content, summary, tags,
+        content = 'memories', content_rowid = 'seq'
+    );
+    CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN
+        INSERT INTO memories_fts (rowid, content, summary, tags)
+        VALUES (new.seq, new.content, new.summary, new.tags);
+    END;
+    CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN
+        INSERT INTO memories_fts (memories_fts, rowid, content, summary, tags)
+        VALUES ('delete', old.seq, old.content, old.summary, old.tags);
+    END;
+    INSERT INTO memories_fts (memories_fts) VALUES ('rebuild');
+    -- Export pages walk one owner's memories in rowid order.
+    CREATE INDEX memories_owner_seq ON memories(tenant_id, user_id, seq);
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

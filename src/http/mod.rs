@@ -48,12 +48,27 @@ pub fn router(state: AppState) -> Router {
             "/memory/search",
             get(memory::handlers::search_get).post(memory::handlers::search_post),
         )
+        .route("/memory/query", post(memory::retrieve::query))
+        .route("/memory/batch/search", post(memory::retrieve::batch_search))
+        .route(
+            "/memory/context-window",
+            post(memory::retrieve::context_window),
+        )
         .route("/memory/count", get(memory::handlers::count))
         .route("/memory/spaces", get(memory::handlers::spaces))
         .route(
             "/memory/{id}",
             get(memory::handlers::get).delete(memory::handlers::delete),
-        );
+        )
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.settings.request_timeout,
+        ));
+    // Bulk transfers run as long as their data takes: no request timeout. The export streams
+    // page by page; the import reads its body as a stream and bounds it itself.
+    let v1_streams = Router::new()
+        .route("/memory/stream/export", get(memory::retrieve::export))
+        .route("/memory/import", post(memory::retrieve::import));
 
     let settings = &state.settings;
     let layers = ServiceBuilder::new()
@@ -62,16 +77,12 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(CompressionLayer::new())
         .layer(axum::middleware::map_response(json_errors))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            settings.request_timeout,
-        ))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes));
 
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .nest("/v1", v1)
+        .nest("/v1", v1.merge(v1_streams))
         .fallback(not_found)
         .layer(layers)
         .with_state(state)

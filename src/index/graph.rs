@@ -63,19 +63,25 @@ impl Graph {
         self.hnsw.get_nb_point()
     }
 
-    /// The `k` nearest rows that pass `allow`, as (row, cosine similarity). The filter is also
-    /// applied to the results, as hnsw_rs's filtered search has let excluded ids through
-    /// (hnswlib-rs issue #27).
+    /// The `k` nearest rows that pass `allow`, as (row, cosine similarity). With `filtered`, the
+    /// graph search itself skips rows `allow` rejects; either way the results are checked again,
+    /// as hnsw_rs's filtered search has let excluded ids through (hnswlib-rs issue #27).
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
         ef: usize,
         allow: &dyn Fn(RowId) -> bool,
+        filtered: bool,
     ) -> Vec<(RowId, f32)> {
         let filter = |id: &usize| allow(*id as RowId);
-        self.hnsw
-            .search_filter(query, k, ef.max(k), Some(&filter))
+        let found = if filtered {
+            self.hnsw.search_filter(query, k, ef.max(k), Some(&filter))
+        } else {
+            // Nothing to exclude: the plain search is cheaper than a filtered one.
+            self.hnsw.search(query, k, ef.max(k))
+        };
+        found
             .into_iter()
             .map(|n| (n.d_id as RowId, 1.0 - n.distance))
             .filter(|(row, _)| allow(*row))

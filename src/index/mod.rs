@@ -12,7 +12,10 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use graph::Graph;
 pub use maintainer::{Maintainer, SnapshotPolicy};
-pub use snapshot::{LoadReport, load as load_snapshot, save as save_snapshot};
+pub use snapshot::{
+    LoadReport, LoadedGraph, install as install_snapshot, read_graphs as read_snapshot,
+    save as save_snapshot,
+};
 
 use crate::ids::{TenantId, UserId};
 
@@ -136,8 +139,28 @@ impl TopK {
     }
 }
 
-/// Dot product written so the compiler vectorises it (eight independent accumulators).
+/// Dot product of two equally long vectors: AVX2 and FMA when the processor has them (checked
+/// once), otherwise a portable loop the compiler vectorises.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static FAST: OnceLock<bool> = OnceLock::new();
+        let fast = *FAST.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        });
+        if fast {
+            // SAFETY: the processor supports AVX2 and FMA (checked above).
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+/// Eight independent accumulators, so the compiler can vectorise without reassociating.
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -148,6 +171,40 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at i + 8k < n, inside both slices.
+    unsafe {
+        while i + 32 <= n {
+            for (k, slot) in acc.iter_mut().enumerate() {
+                let x = _mm256_loadu_ps(pa.add(i + 8 * k));
+                let y = _mm256_loadu_ps(pb.add(i + 8 * k));
+                *slot = _mm256_fmadd_ps(x, y, *slot);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+        let tail: f32 = (i..n).map(|j| *pa.add(j) * *pb.add(j)).sum();
+        lanes.iter().sum::<f32>() + tail
+    }
 }
 
 /// One owner's vectors: a contiguous matrix (for exact scans and rebuilds) and, once large,
@@ -247,6 +304,35 @@ impl Partition {
         top.into_sorted()
     }
 
+    /// Scores every row (or every row of `allow`) exactly: the best `k` at or above `threshold`,
+    /// and how many are at or above it in all.
+    fn scan(
+        &self,
+        query: &[f32],
+        k: usize,
+        dim: usize,
+        allow: Option<&HashSet<RowId>>,
+        threshold: Option<f32>,
+    ) -> (Vec<Hit>, usize) {
+        let mut top = TopK::new(k);
+        let mut total = 0;
+        let mut consider = |i: usize| {
+            let score = dot(query, self.vector(i, dim));
+            if threshold.is_none_or(|t| score >= t) {
+                total += 1;
+                top.push(self.hit(i, score));
+            }
+        };
+        match allow {
+            Some(set) => set
+                .iter()
+                .filter_map(|r| self.pos.get(r))
+                .for_each(|&i| consider(i)),
+            None => (0..self.len()).for_each(consider),
+        }
+        (top.into_sorted(), total)
+    }
+
     fn search(
         &self,
         query: &[f32],
@@ -274,7 +360,8 @@ impl Partition {
         };
         let mut top = TopK::new(k);
         let mut seen = HashSet::new();
-        for (row, score) in graph.search(query, k, config.ef_search, &live) {
+        let filtered = allow.is_some() || !self.tombstones.is_empty();
+        for (row, score) in graph.search(query, k, config.ef_search, &live, filtered) {
             if let Some(&i) = self.pos.get(&row)
                 && seen.insert(row)
             {
@@ -408,6 +495,23 @@ impl VectorIndex {
         }
     }
 
+    /// Exact scoring with a similarity floor: the best `k` of `owner`'s vectors (only among
+    /// `allow`, if given) scoring at least `threshold`, and how many score at least that in all.
+    /// Deterministic, so pages taken with growing offsets never skip or repeat a result.
+    pub fn scan(
+        &self,
+        owner: &OwnerKey,
+        query: &[f32],
+        k: usize,
+        allow: Option<&HashSet<RowId>>,
+        threshold: Option<f32>,
+    ) -> (Vec<Hit>, usize) {
+        match self.partition(owner) {
+            Some(part) => read(&part).scan(query, k, self.config.dim, allow, threshold),
+            None => (Vec::new(), 0),
+        }
+    }
+
     /// Exact search over all of `owner`'s vectors: the reference for recall measurements.
     pub fn exact_search(&self, owner: &OwnerKey, query: &[f32], k: usize) -> Vec<Hit> {
         match self.partition(owner) {
@@ -484,9 +588,13 @@ mod tests {
 
     #[test]
     fn dot_matches_naive() {
-        let (a, b) = (unit(1, 385), unit(2, 385));
-        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - naive).abs() < 1e-5);
+        for len in [0, 1, 7, 8, 31, 32, 33, 384, 385] {
+            let (a, b) = (unit(1, len.max(1)), unit(2, len.max(1)));
+            let (a, b) = (&a[..len], &b[..len]);
+            let naive: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            assert!((dot(a, b) - naive).abs() < 1e-5, "{len}");
+            assert!((dot_portable(a, b) - naive).abs() < 1e-5, "{len}");
+        }
     }
 
     #[test]

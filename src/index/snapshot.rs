@@ -174,22 +174,28 @@ pub fn save(index: &VectorIndex, dir: &Path, model: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// What loading found.
-#[derive(Debug, Default)]
+/// A graph read from the snapshot, not yet installed.
+pub struct LoadedGraph {
+    owner: OwnerKey,
+    graph: Graph,
+    members: HashSet<RowId>,
+}
+
+/// What reading the snapshot found.
+#[derive(Default)]
 pub struct LoadReport {
-    pub loaded: usize,
+    pub graphs: Vec<LoadedGraph>,
     pub skipped: Vec<String>,
 }
 
-/// Installs every graph of the current snapshot into the (already filled) partitions. Rows the
-/// graph holds that SQLite no longer has become tombstones; rows SQLite has that the graph
-/// lacks become pending: the index matches SQLite whatever the snapshot's age.
-pub fn load(index: &VectorIndex, dir: &Path, model: &str) -> anyhow::Result<LoadReport> {
+/// Reads every graph of the current snapshot, checking each file against the manifest first.
+/// Independent of the partitions, so it can run while they are filled from SQLite.
+pub fn read_graphs(dir: &Path, model: &str, dim: usize) -> anyhow::Result<LoadReport> {
     let mut report = LoadReport::default();
     let Some(manifest) = read_manifest(dir)? else {
         return Ok(report);
     };
-    if manifest.format != FORMAT || manifest.model != model || manifest.dim != index.config.dim {
+    if manifest.format != FORMAT || manifest.model != model || manifest.dim != dim {
         report.skipped.push(format!(
             "snapshot is for model {} ({}d); ignoring it",
             manifest.model, manifest.dim
@@ -199,20 +205,32 @@ pub fn load(index: &VectorIndex, dir: &Path, model: &str) -> anyhow::Result<Load
     let gen_dir = generation_dir(dir, manifest.generation);
     for entry in &manifest.graphs {
         match load_one(&gen_dir, entry) {
-            Ok((owner, graph, members)) => {
-                let Some(part) = index.partition(&owner) else {
-                    report
-                        .skipped
-                        .push(format!("{}: owner has no memories left", entry.owner));
-                    continue;
-                };
-                write(&part).install_graph(Arc::new(graph), members);
-                report.loaded += 1;
-            }
+            Ok((owner, graph, members)) => report.graphs.push(LoadedGraph {
+                owner,
+                graph,
+                members,
+            }),
             Err(e) => report.skipped.push(format!("{}: {e:#}", entry.owner)),
         }
     }
     Ok(report)
+}
+
+/// Installs graphs into the (already filled) partitions. Rows a graph holds that SQLite no
+/// longer has become tombstones; rows SQLite has that the graph lacks become pending: the
+/// index matches SQLite whatever the snapshot's age. Returns how many were installed.
+pub fn install(index: &VectorIndex, graphs: Vec<LoadedGraph>, skipped: &mut Vec<String>) -> usize {
+    let mut installed = 0;
+    for g in graphs {
+        match index.partition(&g.owner) {
+            Some(part) => {
+                write(&part).install_graph(Arc::new(g.graph), g.members);
+                installed += 1;
+            }
+            None => skipped.push(format!("{}: owner has no memories left", g.owner.as_str())),
+        }
+    }
+    installed
 }
 
 fn load_one(

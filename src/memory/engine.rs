@@ -28,28 +28,56 @@ pub struct MemoryEngine {
 }
 
 impl MemoryEngine {
-    pub fn open(db: &Db, embedder: Embedder, config: EngineConfig) -> anyhow::Result<MemoryEngine> {
+    /// Opens the engine for vectors of model `model_id`. The model is loaded by `load_embedder`
+    /// on its own thread while the index is filled from SQLite and the snapshot is read on
+    /// another: start-up costs the longest of the three, not their sum.
+    pub fn open(
+        db: &Db,
+        model_id: &str,
+        load_embedder: impl FnOnce() -> anyhow::Result<Embedder> + Send,
+        config: EngineConfig,
+    ) -> anyhow::Result<MemoryEngine> {
         let started = Instant::now();
-        let model = embedder.info().id.clone();
-        ensure_model(db, &model)?;
+        ensure_model(db, model_id)?;
         let index = Arc::new(VectorIndex::new(config.index));
-        db.read_blocking(|conn| {
-            store::for_each_vector(conn, |owner, row, created_at, vector| {
-                index.insert(&owner, &[(row, created_at, &vector)]);
-            })
+        let dim = index.config().dim;
+        let (embedder, snapshot, fill_ms) = std::thread::scope(|scope| {
+            let embedder = scope.spawn(load_embedder);
+            let snapshot =
+                scope.spawn(|| index::read_snapshot(&config.snapshot_dir, model_id, dim));
+            let filled = db.read_blocking(|conn| {
+                store::for_each_vector(conn, |owner, row, created_at, vector| {
+                    index.insert(&owner, &[(row, created_at, &vector)]);
+                })
+            });
+            let fill_ms = started.elapsed().as_millis() as u64;
+            let embedder = joined(embedder.join());
+            let snapshot = joined(snapshot.join());
+            filled.map(|()| (embedder, snapshot, fill_ms))
         })?;
-        let loaded = Instant::now();
-        let report = index::load_snapshot(&index, &config.snapshot_dir, &model)?;
+        let embedder = embedder?;
+        if embedder.info().id != model_id || embedder.info().dim != dim {
+            bail!(
+                "the loaded model is {:?}, expected {model_id:?}",
+                embedder.info().id
+            );
+        }
+        let mut report = snapshot?;
+        let loaded = index::install_snapshot(
+            &index,
+            std::mem::take(&mut report.graphs),
+            &mut report.skipped,
+        );
         for skipped in &report.skipped {
             tracing::warn!(reason = %skipped, "graph snapshot not used; it will be rebuilt");
         }
         let stats = index.stats();
         tracing::info!(
             vectors = stats.vectors,
-            graphs_loaded = report.loaded,
+            graphs_loaded = loaded,
             pending = stats.pending,
             tombstones = stats.tombstones,
-            fill_ms = (loaded - started).as_millis() as u64,
+            fill_ms,
             total_ms = started.elapsed().as_millis() as u64,
             "memory index ready"
         );
@@ -57,14 +85,14 @@ impl MemoryEngine {
             index.clone(),
             SnapshotPolicy {
                 dir: config.snapshot_dir,
-                model_id: model,
+                model_id: model_id.to_owned(),
                 interval: config.snapshot_interval,
             },
         );
         Ok(MemoryEngine {
             embedder,
             index,
-            graphs_from_snapshot: report.loaded,
+            graphs_from_snapshot: loaded,
             maintainer: Mutex::new(Some(maintainer)),
         })
     }
@@ -89,6 +117,10 @@ impl MemoryEngine {
             m.stop();
         }
     }
+}
+
+fn joined<T>(r: std::thread::Result<anyhow::Result<T>>) -> anyhow::Result<T> {
+    r.unwrap_or_else(|_| Err(anyhow::anyhow!("a start-up thread panicked")))
 }
 
 /// Vectors of two models must never be compared: a database written with another model is

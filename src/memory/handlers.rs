@@ -18,22 +18,22 @@ use crate::index::{Hit, RowId};
 use crate::state::AppState;
 
 use super::model::{
-    BatchItem, BatchRequest, MAX_BATCH, MAX_CONTENT_CHARS, Memory, NewMemory, SearchBody,
-    SearchParams, SearchResult, Space, WriteRequest,
+    BatchItem, BatchRequest, MAX_BATCH, MAX_CONTENT_CHARS, Memory, MemoryFilter, NewMemory,
+    SearchBody, SearchParams, SearchResult, Space, WriteRequest,
 };
 use super::store::{self, Owner, Prepared};
 
 const DEFAULT_LIMIT: u32 = 10;
 const MAX_LIMIT: u32 = 100;
 
-fn owner(p: &Principal) -> Owner {
+pub(super) fn owner(p: &Principal) -> Owner {
     Owner {
         tenant: p.tenant_id.clone(),
         user: p.user_id.clone(),
     }
 }
 
-fn embedding_failed(e: anyhow::Error) -> ApiError {
+pub(super) fn embedding_failed(e: anyhow::Error) -> ApiError {
     tracing::error!(error = %format!("{e:#}"), "embedding failed");
     ApiError::new(
         Code::Unavailable,
@@ -228,15 +228,32 @@ pub async fn spaces(
     Ok(axum::Json(json!({ "spaces": spaces })))
 }
 
+/// Embeds one text (a query).
+pub(super) async fn embed_one(state: &AppState, text: String) -> ApiResult<Vec<f32>> {
+    let mut out = state
+        .memory
+        .embedder
+        .embed(vec![text])
+        .await
+        .map_err(embedding_failed)?;
+    out.pop()
+        .map(|e| e.vector)
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the model returned no vector")))
+}
+
 /// A validated search.
-struct Search {
-    query: String,
-    spaces: Vec<Space>,
-    limit: usize,
+pub(super) struct Search {
+    pub query: String,
+    pub spaces: Vec<Space>,
+    pub limit: usize,
 }
 
 impl Search {
-    fn new(query: Option<String>, spaces: Vec<String>, limit: Option<u32>) -> ApiResult<Search> {
+    pub(super) fn new(
+        query: Option<String>,
+        spaces: Vec<String>,
+        limit: Option<u32>,
+    ) -> ApiResult<Search> {
         let query = query.unwrap_or_default();
         if query.trim().is_empty() {
             return Err(ApiError::field("query", "must not be empty"));
@@ -259,25 +276,32 @@ impl Search {
     }
 }
 
+/// The rows of the owner's memories in `spaces`; `None` (no restriction) when none is named.
+pub(super) async fn rows_in_spaces(
+    state: &AppState,
+    owner: &Owner,
+    spaces: &[Space],
+) -> ApiResult<Option<HashSet<RowId>>> {
+    if spaces.is_empty() {
+        return Ok(None);
+    }
+    let (o, f) = (owner.clone(), MemoryFilter::spaces_only(spaces.to_vec()));
+    let rows = state
+        .db
+        .read(move |c| store::filtered_rows(c, &o, &f))
+        .await?;
+    Ok(Some(rows))
+}
+
 /// Runs one search for `owner` with an already embedded query.
-pub async fn run_search(
+async fn run_search(
     state: &AppState,
     owner: &Owner,
     vector: Vec<f32>,
     spaces: &[Space],
     limit: usize,
 ) -> ApiResult<Vec<SearchResult>> {
-    let allow: Option<HashSet<RowId>> = if spaces.is_empty() {
-        None
-    } else {
-        let (o, s) = (owner.clone(), spaces.to_vec());
-        Some(
-            state
-                .db
-                .read(move |c| store::rows_in_spaces(c, &o, &s))
-                .await?,
-        )
-    };
+    let allow = rows_in_spaces(state, owner, spaces).await?;
     if allow.as_ref().is_some_and(HashSet::is_empty) {
         return Ok(Vec::new());
     }
@@ -288,19 +312,24 @@ pub async fn run_search(
     hydrate(state, owner, hits).await
 }
 
-/// Loads the memories behind `hits`, in hit order. A memory deleted since the index answered is
-/// left out: SQLite has the last word.
-pub async fn hydrate(
+/// The owner's memories behind index rows. A memory deleted since the index answered is
+/// missing from the map: SQLite has the last word.
+pub(super) async fn load_memories(
     state: &AppState,
     owner: &Owner,
-    hits: Vec<Hit>,
-) -> ApiResult<Vec<SearchResult>> {
-    let rows: Vec<RowId> = hits.iter().map(|h| h.row).collect();
+    rows: Vec<RowId>,
+) -> ApiResult<std::collections::HashMap<RowId, Memory>> {
     let (o, model) = (owner.clone(), state.memory.model_id().to_owned());
-    let mut found = state
+    state
         .db
         .read(move |c| store::by_rows(c, &o, &rows, &model))
-        .await?;
+        .await
+}
+
+/// Loads the memories behind `hits`, in hit order, leaving out any deleted meanwhile.
+async fn hydrate(state: &AppState, owner: &Owner, hits: Vec<Hit>) -> ApiResult<Vec<SearchResult>> {
+    let rows: Vec<RowId> = hits.iter().map(|h| h.row).collect();
+    let mut found = load_memories(state, owner, rows).await?;
     Ok(hits
         .into_iter()
         .filter_map(|h| {
@@ -313,13 +342,7 @@ pub async fn hydrate(
 }
 
 async fn search(state: AppState, principal: Principal, s: Search) -> ApiResult<axum::Json<Value>> {
-    let mut vectors = state
-        .memory
-        .embedder
-        .embed(vec![s.query.clone()])
-        .await
-        .map_err(embedding_failed)?;
-    let vector = vectors.pop().map(|e| e.vector).unwrap_or_default();
+    let vector = embed_one(&state, s.query.clone()).await?;
     let results = run_search(&state, &owner(&principal), vector, &s.spaces, s.limit).await?;
     Ok(axum::Json(json!({
         "query": s.query,

@@ -4,6 +4,8 @@
 pub mod engine;
 pub mod handlers;
 pub mod model;
+pub mod retrieval;
+pub mod retrieve;
 pub mod store;
 
 pub use engine::MemoryEngine;

@@ -102,6 +102,25 @@ pub struct NewMemory {
     pub source: Option<String>,
 }
 
+/// A tag: 1 to 64 characters (trimmed) without spaces, commas or control characters.
+pub fn validate_tag(field: &str, raw: &str) -> ApiResult<String> {
+    let tag = raw.trim();
+    let valid = !tag.is_empty()
+        && tag.chars().count() <= MAX_TAG_CHARS
+        && !tag
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',');
+    if !valid {
+        return Err(ApiError::field(
+            field,
+            format!(
+                "each tag is 1 to {MAX_TAG_CHARS} characters without spaces or commas; got {tag:?}"
+            ),
+        ));
+    }
+    Ok(tag.to_owned())
+}
+
 fn bounded(field: &str, value: Option<String>, max: usize) -> ApiResult<Option<String>> {
     match value {
         None => Ok(None),
@@ -260,4 +279,162 @@ pub struct SpaceUsage {
     pub space: String,
     pub count: i64,
     pub last_written_at: Timestamp,
+}
+
+pub const MAX_BATCH_QUERIES: usize = 50;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TagMode {
+    #[default]
+    Any,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Semantic,
+    Keyword,
+    Hybrid,
+}
+
+/// A value that may be given alone or as a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryBody {
+    pub query: String,
+    pub limit: Option<u32>,
+    pub offset: Option<u32>,
+    pub similarity_threshold: Option<f32>,
+    pub spaces: Option<Vec<String>>,
+    pub tags: Option<Vec<String>>,
+    pub tag_mode: Option<TagMode>,
+    pub created_after: Option<Timestamp>,
+    pub created_before: Option<Timestamp>,
+    pub sensitivity: Option<OneOrMany<Sensitivity>>,
+    pub source: Option<String>,
+    pub mode: Option<Mode>,
+    pub explain: Option<bool>,
+}
+
+/// Conditions a memory must meet besides similarity. Empty lists mean "no condition".
+#[derive(Debug, Clone, Default)]
+pub struct MemoryFilter {
+    pub spaces: Vec<Space>,
+    pub tags: Vec<String>,
+    pub tag_mode: TagMode,
+    /// Inclusive.
+    pub created_after: Option<Timestamp>,
+    /// Exclusive.
+    pub created_before: Option<Timestamp>,
+    pub sensitivity: Vec<Sensitivity>,
+    pub source: Option<String>,
+}
+
+impl MemoryFilter {
+    pub fn is_empty(&self) -> bool {
+        self.spaces.is_empty()
+            && self.tags.is_empty()
+            && self.created_after.is_none()
+            && self.created_before.is_none()
+            && self.sensitivity.is_empty()
+            && self.source.is_none()
+    }
+
+    pub fn spaces_only(spaces: Vec<Space>) -> MemoryFilter {
+        MemoryFilter {
+            spaces,
+            ..MemoryFilter::default()
+        }
+    }
+}
+
+/// How one result ranked on each side of a hybrid query (`explain: true`).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explain {
+    pub semantic_rank: Option<usize>,
+    pub semantic_score: Option<f32>,
+    pub keyword_rank: Option<usize>,
+    pub keyword_score: Option<f64>,
+    pub fused_score: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryResult {
+    /// `semantic`: cosine similarity; `keyword`: BM25 (higher is better); `hybrid`: the
+    /// reciprocal-rank-fusion score.
+    pub score: f64,
+    pub memory: Memory,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explain: Option<Explain>,
+}
+
+/// One query of a batch search: a bare string or an object.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BatchQuery {
+    Text(String),
+    Search(SearchBody),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchSearchBody {
+    pub queries: Vec<Value>,
+    pub deduplicate: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContextWindowBody {
+    pub query: String,
+    pub token_budget: i64,
+    pub spaces: Option<Vec<String>>,
+    pub tokenizer: Option<String>,
+    pub min_score: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExportParams {
+    pub spaces: Option<String>,
+    pub after: Option<String>,
+}
+
+/// One exported memory: everything needed to restore it exactly, embedding included (used
+/// as is on import when the model matches, re-computed otherwise).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExportRecord {
+    pub id: String,
+    pub content: String,
+    pub space: String,
+    pub summary: Option<String>,
+    pub tags: Vec<String>,
+    pub sensitivity: Sensitivity,
+    pub source: Option<String>,
+    pub created_at: Timestamp,
+    pub embedding_model: Option<String>,
+    /// Little-endian f32s, base64.
+    pub embedding: Option<String>,
 }

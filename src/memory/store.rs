@@ -4,7 +4,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, named_params};
+use base64::Engine;
+use rusqlite::{
+    Connection, OptionalExtension, Row, ToSql, Transaction, named_params, params_from_iter,
+};
 use serde_json::json;
 
 use crate::audit::{self, AuditEvent};
@@ -15,7 +18,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::{MemoryId, TenantId, UserId};
 use crate::index::{OwnerKey, RowId};
 
-use super::model::{EmbeddingInfo, Memory, NewMemory, Sensitivity, Space, SpaceUsage};
+use super::model::{
+    EmbeddingInfo, ExportRecord, Memory, MemoryFilter, NewMemory, Sensitivity, Space, SpaceUsage,
+    TagMode,
+};
 
 /// Whose memories: every query is scoped by both.
 #[derive(Debug, Clone)]
@@ -74,6 +80,38 @@ pub struct Prepared {
     pub token_count: usize,
 }
 
+/// Inserts one memory row and its tags; returns its rowid. Callers write the audit row.
+fn insert_row(
+    tx: &Transaction<'_>,
+    owner: &Owner,
+    id: &MemoryId,
+    item: &Prepared,
+    created_at: Timestamp,
+) -> ApiResult<RowId> {
+    let m = &item.memory;
+    tx.prepare_cached(
+        "INSERT INTO memories (id, tenant_id, user_id, space, content, summary, tags, sensitivity,
+             source, token_count, embed_tokens, embed_truncated, created_at, embedding)
+         VALUES (:id, :tenant, :user, :space, :content, :summary, :tags, :sensitivity, :source,
+             :tokens, :etokens, :etrunc, :created, :embedding)",
+    )?
+    .execute(named_params! {
+        ":id": id, ":tenant": owner.tenant, ":user": owner.user, ":space": m.space.as_str(),
+        ":content": m.content, ":summary": m.summary,
+        ":tags": serde_json::to_string(&m.tags).map_err(ApiError::internal)?,
+        ":sensitivity": m.sensitivity.as_str(), ":source": m.source,
+        ":tokens": item.token_count as i64, ":etokens": item.embedding.tokens as i64,
+        ":etrunc": item.embedding.truncated, ":created": created_at,
+        ":embedding": vector_to_blob(&item.embedding.vector),
+    })?;
+    let row = tx.last_insert_rowid();
+    let mut tag = tx.prepare_cached("INSERT INTO memory_tags (memory_seq, tag) VALUES (?1, ?2)")?;
+    for t in &m.tags {
+        tag.execute(rusqlite::params![row, t])?;
+    }
+    Ok(row)
+}
+
 /// Inserts memories (one audit row each) and returns them with their index rowids.
 pub fn insert(
     tx: &Transaction<'_>,
@@ -83,30 +121,11 @@ pub fn insert(
     model: &str,
     now: Timestamp,
 ) -> ApiResult<Vec<(RowId, Memory)>> {
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO memories (id, tenant_id, user_id, space, content, summary, tags, sensitivity,
-             source, token_count, embed_tokens, embed_truncated, created_at, embedding)
-         VALUES (:id, :tenant, :user, :space, :content, :summary, :tags, :sensitivity, :source,
-             :tokens, :etokens, :etrunc, :now, :embedding)",
-    )?;
-    let mut tag = tx.prepare_cached("INSERT INTO memory_tags (memory_seq, tag) VALUES (?1, ?2)")?;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let m = &item.memory;
         let id = MemoryId::generate();
-        insert.execute(named_params! {
-            ":id": id, ":tenant": owner.tenant, ":user": owner.user, ":space": m.space.as_str(),
-            ":content": m.content, ":summary": m.summary,
-            ":tags": serde_json::to_string(&m.tags).map_err(ApiError::internal)?,
-            ":sensitivity": m.sensitivity.as_str(), ":source": m.source,
-            ":tokens": item.token_count as i64, ":etokens": item.embedding.tokens as i64,
-            ":etrunc": item.embedding.truncated, ":now": now,
-            ":embedding": vector_to_blob(&item.embedding.vector),
-        })?;
-        let row = tx.last_insert_rowid();
-        for t in &m.tags {
-            tag.execute(rusqlite::params![row, t])?;
-        }
+        let row = insert_row(tx, owner, &id, item, now)?;
         audit::append(
             tx,
             actor,
@@ -203,9 +222,11 @@ pub fn by_rows(
         .map(i64::to_string)
         .collect::<Vec<_>>()
         .join(",");
+    // The unary `+` keeps SQLite from answering through the owner index (a scan of all the
+    // owner's rows) instead of looking the rowids up directly.
     let sql = format!(
         "SELECT {COLUMNS} FROM memories m
-         WHERE m.seq IN ({list}) AND m.tenant_id = ?1 AND m.user_id = ?2"
+         WHERE m.seq IN ({list}) AND +m.tenant_id = ?1 AND +m.user_id = ?2"
     );
     let mut stmt = conn.prepare(&sql)?;
     let found = stmt
@@ -214,27 +235,6 @@ pub fn by_rows(
         })?
         .collect::<Result<HashMap<_, _>, _>>()?;
     Ok(found)
-}
-
-/// Rowids of the owner's memories in any of `spaces`.
-pub fn rows_in_spaces(
-    conn: &Connection,
-    owner: &Owner,
-    spaces: &[Space],
-) -> ApiResult<HashSet<RowId>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq FROM memories WHERE tenant_id = ?1 AND user_id = ?2 AND space = ?3",
-    )?;
-    let mut rows = HashSet::new();
-    for space in spaces {
-        for row in stmt.query_map(
-            rusqlite::params![owner.tenant, owner.user, space.as_str()],
-            |r| r.get::<_, RowId>(0),
-        )? {
-            rows.insert(row?);
-        }
-    }
-    Ok(rows)
 }
 
 pub fn count(conn: &Connection, owner: &Owner) -> ApiResult<i64> {
@@ -338,4 +338,212 @@ pub fn replace_embedding(tx: &Transaction<'_>, row: RowId, e: &Embedding) -> Api
         rusqlite::params![row, vector_to_blob(&e.vector), e.tokens as i64, e.truncated],
     )?;
     Ok(())
+}
+
+/// The SQL condition (over `memories m`) for `filter`, appending its parameters.
+fn filter_clause(filter: &MemoryFilter, params: &mut Vec<Box<dyn ToSql>>) -> String {
+    let mut sql = String::new();
+    let push = |params: &mut Vec<Box<dyn ToSql>>, v: Box<dyn ToSql>| {
+        params.push(v);
+        format!("?{}", params.len())
+    };
+    if let Some(after) = filter.created_after {
+        let p = push(params, Box::new(after));
+        sql.push_str(&format!(" AND m.created_at >= {p}"));
+    }
+    if let Some(before) = filter.created_before {
+        let p = push(params, Box::new(before));
+        sql.push_str(&format!(" AND m.created_at < {p}"));
+    }
+    if let Some(source) = &filter.source {
+        let p = push(params, Box::new(source.clone()));
+        sql.push_str(&format!(" AND m.source = {p}"));
+    }
+    if !filter.spaces.is_empty() {
+        let list: Vec<String> = filter
+            .spaces
+            .iter()
+            .map(|s| push(params, Box::new(s.as_str().to_owned())))
+            .collect();
+        sql.push_str(&format!(" AND m.space IN ({})", list.join(",")));
+    }
+    if !filter.sensitivity.is_empty() {
+        let list: Vec<String> = filter
+            .sensitivity
+            .iter()
+            .map(|s| push(params, Box::new(s.as_str())))
+            .collect();
+        sql.push_str(&format!(" AND m.sensitivity IN ({})", list.join(",")));
+    }
+    if !filter.tags.is_empty() {
+        let list: Vec<String> = filter
+            .tags
+            .iter()
+            .map(|t| push(params, Box::new(t.clone())))
+            .collect();
+        let list = list.join(",");
+        match filter.tag_mode {
+            TagMode::Any => sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM memory_tags t WHERE t.memory_seq = m.seq AND t.tag IN ({list}))"
+            )),
+            TagMode::All => sql.push_str(&format!(
+                " AND (SELECT COUNT(*) FROM memory_tags t WHERE t.memory_seq = m.seq AND t.tag IN ({list})) = {}",
+                filter.tags.len()
+            )),
+        }
+    }
+    sql
+}
+
+/// Rowids of the owner's memories that pass `filter`.
+pub fn filtered_rows(
+    conn: &Connection,
+    owner: &Owner,
+    filter: &MemoryFilter,
+) -> ApiResult<HashSet<RowId>> {
+    let mut params: Vec<Box<dyn ToSql>> =
+        vec![Box::new(owner.tenant.clone()), Box::new(owner.user.clone())];
+    let clause = filter_clause(filter, &mut params);
+    let sql =
+        format!("SELECT m.seq FROM memories m WHERE m.tenant_id = ?1 AND m.user_id = ?2{clause}");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt
+        .query_map(params_from_iter(params.iter()), |r| r.get::<_, RowId>(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// An FTS5 query matching any of the words of `text`, each quoted so that user input is never
+/// read as FTS5 syntax; a quoted `INV-2024-0042` matches that identifier as a phrase.
+pub fn fts_query(text: &str) -> Option<String> {
+    let terms: Vec<String> = text
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" OR "))
+}
+
+/// The owner's memories matching `fts` under `filter`, best BM25 first (scores made positive,
+/// higher is better), at most `limit`; and how many match in all.
+pub fn keyword_search(
+    conn: &Connection,
+    owner: &Owner,
+    fts: &str,
+    filter: &MemoryFilter,
+    limit: usize,
+) -> ApiResult<(Vec<(RowId, f64)>, usize)> {
+    let mut params: Vec<Box<dyn ToSql>> = vec![
+        Box::new(fts.to_owned()),
+        Box::new(owner.tenant.clone()),
+        Box::new(owner.user.clone()),
+    ];
+    let clause = filter_clause(filter, &mut params);
+    let sql = format!(
+        "SELECT f.rowid, -bm25(memories_fts) AS score, m.created_at
+         FROM memories_fts f JOIN memories m ON m.seq = f.rowid
+         WHERE memories_fts MATCH ?1 AND m.tenant_id = ?2 AND m.user_id = ?3{clause}
+         ORDER BY score DESC, m.created_at DESC, f.rowid DESC"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut total = 0;
+    let mut hits = Vec::new();
+    let mut rows = stmt.query(params_from_iter(params.iter()))?;
+    while let Some(r) = rows.next()? {
+        if hits.len() < limit {
+            hits.push((r.get(0)?, r.get(1)?));
+        }
+        total += 1;
+    }
+    Ok((hits, total))
+}
+
+/// Up to `limit` of the owner's memories after rowid `after`, in rowid order, as export records.
+/// Each page is its own short read: an export never holds a lock for long.
+pub fn export_page(
+    conn: &Connection,
+    owner: &Owner,
+    spaces: &[Space],
+    after: RowId,
+    limit: usize,
+    model: &str,
+) -> ApiResult<Vec<(RowId, ExportRecord)>> {
+    let filter = MemoryFilter::spaces_only(spaces.to_vec());
+    let mut params: Vec<Box<dyn ToSql>> = vec![
+        Box::new(owner.tenant.clone()),
+        Box::new(owner.user.clone()),
+        Box::new(after),
+        Box::new(limit as i64),
+    ];
+    let clause = filter_clause(&filter, &mut params);
+    let sql = format!(
+        "SELECT m.seq, m.id, m.content, m.space, m.summary, m.tags, m.sensitivity, m.source,
+                m.created_at, m.embedding
+         FROM memories m
+         WHERE m.tenant_id = ?1 AND m.user_id = ?2 AND m.seq > ?3{clause}
+         ORDER BY m.seq LIMIT ?4"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let records = stmt
+        .query_map(params_from_iter(params.iter()), |r| {
+            let tags: String = r.get(5)?;
+            let sensitivity: String = r.get(6)?;
+            let blob = r.get_ref(9)?.as_blob()?;
+            Ok((
+                r.get(0)?,
+                ExportRecord {
+                    id: r.get(1)?,
+                    content: r.get(2)?,
+                    space: r.get(3)?,
+                    summary: r.get(4)?,
+                    tags: serde_json::from_str(&tags).unwrap_or_default(),
+                    sensitivity: Sensitivity::parse(&sensitivity).unwrap_or(Sensitivity::Internal),
+                    source: r.get(7)?,
+                    created_at: r.get(8)?,
+                    embedding_model: Some(model.to_owned()),
+                    embedding: Some(base64::engine::general_purpose::STANDARD.encode(blob)),
+                },
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(records)
+}
+
+/// Where an imported memory's id already is: with this owner (a repeated import: skip it) or
+/// with someone else (refused).
+pub fn id_owner(conn: &Connection, id: &MemoryId) -> ApiResult<Option<(TenantId, UserId)>> {
+    Ok(conn
+        .query_row(
+            "SELECT tenant_id, user_id FROM memories WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+/// Inserts an imported memory with its original id and creation time.
+pub fn insert_imported(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    owner: &Owner,
+    id: &MemoryId,
+    item: &Prepared,
+    created_at: Timestamp,
+    now: Timestamp,
+) -> ApiResult<RowId> {
+    let m = &item.memory;
+    let row = insert_row(tx, owner, id, item, created_at)?;
+    audit::append(
+        tx,
+        actor,
+        &AuditEvent::success(
+            "memory.import",
+            "memory",
+            id.as_str(),
+            json!({ "space": m.space.as_str(), "createdAt": created_at }),
+        ),
+        now,
+    )?;
+    Ok(row)
 }

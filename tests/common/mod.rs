@@ -53,7 +53,8 @@ pub fn test_index_config() -> IndexConfig {
 pub fn open_engine(db: &Db, dir: &Path) -> MemoryEngine {
     MemoryEngine::open(
         db,
-        embedder(),
+        memesh::embed::MODEL_ID,
+        || Ok(embedder()),
         EngineConfig {
             index: test_index_config(),
             snapshot_dir: dir.join("index"),
