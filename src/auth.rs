@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult, Code};
-use crate::ids::{KeyId, TenantId, UserId};
+use crate::ids::{KeyId, TargetId, TenantId, UserId};
 
 /// A member's role, strongest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,12 +89,15 @@ impl Actor {
 }
 
 /// An authenticated caller: the key's user, acting with that user's role in the key's tenant.
+/// An agent access key (bound to a `LOCAL_AGENT` target) acts as that agent instead: it works
+/// that target's executions and cannot manage anything.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub tenant_id: TenantId,
     pub user_id: UserId,
     pub key_id: KeyId,
     pub role: Role,
+    pub agent_target: Option<TargetId>,
     pub request_id: Option<String>,
 }
 
@@ -111,6 +114,12 @@ impl Principal {
     /// Checks the caller's role and yields the capability that privileged store functions demand,
     /// so a mutation whose handler forgot the check does not compile.
     pub fn require(&self, min: Role) -> ApiResult<Granted> {
+        if self.agent_target.is_some() {
+            return Err(ApiError::new(
+                Code::AgentKeyForbidden,
+                "an agent access key acts as its agent and cannot manage this workspace",
+            ));
+        }
         if !self.role.at_least(min) {
             return Err(ApiError::new(
                 Code::InsufficientRole,

@@ -132,6 +132,14 @@ pub struct ServeArgs {
     #[arg(long, env = "MEMESH_INVITATION_TTL_HOURS", default_value_t = 72,
           value_parser = clap::value_parser!(u64).range(1..=24 * 365))]
     pub invitation_ttl_hours: u64,
+    /// Seconds between probes of remote A2A targets.
+    #[arg(long, env = "MEMESH_PROBE_INTERVAL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub probe_interval_secs: u64,
+    /// Consecutive failed probes that open a provider incident.
+    #[arg(long, env = "MEMESH_PROBE_FAILURE_THRESHOLD", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub probe_failure_threshold: u32,
     #[command(flatten)]
     pub owner: OwnerArgs,
     #[command(flatten)]
@@ -146,6 +154,8 @@ impl ServeArgs {
             max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             invitation_ttl: Duration::from_secs(self.invitation_ttl_hours * 3600),
+            probe_interval: Duration::from_secs(self.probe_interval_secs),
+            probe_failure_threshold: self.probe_failure_threshold,
         }
     }
 }

@@ -26,6 +26,18 @@ pub enum Code {
     InvitationExpired,
     LastOwner,
     Conflict,
+    InvalidAgentCard,
+    AgentCardUnreachable,
+    StaleRuntimeSnapshot,
+    StalePolicyEpoch,
+    StaleIncidentEpoch,
+    SelfReviewBlocked,
+    AgentKeyForbidden,
+    TargetNameTaken,
+    TargetAlreadyHeld,
+    TargetNotHeld,
+    IncidentAlreadyOpen,
+    NoOpenIncident,
     RateLimited,
     Internal,
     Unavailable,
@@ -34,9 +46,21 @@ pub enum Code {
 impl Code {
     pub fn status(self) -> StatusCode {
         match self {
-            Code::MalformedJson | Code::MissingField | Code::UnknownField | Code::InvalidField => {
-                StatusCode::BAD_REQUEST
-            }
+            Code::MalformedJson
+            | Code::MissingField
+            | Code::UnknownField
+            | Code::InvalidField
+            | Code::InvalidAgentCard
+            | Code::AgentCardUnreachable => StatusCode::BAD_REQUEST,
+            Code::SelfReviewBlocked | Code::AgentKeyForbidden => StatusCode::FORBIDDEN,
+            Code::StaleRuntimeSnapshot
+            | Code::StalePolicyEpoch
+            | Code::StaleIncidentEpoch
+            | Code::TargetNameTaken
+            | Code::TargetAlreadyHeld
+            | Code::TargetNotHeld
+            | Code::IncidentAlreadyOpen
+            | Code::NoOpenIncident => StatusCode::CONFLICT,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -75,6 +99,18 @@ impl Code {
             Code::InvitationExpired => "invitation_expired",
             Code::LastOwner => "last_owner",
             Code::Conflict => "conflict",
+            Code::InvalidAgentCard => "invalid_agent_card",
+            Code::AgentCardUnreachable => "agent_card_unreachable",
+            Code::StaleRuntimeSnapshot => "stale_runtime_snapshot",
+            Code::StalePolicyEpoch => "stale_policy_epoch",
+            Code::StaleIncidentEpoch => "stale_incident_epoch",
+            Code::SelfReviewBlocked => "self_review_blocked",
+            Code::AgentKeyForbidden => "agent_key_forbidden",
+            Code::TargetNameTaken => "target_name_taken",
+            Code::TargetAlreadyHeld => "target_already_held",
+            Code::TargetNotHeld => "target_not_held",
+            Code::IncidentAlreadyOpen => "incident_already_open",
+            Code::NoOpenIncident => "no_open_incident",
             Code::RateLimited => "rate_limited",
             Code::Internal => "internal_error",
             Code::Unavailable => "unavailable",

@@ -83,6 +83,11 @@ prefixed_id!(
     MemoryId,
     "mem_"
 );
+prefixed_id!(
+    /// A dispatch target (a local agent or a remote A2A agent).
+    TargetId,
+    "tgt_"
+);
 
 #[cfg(test)]
 mod tests {

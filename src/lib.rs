@@ -1,6 +1,7 @@
 //! memesh: a self-hostable server for AI agents' long-term memory and for governing the agents.
 //! `app` builds the router; `serve` runs it until a shutdown signal and then cleans up.
 
+pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
@@ -29,9 +30,9 @@ pub fn app(state: AppState) -> Router {
     http::router(state)
 }
 
-/// Serves until `shutdown` resolves, lets in-flight requests finish, stops the background
-/// index thread (which writes a last snapshot), then folds the WAL into the database so a clean
-/// stop leaves a single file.
+/// Serves until `shutdown` resolves, lets in-flight requests finish, stops and joins the
+/// background work (governance timers and probes, then the index thread, which writes a last
+/// snapshot), then folds the WAL into the database so a clean stop leaves a single file.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -44,9 +45,19 @@ pub async fn serve(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app(state.clone()))
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let background = tokio::spawn(agents::governance::run_background(
+        state.clone(),
+        cancel.clone(),
+    ));
+    let served = axum::serve(listener, app(state.clone()))
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+    cancel.cancel();
+    if let Err(e) = background.await {
+        tracing::error!(error = %e, "the governance background task failed");
+    }
+    served?;
     tokio::task::spawn_blocking(move || {
         state.memory.shutdown();
         state.db.checkpoint();

@@ -15,6 +15,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub invitation_ttl: Duration,
+    /// How often remote A2A targets are probed (their Agent Card fetched).
+    pub probe_interval: Duration,
+    /// Consecutive failed probes that open a provider incident.
+    pub probe_failure_threshold: u32,
 }
 
 impl Default for Settings {
@@ -23,6 +27,8 @@ impl Default for Settings {
             max_body_bytes: 8 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             invitation_ttl: Duration::from_secs(72 * 3600),
+            probe_interval: Duration::from_secs(60),
+            probe_failure_threshold: 3,
         }
     }
 }
@@ -32,6 +38,8 @@ pub struct App {
     pub clock: SharedClock,
     pub settings: Settings,
     pub memory: MemoryEngine,
+    /// Outbound HTTP (Agent Cards, probes).
+    pub http: reqwest::Client,
 }
 
 #[derive(Clone)]
@@ -44,6 +52,7 @@ impl AppState {
             clock,
             settings,
             memory,
+            http: reqwest::Client::new(),
         }))
     }
 }

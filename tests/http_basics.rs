@@ -150,7 +150,7 @@ async fn body_validation_names_the_field() {
 async fn oversized_body_is_413_json() {
     let settings = Settings {
         max_body_bytes: 1024,
-        ..Settings::default()
+        ..common::test_settings()
     };
     let s = TestServer::start_with(settings).await;
     let (st, body) = s

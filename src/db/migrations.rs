@@ -125,6 +125,58 @@ const MIGRATIONS: &[&str] = &[
     -- Export pages walk one owner's memories in rowid order.
     CREATE INDEX memories_owner_seq ON memories(tenant_id, user_id, seq);
     "#,
+    // 4: dispatch targets with their runtime governance record, and agent access keys.
+    r#"
+    CREATE TABLE dispatch_targets (
+        id                   TEXT PRIMARY KEY,
+        tenant_id            TEXT NOT NULL REFERENCES tenants(id),
+        name                 TEXT NOT NULL,
+        description          TEXT,
+        kind                 TEXT NOT NULL CHECK (kind IN ('LOCAL_AGENT','REMOTE_A2A')),
+        card                 TEXT,
+        card_url             TEXT,
+        card_shape           TEXT,
+        protocol_version     TEXT,
+        endpoint_url         TEXT,
+        require_approval     INTEGER NOT NULL DEFAULT 0,
+        created_by           TEXT,
+        created_at           INTEGER NOT NULL,
+        updated_at           INTEGER NOT NULL,
+        runtime_updated_at   INTEGER NOT NULL,
+        hold_reason          TEXT,
+        hold_by              TEXT,
+        hold_since           INTEGER,
+        hold_release_after   INTEGER,
+        incident_open        INTEGER NOT NULL DEFAULT 0,
+        incident_epoch       INTEGER NOT NULL DEFAULT 0,
+        incident_opened_at   INTEGER,
+        incident_opened_by   TEXT,
+        incident_reason      TEXT,
+        handoff_external_id  TEXT,
+        handoff_owner        TEXT,
+        handoff_note         TEXT,
+        handoff_at           INTEGER,
+        handoff_by           TEXT,
+        policy               TEXT NOT NULL,
+        policy_reasons       TEXT NOT NULL,
+        policy_epoch         INTEGER NOT NULL DEFAULT 0,
+        policy_changed_by    TEXT,
+        policy_changed_at    INTEGER,
+        review_ack_epoch     INTEGER,
+        review_ack_by        TEXT,
+        review_ack_at        INTEGER,
+        review_ack_note      TEXT,
+        probe_failures       INTEGER NOT NULL DEFAULT 0,
+        last_probe_at        INTEGER,
+        last_probe_ok        INTEGER,
+        last_probe_error     TEXT
+    );
+    CREATE UNIQUE INDEX dispatch_targets_name ON dispatch_targets(tenant_id, name);
+    CREATE INDEX dispatch_targets_hold_expiry ON dispatch_targets(hold_release_after)
+        WHERE hold_release_after IS NOT NULL;
+
+    ALTER TABLE api_keys ADD COLUMN target_id TEXT REFERENCES dispatch_targets(id);
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

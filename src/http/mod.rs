@@ -17,7 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::{Code, error_body};
 use crate::state::AppState;
-use crate::{audit, keys, memory, team};
+use crate::{agents, audit, keys, memory, team};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -42,6 +42,44 @@ pub fn router(state: AppState) -> Router {
             post(team::handlers::accept),
         )
         .route("/audit/logs", get(audit::handlers::list))
+        .route(
+            "/agents/dispatch-targets",
+            post(agents::handlers::create).get(agents::handlers::list),
+        )
+        .route(
+            "/agents/dispatch-targets/{id}",
+            get(agents::handlers::get)
+                .patch(agents::handlers::update)
+                .delete(agents::handlers::delete),
+        )
+        .route(
+            "/agents/dispatch-targets/{id}/governance",
+            get(agents::handlers::governance),
+        )
+        .route(
+            "/agents/dispatch-targets/{id}/hold",
+            post(agents::handlers::hold),
+        )
+        .route(
+            "/agents/dispatch-targets/{id}/release",
+            post(agents::handlers::release),
+        )
+        .route(
+            "/agents/dispatch-targets/{id}/review/acknowledge",
+            post(agents::handlers::acknowledge),
+        )
+        .route(
+            "/agents/dispatch-targets/{id}/incident/open",
+            post(agents::handlers::open_incident),
+        )
+        .route(
+            "/agents/dispatch-targets/{id}/incident/handoff",
+            post(agents::handlers::handoff),
+        )
+        .route(
+            "/agents/dispatch-targets/{id}/incident/close",
+            post(agents::handlers::close_incident),
+        )
         .route("/memory/write", post(memory::handlers::write))
         .route("/memory/batch", post(memory::handlers::batch))
         .route(

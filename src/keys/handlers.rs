@@ -3,10 +3,10 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use crate::auth::{Principal, Role};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::http::extract::Json;
-use crate::ids::KeyId;
+use crate::ids::{KeyId, TargetId};
 use crate::state::AppState;
 
 use super::model::{CreateKeyRequest, CreatedKey, KeyName, KeyView, RevokedKey};
@@ -18,11 +18,38 @@ pub async fn create(
     Json(body): Json<CreateKeyRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedKey>)> {
     let name = KeyName::parse(&body.name)?;
+    if principal.agent_target.is_some() {
+        return Err(ApiError::new(
+            Code::AgentKeyForbidden,
+            "an agent access key cannot create keys",
+        ));
+    }
+    // Binding a key to an agent is workspace management: OWNER or ADMIN.
+    let target = match body.target_id.as_deref() {
+        None => None,
+        Some(raw) => {
+            principal.require(Role::Admin)?;
+            Some(TargetId::parse(raw).ok_or_else(|| ApiError::not_found("dispatch target"))?)
+        }
+    };
     let now = state.clock.now();
     let actor = principal.actor();
     let created = state
         .db
-        .write(move |tx| store::create(tx, &actor, &principal.user_id, &name, None, now))
+        .write(move |tx| {
+            if let Some(t) = &target {
+                crate::agents::store::ensure_local_agent(tx, &actor.tenant_id, t)?;
+            }
+            store::create_for(
+                tx,
+                &actor,
+                &principal.user_id,
+                &name,
+                None,
+                target.as_ref(),
+                now,
+            )
+        })
         .await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }

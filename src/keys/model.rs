@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::error::{ApiError, ApiResult};
-use crate::ids::{KeyId, UserId};
+use crate::ids::{KeyId, TargetId, UserId};
 
 pub const MAX_KEY_NAME: usize = 100;
 
@@ -12,6 +12,8 @@ pub const MAX_KEY_NAME: usize = 100;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateKeyRequest {
     pub name: String,
+    /// Binds the key to a `LOCAL_AGENT` target: an agent access key.
+    pub target_id: Option<String>,
 }
 
 /// A key's display name: 1 to 100 characters once trimmed, no control characters.
@@ -52,6 +54,9 @@ pub struct KeyView {
     pub name: String,
     pub user_id: UserId,
     pub masked_key: String,
+    /// Set on agent access keys: the `LOCAL_AGENT` target the key acts as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<TargetId>,
     pub created_at: Timestamp,
     pub last_used_at: Option<Timestamp>,
 }

@@ -12,7 +12,7 @@ use crate::auth::{
 };
 use crate::clock::Timestamp;
 use crate::error::{ApiError, ApiResult};
-use crate::ids::{KeyId, TenantId, UserId};
+use crate::ids::{KeyId, TargetId, TenantId, UserId};
 
 use super::model::{CreatedKey, KeyName, KeyView, RevokedKey};
 
@@ -41,7 +41,7 @@ pub fn authenticate(
     let presented = hash_secret(raw);
     let row = conn
         .prepare_cached(
-            "SELECT k.id, k.hash, k.last_used_at, u.id, u.tenant_id, u.role
+            "SELECT k.id, k.hash, k.last_used_at, u.id, u.tenant_id, u.role, k.target_id
              FROM api_keys k JOIN users u ON u.id = k.user_id
              WHERE k.lookup = ?1 AND k.revoked_at IS NULL AND u.removed_at IS NULL",
         )?
@@ -53,10 +53,11 @@ pub fn authenticate(
                 r.get::<_, UserId>(3)?,
                 r.get::<_, TenantId>(4)?,
                 r.get::<_, Role>(5)?,
+                r.get::<_, Option<TargetId>>(6)?,
             ))
         })
         .optional()?;
-    let Some((key_id, stored, last_used_at, user_id, tenant_id, role)) = row else {
+    let Some((key_id, stored, last_used_at, user_id, tenant_id, role, agent_target)) = row else {
         return Ok(None);
     };
     if !bool::from(stored.as_slice().ct_eq(&presented)) {
@@ -68,6 +69,7 @@ pub fn authenticate(
             user_id,
             key_id,
             role,
+            agent_target,
             request_id: None,
         },
         last_used_at,
@@ -92,6 +94,20 @@ pub fn create(
     chosen: Option<&str>,
     now: Timestamp,
 ) -> ApiResult<CreatedKey> {
+    create_for(tx, actor, user_id, name, chosen, None, now)
+}
+
+/// Creates a key; with `target`, an agent access key bound to that `LOCAL_AGENT` target (the
+/// caller has checked the target exists in the actor's tenant).
+pub fn create_for(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    user_id: &UserId,
+    name: &KeyName,
+    chosen: Option<&str>,
+    target: Option<&TargetId>,
+    now: Timestamp,
+) -> ApiResult<CreatedKey> {
     let raw = match chosen {
         Some(k) => k.to_owned(),
         None => generate_secret(API_KEY_PREFIX),
@@ -105,11 +121,12 @@ pub fn create(
     let id = KeyId::generate();
     let hash = hash_secret(&raw);
     tx.execute(
-        "INSERT INTO api_keys (id, tenant_id, user_id, name, lookup, hash, last4, created_at)
-         VALUES (:id, :tenant, :user, :name, :lookup, :hash, :last4, :now)",
+        "INSERT INTO api_keys (id, tenant_id, user_id, name, lookup, hash, last4, created_at, target_id)
+         VALUES (:id, :tenant, :user, :name, :lookup, :hash, :last4, :now, :target)",
         named_params! {
             ":id": id, ":tenant": actor.tenant_id, ":user": user_id, ":name": name.as_str(),
             ":lookup": parsed.lookup, ":hash": hash.as_slice(), ":last4": last4(&raw), ":now": now,
+            ":target": target,
         },
     )
     .map_err(|e| {
@@ -126,7 +143,7 @@ pub fn create(
             "keys.create",
             "api_key",
             id.as_str(),
-            json!({ "name": name.as_str(), "userId": user_id }),
+            json!({ "name": name.as_str(), "userId": user_id, "targetId": target }),
         ),
         now,
     )?;
@@ -135,6 +152,7 @@ pub fn create(
         name: name.as_str().to_owned(),
         user_id: user_id.clone(),
         masked_key: mask_key(parsed.lookup, last4(&raw)),
+        target_id: target.cloned(),
         created_at: now,
         last_used_at: None,
     };
@@ -144,7 +162,7 @@ pub fn create(
 /// The live keys of one user, newest first.
 pub fn list(conn: &Connection, tenant: &TenantId, user: &UserId) -> ApiResult<Vec<KeyView>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, name, user_id, lookup, last4, created_at, last_used_at FROM api_keys
+        "SELECT id, name, user_id, lookup, last4, created_at, last_used_at, target_id FROM api_keys
          WHERE tenant_id = ?1 AND user_id = ?2 AND revoked_at IS NULL
          ORDER BY created_at DESC, id DESC",
     )?;
@@ -157,6 +175,7 @@ pub fn list(conn: &Connection, tenant: &TenantId, user: &UserId) -> ApiResult<Ve
                 name: r.get(1)?,
                 user_id: r.get(2)?,
                 masked_key: mask_key(&lookup, &last4),
+                target_id: r.get(7)?,
                 created_at: r.get(5)?,
                 last_used_at: r.get(6)?,
             })

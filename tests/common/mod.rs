@@ -64,6 +64,13 @@ pub fn open_engine(db: &Db, dir: &Path) -> MemoryEngine {
     .expect("memory engine opens")
 }
 
+pub fn test_settings() -> Settings {
+    Settings {
+        probe_interval: Duration::from_secs(3600),
+        ..Settings::default()
+    }
+}
+
 pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
@@ -82,8 +89,9 @@ pub struct Tenant {
 }
 
 impl TestServer {
+    /// Probes are driven by the tests themselves, so the background interval is an hour.
     pub async fn start() -> TestServer {
-        Self::start_with(Settings::default()).await
+        Self::start_with(test_settings()).await
     }
 
     pub async fn start_with(settings: Settings) -> TestServer {
@@ -145,7 +153,7 @@ impl TestServer {
             dir,
             db,
             self.clock.clone(),
-            Settings::default(),
+            test_settings(),
             self.owner_key.clone(),
         )
         .await
