@@ -140,6 +140,14 @@ pub struct ServeArgs {
     #[arg(long, env = "MEMESH_PROBE_FAILURE_THRESHOLD", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub probe_failure_threshold: u32,
+    /// Seconds a claim holds an execution without a heartbeat.
+    #[arg(long, env = "MEMESH_EXECUTION_LEASE_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(3..=86_400))]
+    pub execution_lease_secs: u64,
+    /// Claims an execution gets (lease expiries included) before its run fails.
+    #[arg(long, env = "MEMESH_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
     #[command(flatten)]
     pub owner: OwnerArgs,
     #[command(flatten)]
@@ -156,6 +164,9 @@ impl ServeArgs {
             invitation_ttl: Duration::from_secs(self.invitation_ttl_hours * 3600),
             probe_interval: Duration::from_secs(self.probe_interval_secs),
             probe_failure_threshold: self.probe_failure_threshold,
+            execution_lease: Duration::from_secs(self.execution_lease_secs),
+            max_attempts: self.max_attempts,
+            sweep_interval: Duration::from_secs(1),
         }
     }
 }

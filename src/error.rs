@@ -38,6 +38,14 @@ pub enum Code {
     TargetNotHeld,
     IncidentAlreadyOpen,
     NoOpenIncident,
+    IdempotencyKeyReused,
+    InvalidRunState,
+    ApprovalDecided,
+    AgentKeyRequired,
+    DuplicateClaim,
+    LeaseLost,
+    ExecutionNotClaimable,
+    CancelNotRequested,
     RateLimited,
     Internal,
     Unavailable,
@@ -52,7 +60,16 @@ impl Code {
             | Code::InvalidField
             | Code::InvalidAgentCard
             | Code::AgentCardUnreachable => StatusCode::BAD_REQUEST,
-            Code::SelfReviewBlocked | Code::AgentKeyForbidden => StatusCode::FORBIDDEN,
+            Code::SelfReviewBlocked | Code::AgentKeyForbidden | Code::AgentKeyRequired => {
+                StatusCode::FORBIDDEN
+            }
+            Code::IdempotencyKeyReused
+            | Code::InvalidRunState
+            | Code::ApprovalDecided
+            | Code::DuplicateClaim
+            | Code::LeaseLost
+            | Code::ExecutionNotClaimable
+            | Code::CancelNotRequested => StatusCode::CONFLICT,
             Code::StaleRuntimeSnapshot
             | Code::StalePolicyEpoch
             | Code::StaleIncidentEpoch
@@ -111,6 +128,14 @@ impl Code {
             Code::TargetNotHeld => "target_not_held",
             Code::IncidentAlreadyOpen => "incident_already_open",
             Code::NoOpenIncident => "no_open_incident",
+            Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::InvalidRunState => "invalid_run_state",
+            Code::ApprovalDecided => "approval_already_decided",
+            Code::AgentKeyRequired => "agent_key_required",
+            Code::DuplicateClaim => "duplicate_claim",
+            Code::LeaseLost => "lease_lost",
+            Code::ExecutionNotClaimable => "execution_not_claimable",
+            Code::CancelNotRequested => "cancel_not_requested",
             Code::RateLimited => "rate_limited",
             Code::Internal => "internal_error",
             Code::Unavailable => "unavailable",

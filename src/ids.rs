@@ -88,6 +88,21 @@ prefixed_id!(
     TargetId,
     "tgt_"
 );
+prefixed_id!(
+    /// An orchestrator run.
+    RunId,
+    "run_"
+);
+prefixed_id!(
+    /// An approval a run waits for.
+    ApprovalId,
+    "apr_"
+);
+prefixed_id!(
+    /// One execution of a run in the local queue.
+    ExecutionId,
+    "exe_"
+);
 
 #[cfg(test)]
 mod tests {

@@ -10,11 +10,13 @@ pub mod config;
 pub mod db;
 pub mod embed;
 pub mod error;
+pub mod executions;
 pub mod http;
 pub mod ids;
 pub mod index;
 pub mod keys;
 pub mod memory;
+pub mod orchestrator;
 pub mod state;
 pub mod team;
 

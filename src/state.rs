@@ -19,6 +19,12 @@ pub struct Settings {
     pub probe_interval: Duration,
     /// Consecutive failed probes that open a provider incident.
     pub probe_failure_threshold: u32,
+    /// How long a claim holds an execution without a heartbeat.
+    pub execution_lease: Duration,
+    /// Claims an execution gets before its run fails.
+    pub max_attempts: u32,
+    /// How often expired holds and leases are looked for.
+    pub sweep_interval: Duration,
 }
 
 impl Default for Settings {
@@ -29,6 +35,9 @@ impl Default for Settings {
             invitation_ttl: Duration::from_secs(72 * 3600),
             probe_interval: Duration::from_secs(60),
             probe_failure_threshold: 3,
+            execution_lease: Duration::from_secs(30),
+            max_attempts: 3,
+            sweep_interval: Duration::from_secs(1),
         }
     }
 }

@@ -461,3 +461,120 @@ async fn another_models_database_is_refused_until_reindexed() {
     assert!((score - 0.571).abs() < 0.002, "real vectors again: {score}");
     stop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_claim_and_duplicates_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(dir.path(), &[]);
+    let key = key_in(&first.stdout).unwrap();
+    let base = first.base.clone();
+    let (st, target) = post(
+        &base,
+        "/v1/agents/dispatch-targets",
+        &key,
+        serde_json::json!({ "name": "w", "kind": "LOCAL_AGENT" }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (_, agent) = post(
+        &base,
+        "/v1/keys",
+        &key,
+        serde_json::json!({ "name": "a", "targetId": target["id"] }),
+    )
+    .await;
+    let agent = agent["key"].as_str().unwrap().to_owned();
+    let mut executions = Vec::new();
+    for i in 0..6 {
+        let (st, run) = post(
+            &base,
+            "/v1/orchestrator/runs",
+            &key,
+            serde_json::json!({ "targetId": target["id"], "input": { "i": i } }),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED);
+        executions.push(run["execution"]["id"].as_str().unwrap().to_owned());
+    }
+    for (i, exe) in executions.iter().take(3).enumerate() {
+        let (st, _) = post(
+            &base,
+            &format!("/v1/agents/executions/{exe}/claim"),
+            &agent,
+            serde_json::json!({ "claimToken": format!("t{i}") }),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let (st, _) = post(
+        &base,
+        &format!("/v1/agents/executions/{}/complete", executions[0]),
+        &agent,
+        serde_json::json!({ "claimToken": "t0", "result": 1 }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    let second = start(dir.path(), &[]);
+    let base = second.base.clone();
+    let (_, pending) = get(&base, "/v1/agents/executions", &agent).await;
+    let pending: Vec<&str> = pending["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        pending,
+        executions[3..]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        "unclaimed ones are still pending"
+    );
+    for (i, exe) in executions.iter().enumerate().take(3).skip(1) {
+        let (st, _) = post(
+            &base,
+            &format!("/v1/agents/executions/{exe}/claim"),
+            &agent,
+            serde_json::json!({ "claimToken": "intruder" }),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CONFLICT, "still held by its claimant");
+        let (st, _) = post(
+            &base,
+            &format!("/v1/agents/executions/{exe}/heartbeat"),
+            &agent,
+            serde_json::json!({ "claimToken": format!("t{i}") }),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "the claim survived the crash");
+        let (st, _) = post(
+            &base,
+            &format!("/v1/agents/executions/{exe}/complete"),
+            &agent,
+            serde_json::json!({ "claimToken": format!("t{i}") }),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let (st, _) = post(
+        &base,
+        &format!("/v1/agents/executions/{}/complete", executions[0]),
+        &agent,
+        serde_json::json!({ "claimToken": "t0", "result": 1 }),
+    )
+    .await;
+    assert_eq!(
+        st,
+        StatusCode::CONFLICT,
+        "the acknowledged completion was kept; a second one is refused"
+    );
+    let (_, runs) = get(&base, "/v1/orchestrator/runs?state=succeeded", &key).await;
+    assert_eq!(runs["total"], 3);
+    let (_, all) = get(&base, "/v1/orchestrator/runs", &key).await;
+    assert_eq!(all["total"], 6);
+    stop(second);
+}

@@ -2,8 +2,6 @@
 //! runtime goes through [`apply`] (CAS check, the change, policy recompute, a new token, audit);
 //! the background task lifts expired holds and probes remote agents.
 
-use std::time::Duration;
-
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +14,7 @@ use crate::state::AppState;
 
 use super::card;
 use super::model::runtime_view;
-use super::policy::{Handoff, Hold, ReviewAck};
+use super::policy::{Handoff, Hold, Policy, ReviewAck};
 use super::store::{self, Target};
 
 /// One governance change.
@@ -212,6 +210,17 @@ pub fn apply(
     rt.recompute(who.as_deref(), now);
     rt.advance_token(now);
     store::save_runtime(tx, id, before.updated_at, rt)?;
+    if before.policy == Policy::Blocked && rt.policy != Policy::Blocked {
+        let moved = crate::orchestrator::store::release_blocked(
+            tx,
+            actor,
+            id,
+            rt.policy,
+            &rt.reasons,
+            now,
+        )?;
+        detail["runsReleased"] = json!(moved);
+    }
     detail["policyBefore"] = json!({ "effective": before.policy, "epoch": before.policy_epoch });
     detail["policyAfter"] =
         json!({ "effective": rt.policy, "epoch": rt.policy_epoch, "reasons": rt.reasons });
@@ -338,9 +347,10 @@ fn record_probe(
     Ok(false)
 }
 
-/// Runs hold expiry every second and probes every `probe_interval` until `cancel` fires.
+/// Runs hold expiry and lease recovery every `sweep_interval` (a second), and probes every
+/// `probe_interval`, until `cancel` fires.
 pub async fn run_background(state: AppState, cancel: CancellationToken) {
-    let mut holds = tokio::time::interval(Duration::from_secs(1));
+    let mut holds = tokio::time::interval(state.settings.sweep_interval);
     let mut probes = tokio::time::interval(state.settings.probe_interval);
     holds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -350,6 +360,9 @@ pub async fn run_background(state: AppState, cancel: CancellationToken) {
             _ = holds.tick() => {
                 if let Err(e) = release_expired(&state).await {
                     tracing::error!(error = %e, "hold expiry pass failed");
+                }
+                if let Err(e) = crate::executions::handlers::recover_leases(&state).await {
+                    tracing::error!(error = %e, "lease recovery pass failed");
                 }
             }
             _ = probes.tick() => {

@@ -225,6 +225,13 @@ pub async fn delete(
         .write(move |tx| {
             let actor = granted.actor();
             let target = store::load(tx, &actor.tenant_id, &id)?;
+            let active = crate::orchestrator::store::active_on_target(tx, &id)?;
+            if active > 0 {
+                return Err(ApiError::new(
+                    crate::error::Code::Conflict,
+                    format!("{active} runs on this target are not finished; cancel them first"),
+                ));
+            }
             let revoked = store::delete(tx, &id, now)?;
             audit::append(
                 tx,
@@ -245,8 +252,8 @@ pub async fn delete(
     ))
 }
 
-/// Policy and its inputs, review state, incident and handoff, and the target's recent audit.
-/// Runs arrive with the orchestrator; until then `recentRuns` and `affectedWork` are empty.
+/// Policy and its inputs, review state, incident and handoff, the target's recent runs and
+/// audit, and the work waiting on it (runs blocked by its policy or awaiting approval).
 pub async fn governance(
     State(state): State<AppState>,
     principal: Principal,
@@ -254,7 +261,7 @@ pub async fn governance(
 ) -> ApiResult<axum::Json<Value>> {
     let id = target_id(&id)?;
     let tenant = principal.tenant_id.clone();
-    let (target, audit_page) = state
+    let (target, audit_page, recent, affected) = state
         .db
         .read(move |c| {
             let target = store::load(c, &tenant, &id)?;
@@ -266,9 +273,54 @@ pub async fn governance(
                 limit: 20,
                 before_seq: None,
             };
-            Ok((target, audit::store::query(c, &tenant, &filter)?))
+            let recent = crate::orchestrator::store::list(
+                c,
+                &tenant,
+                &crate::orchestrator::store::RunFilter {
+                    target_id: Some(id.as_str().to_owned()),
+                    state: None,
+                    kind: None,
+                    limit: 10,
+                    offset: 0,
+                },
+            )?
+            .0;
+            let mut affected = Vec::new();
+            for state in [
+                crate::orchestrator::model::RunState::Blocked,
+                crate::orchestrator::model::RunState::AwaitingApproval,
+            ] {
+                affected.extend(
+                    crate::orchestrator::store::list(
+                        c,
+                        &tenant,
+                        &crate::orchestrator::store::RunFilter {
+                            target_id: Some(id.as_str().to_owned()),
+                            state: Some(state),
+                            kind: None,
+                            limit: 200,
+                            offset: 0,
+                        },
+                    )?
+                    .0,
+                );
+            }
+            Ok((
+                target,
+                audit::store::query(c, &tenant, &filter)?,
+                recent,
+                affected,
+            ))
         })
         .await?;
+    let brief = |runs: &[crate::orchestrator::model::Run]| -> Vec<Value> {
+        runs.iter()
+            .map(|r| {
+                json!({ "id": r.id, "state": r.state.as_str(), "blockReason": r.block_reason,
+                             "requestedBy": r.requested_by, "createdAt": r.created_at })
+            })
+            .collect()
+    };
     let view = target_view(&target, true);
     Ok(axum::Json(json!({
         "target": { "id": target.id, "name": target.name, "kind": target.kind.as_str() },
@@ -276,9 +328,9 @@ pub async fn governance(
         "policy": view["runtime"]["policy"],
         "review": view["runtime"]["review"],
         "incident": view["runtime"]["incident"],
-        "recentRuns": [],
+        "recentRuns": brief(&recent),
         "recentAudit": audit_page.logs,
-        "affectedWork": [],
+        "affectedWork": brief(&affected),
     })))
 }
 

@@ -177,6 +177,68 @@ const MIGRATIONS: &[&str] = &[
 
     ALTER TABLE api_keys ADD COLUMN target_id TEXT REFERENCES dispatch_targets(id);
     "#,
+    // 5: orchestrator runs, their event timeline and approvals, and the local execution queue.
+    r#"
+    CREATE TABLE runs (
+        id                 TEXT PRIMARY KEY,
+        tenant_id          TEXT NOT NULL REFERENCES tenants(id),
+        target_id          TEXT NOT NULL,
+        target_kind        TEXT NOT NULL,
+        requested_by       TEXT NOT NULL,
+        input              TEXT NOT NULL,
+        idempotency_key    TEXT,
+        requires_approval  INTEGER NOT NULL,
+        state              TEXT NOT NULL,
+        block_reason       TEXT,
+        result             TEXT,
+        created_at         INTEGER NOT NULL,
+        updated_at         INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX runs_idempotency ON runs(tenant_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX runs_tenant_created ON runs(tenant_id, created_at);
+    CREATE INDEX runs_target_state ON runs(target_id, state);
+
+    CREATE TABLE run_events (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id  TEXT NOT NULL REFERENCES runs(id),
+        at      INTEGER NOT NULL,
+        kind    TEXT NOT NULL,
+        detail  TEXT NOT NULL
+    );
+    CREATE INDEX run_events_run ON run_events(run_id, seq);
+
+    CREATE TABLE approvals (
+        id          TEXT PRIMARY KEY,
+        run_id      TEXT NOT NULL REFERENCES runs(id),
+        state       TEXT NOT NULL CHECK (state IN ('pending','approved','rejected')),
+        created_at  INTEGER NOT NULL,
+        decided_by  TEXT,
+        decided_at  INTEGER,
+        note        TEXT
+    );
+    CREATE INDEX approvals_run ON approvals(run_id);
+
+    CREATE TABLE executions (
+        id                TEXT PRIMARY KEY,
+        run_id            TEXT NOT NULL REFERENCES runs(id),
+        tenant_id         TEXT NOT NULL,
+        target_id         TEXT NOT NULL,
+        state             TEXT NOT NULL CHECK (state IN ('pending','claimed','completed','failed','canceled')),
+        claim_token       TEXT,
+        worker_id         TEXT,
+        lease_expires_at  INTEGER,
+        attempt           INTEGER NOT NULL DEFAULT 1,
+        cancel_requested  INTEGER NOT NULL DEFAULT 0,
+        completion_key    TEXT,
+        completion_hash   TEXT,
+        result            TEXT,
+        created_at        INTEGER NOT NULL,
+        updated_at        INTEGER NOT NULL
+    );
+    CREATE INDEX executions_queue ON executions(target_id, state, created_at);
+    CREATE INDEX executions_leases ON executions(state, lease_expires_at);
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

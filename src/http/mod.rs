@@ -17,7 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::{Code, error_body};
 use crate::state::AppState;
-use crate::{agents, audit, keys, memory, team};
+use crate::{agents, audit, executions, keys, memory, orchestrator, team};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -79,6 +79,56 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/agents/dispatch-targets/{id}/incident/close",
             post(agents::handlers::close_incident),
+        )
+        .route("/agents/executions", get(executions::handlers::list))
+        .route(
+            "/agents/executions/{id}/claim",
+            post(executions::handlers::claim),
+        )
+        .route(
+            "/agents/executions/{id}/heartbeat",
+            post(executions::handlers::heartbeat),
+        )
+        .route(
+            "/agents/executions/{id}/complete",
+            post(executions::handlers::complete),
+        )
+        .route(
+            "/agents/executions/{id}/ack-cancel",
+            post(executions::handlers::ack_cancel),
+        )
+        .route(
+            "/orchestrator/runs",
+            post(orchestrator::handlers::create).get(orchestrator::handlers::list),
+        )
+        .route("/orchestrator/runs/{id}", get(orchestrator::handlers::get))
+        .route(
+            "/orchestrator/runs/{id}/control",
+            get(orchestrator::handlers::control),
+        )
+        .route(
+            "/orchestrator/runs/{id}/cancel",
+            post(orchestrator::handlers::cancel),
+        )
+        .route(
+            "/orchestrator/runs/{id}/approvals/{approval_id}/approve",
+            post(orchestrator::handlers::approve),
+        )
+        .route(
+            "/orchestrator/runs/{id}/approvals/{approval_id}/reject",
+            post(orchestrator::handlers::reject),
+        )
+        .route(
+            "/orchestrator/runs/{id}/reconcile",
+            post(orchestrator::handlers::remote_only),
+        )
+        .route(
+            "/orchestrator/runs/{id}/retry-cancel",
+            post(orchestrator::handlers::remote_only),
+        )
+        .route(
+            "/orchestrator/runs/{id}/resolve-remote",
+            post(orchestrator::handlers::remote_only),
         )
         .route("/memory/write", post(memory::handlers::write))
         .route("/memory/batch", post(memory::handlers::batch))

@@ -67,6 +67,7 @@ pub fn open_engine(db: &Db, dir: &Path) -> MemoryEngine {
 pub fn test_settings() -> Settings {
     Settings {
         probe_interval: Duration::from_secs(3600),
+        sweep_interval: Duration::from_secs(3600),
         ..Settings::default()
     }
 }
@@ -89,7 +90,8 @@ pub struct Tenant {
 }
 
 impl TestServer {
-    /// Probes are driven by the tests themselves, so the background interval is an hour.
+    /// Probes, hold expiry and lease recovery are driven by the tests themselves (deterministically,
+    /// with the manual clock), so their background intervals are an hour.
     pub async fn start() -> TestServer {
         Self::start_with(test_settings()).await
     }

@@ -1,0 +1,230 @@
+//! The execution queue under 8 concurrent workers (issue 6): claim + heartbeat + complete cycles
+//! per second over HTTP against an in-process server with a fresh database, and a check that no
+//! execution was ever held by two workers. Run: `cargo bench --bench queue`
+//! (`MEMESH_BENCH_CLAIMS` sets the number of executions; default 100,000).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use memesh::auth::Actor;
+use memesh::bootstrap::{self, TenantSpec};
+use memesh::clock::{Clock, SystemClock};
+use memesh::db::Db;
+use memesh::ids::TargetId;
+use memesh::index::IndexConfig;
+use memesh::memory::engine::{EngineConfig, MemoryEngine};
+use memesh::state::{AppState, Settings};
+use serde_json::{Value, json};
+
+const WORKERS: usize = 8;
+
+fn main() {
+    let total: usize = std::env::var("MEMESH_BENCH_CLAIMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench(total));
+}
+
+async fn bench(total: usize) {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("memesh.db")).unwrap();
+    let spec = TenantSpec {
+        name: "bench",
+        owner_email: "bench@localhost",
+        owner_key: None,
+    };
+    let owner = bootstrap::initialize(&db, &spec, SystemClock.now())
+        .unwrap()
+        .unwrap();
+    let (embedder, _worker) = memesh::embed::load_bundled(
+        Some(&root.join("models/all-minilm-l6-v2-int8")),
+        Some(&root.join("runtime/libonnxruntime.so.1.31.1")),
+        2,
+    )
+    .unwrap();
+    let engine = MemoryEngine::open(
+        &db,
+        memesh::embed::MODEL_ID,
+        || Ok(embedder),
+        EngineConfig {
+            index: IndexConfig::new(memesh::embed::MODEL_DIM),
+            snapshot_dir: dir.path().join("index"),
+            snapshot_interval: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    let settings = Settings {
+        execution_lease: Duration::from_secs(600),
+        ..Settings::default()
+    };
+    let state = AppState::new(db.clone(), Arc::new(SystemClock), settings, engine);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(memesh::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let key = owner.key.clone();
+    let target: Value = client
+        .post(format!("{base}/v1/agents/dispatch-targets"))
+        .header("x-api-key", &key)
+        .json(&json!({ "name": "bench-worker", "kind": "LOCAL_AGENT" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let target_id = TargetId::parse(target["id"].as_str().unwrap()).unwrap();
+    let agent: Value = client
+        .post(format!("{base}/v1/keys"))
+        .header("x-api-key", &key)
+        .json(&json!({ "name": "agent", "targetId": target_id }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent = agent["key"].as_str().unwrap().to_owned();
+
+    // Enqueue the runs directly (set-up, not measured).
+    let started = Instant::now();
+    let actor = Actor {
+        tenant_id: owner.tenant_id.clone(),
+        user_id: Some(owner.owner.user_id.clone()),
+        key_id: None,
+        request_id: None,
+    };
+    for chunk in 0..total.div_ceil(10_000) {
+        db.write_blocking(|tx| {
+            let t = memesh::agents::store::load(tx, &owner.tenant_id, &target_id)?;
+            for i in chunk * 10_000..((chunk + 1) * 10_000).min(total) {
+                memesh::orchestrator::store::create(
+                    tx,
+                    &actor,
+                    &t,
+                    &json!({ "n": i }),
+                    false,
+                    None,
+                    SystemClock.now(),
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    eprintln!(
+        "enqueued {total} runs in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let conflicts = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let (client, base, agent, conflicts) = (
+            client.clone(),
+            base.clone(),
+            agent.clone(),
+            conflicts.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            let mut n = 0usize;
+            loop {
+                let list: Value = client
+                    .get(format!("{base}/v1/agents/executions"))
+                    .header("x-api-key", &agent)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let pending = list["executions"].as_array().unwrap();
+                if pending.is_empty() {
+                    return claimed;
+                }
+                // Workers start at different places in the page to spread out.
+                for j in 0..pending.len() {
+                    let e = &pending[(j + w * pending.len() / WORKERS) % pending.len()];
+                    let id = e["id"].as_str().unwrap();
+                    n += 1;
+                    let token = format!("w{w}-{n}");
+                    let resp = client
+                        .post(format!("{base}/v1/agents/executions/{id}/claim"))
+                        .header("x-api-key", &agent)
+                        .json(&json!({ "claimToken": token, "workerId": format!("worker-{w}") }))
+                        .send()
+                        .await
+                        .unwrap();
+                    if resp.status() == 409 {
+                        conflicts.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    assert_eq!(resp.status(), 200);
+                    for action in ["heartbeat", "complete"] {
+                        let resp = client
+                            .post(format!("{base}/v1/agents/executions/{id}/{action}"))
+                            .header("x-api-key", &agent)
+                            .json(&json!({ "claimToken": token }))
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(resp.status(), 200, "{action}");
+                    }
+                    claimed.push(id.to_owned());
+                    break;
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let distinct: HashSet<&String> = all.iter().collect();
+    let completed: i64 = db
+        .read_blocking(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM executions WHERE state = 'completed'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    println!("## memesh execution queue benchmark ({WORKERS} workers, 2 cores)\n");
+    println!("| figure | value |\n|---|---|");
+    println!(
+        "| executions claimed, heartbeaten and completed | {} |",
+        all.len()
+    );
+    println!(
+        "| claim + heartbeat + complete cycles per second | {:.0} |",
+        all.len() as f64 / secs
+    );
+    println!(
+        "| duplicate-claim conflicts answered (409) | {} |",
+        conflicts.load(Ordering::Relaxed)
+    );
+    println!(
+        "| executions won by two workers | {} |",
+        all.len() - distinct.len()
+    );
+    println!("| executions completed in the database | {completed} |");
+    assert_eq!(all.len(), distinct.len(), "an execution was claimed twice");
+    assert_eq!(completed as usize, total);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
