@@ -10,7 +10,8 @@ use crate::http::extract::Json;
 use crate::ids::{ExecutionId, TargetId};
 use crate::state::AppState;
 
-use super::store::{self, Execution};
+use super::store::{self, Execution, Holder};
+use crate::clock::Timestamp;
 
 const MAX_TOKEN: usize = 200;
 
@@ -78,6 +79,29 @@ pub async fn list(
     Ok(axum::Json(json!({ "executions": executions })))
 }
 
+/// The agent, its target, the execution and the presented claim token, checked.
+fn holder(principal: &Principal, id: &str, token: &str) -> ApiResult<Holder> {
+    Ok(Holder {
+        actor: principal.actor(),
+        target: agent_target(principal)?,
+        id: execution_id(id)?,
+        token: claim_token(token)?,
+    })
+}
+
+/// Runs one queue operation for `h` in a write transaction and answers with the execution.
+async fn act(
+    state: &AppState,
+    h: Holder,
+    op: impl FnOnce(&rusqlite::Transaction<'_>, &Holder, Timestamp) -> ApiResult<Execution>
+    + Send
+    + 'static,
+) -> ApiResult<axum::Json<Value>> {
+    let now = state.clock.now();
+    let e = state.db.write(move |tx| op(tx, &h, now)).await?;
+    Ok(axum::Json(view(state, &e)))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimBody {
@@ -91,27 +115,13 @@ pub async fn claim(
     Path(id): Path<String>,
     Json(b): Json<ClaimBody>,
 ) -> ApiResult<axum::Json<Value>> {
-    let target = agent_target(&principal)?;
-    let id = execution_id(&id)?;
-    let token = claim_token(&b.claim_token)?;
+    let h = holder(&principal, &id, &b.claim_token)?;
     let worker = b.worker_id.map(|w| w.chars().take(200).collect::<String>());
-    let (actor, now, lease) = (principal.actor(), state.clock.now(), lease_ms(&state));
-    let e = state
-        .db
-        .write(move |tx| {
-            store::claim(
-                tx,
-                &actor,
-                &target,
-                &id,
-                &token,
-                worker.as_deref(),
-                lease,
-                now,
-            )
-        })
-        .await?;
-    Ok(axum::Json(view(&state, &e)))
+    let lease = lease_ms(&state);
+    act(&state, h, move |tx, h, now| {
+        store::claim(tx, h, worker.as_deref(), lease, now)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,29 +137,15 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     Json(b): Json<HeartbeatBody>,
 ) -> ApiResult<axum::Json<Value>> {
-    let target = agent_target(&principal)?;
-    let id = execution_id(&id)?;
-    let token = claim_token(&b.claim_token)?;
+    let h = holder(&principal, &id, &b.claim_token)?;
     let progress = b
         .progress_message
         .map(|m| m.chars().take(2000).collect::<String>());
-    let (actor, now, lease) = (principal.actor(), state.clock.now(), lease_ms(&state));
-    let e = state
-        .db
-        .write(move |tx| {
-            store::heartbeat(
-                tx,
-                &actor,
-                &target,
-                &id,
-                &token,
-                progress.as_deref(),
-                lease,
-                now,
-            )
-        })
-        .await?;
-    Ok(axum::Json(view(&state, &e)))
+    let lease = lease_ms(&state);
+    act(&state, h, move |tx, h, now| {
+        store::heartbeat(tx, h, progress.as_deref(), lease, now)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,9 +162,7 @@ pub async fn complete(
     Path(id): Path<String>,
     Json(b): Json<CompleteBody>,
 ) -> ApiResult<axum::Json<Value>> {
-    let target = agent_target(&principal)?;
-    let id = execution_id(&id)?;
-    let token = claim_token(&b.claim_token)?;
+    let h = holder(&principal, &id, &b.claim_token)?;
     if b.idempotency_key
         .as_deref()
         .is_some_and(|k| k.is_empty() || k.len() > MAX_TOKEN)
@@ -178,23 +172,11 @@ pub async fn complete(
             "must be 1 to 200 characters",
         ));
     }
-    let (actor, now) = (principal.actor(), state.clock.now());
-    let e = state
-        .db
-        .write(move |tx| {
-            store::complete(
-                tx,
-                &actor,
-                &target,
-                &id,
-                &token,
-                b.result,
-                b.idempotency_key.as_deref(),
-                now,
-            )
-        })
-        .await?;
-    Ok(axum::Json(view(&state, &e)))
+    let (result, key) = (b.result, b.idempotency_key);
+    act(&state, h, move |tx, h, now| {
+        store::complete(tx, h, result, key.as_deref(), now)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,17 +192,12 @@ pub async fn ack_cancel(
     Path(id): Path<String>,
     Json(b): Json<AckCancelBody>,
 ) -> ApiResult<axum::Json<Value>> {
-    let target = agent_target(&principal)?;
-    let id = execution_id(&id)?;
-    let token = claim_token(&b.claim_token)?;
-    let (actor, now) = (principal.actor(), state.clock.now());
-    let e = state
-        .db
-        .write(move |tx| {
-            store::ack_cancel(tx, &actor, &target, &id, &token, b.note.as_deref(), now)
-        })
-        .await?;
-    Ok(axum::Json(view(&state, &e)))
+    let h = holder(&principal, &id, &b.claim_token)?;
+    let note = b.note.map(|n| n.chars().take(2000).collect::<String>());
+    act(&state, h, move |tx, h, now| {
+        store::ack_cancel(tx, h, note.as_deref(), now)
+    })
+    .await
 }
 
 /// One sweep of expired leases (the background task runs it every second).

@@ -14,6 +14,15 @@ use crate::ids::{ExecutionId, TargetId, TenantId};
 use crate::orchestrator::model::{Run, RunState};
 use crate::orchestrator::store as runs;
 
+/// Who acts on an execution: an agent (its actor and target) with the claim token it presents.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub actor: Actor,
+    pub target: TargetId,
+    pub id: String,
+    pub token: String,
+}
+
 /// An execution as the queue sees it.
 #[derive(Debug, Clone)]
 pub struct Execution {
@@ -110,17 +119,14 @@ fn run_of(tx: &Transaction<'_>, tenant: &TenantId, e: &Execution) -> ApiResult<R
 
 /// Claims with `token`: one guarded statement, so exactly one claimant wins. The same token
 /// claiming again gets its claim back; any other token gets 409.
-#[allow(clippy::too_many_arguments)]
 pub fn claim(
     tx: &Transaction<'_>,
-    actor: &Actor,
-    target: &TargetId,
-    id: &str,
-    token: &str,
+    h: &Holder,
     worker: Option<&str>,
     lease_ms: i64,
     now: Timestamp,
 ) -> ApiResult<Execution> {
+    let (actor, target, id, token) = (&h.actor, &h.target, h.id.as_str(), h.token.as_str());
     let lease = now.plus_ms(lease_ms);
     let won = tx.execute(
         "UPDATE executions SET state = 'claimed', claim_token = ?4, worker_id = ?5,
@@ -155,16 +161,10 @@ pub fn claim(
     Ok(e)
 }
 
-/// The execution as `token` holds it; 409 `lease_lost` when the token no longer holds it.
-fn held(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    target: &TargetId,
-    id: &str,
-    token: &str,
-) -> ApiResult<Execution> {
-    let e = load(tx, &actor.tenant_id, target, id)?;
-    if e.state != "claimed" || e.claim_token.as_deref() != Some(token) {
+/// The execution as the holder's token holds it; 409 `lease_lost` when it no longer does.
+fn held(tx: &Transaction<'_>, h: &Holder) -> ApiResult<Execution> {
+    let e = load(tx, &h.actor.tenant_id, &h.target, &h.id)?;
+    if e.state != "claimed" || e.claim_token.as_deref() != Some(h.token.as_str()) {
         return Err(ApiError::new(
             Code::LeaseLost,
             "this claim token no longer holds the execution (its lease expired and it was recovered, or it finished); stop working on it",
@@ -175,17 +175,14 @@ fn held(
 }
 
 /// Extends the lease while the token holds it; records progress on the run's timeline.
-#[allow(clippy::too_many_arguments)]
 pub fn heartbeat(
     tx: &Transaction<'_>,
-    actor: &Actor,
-    target: &TargetId,
-    id: &str,
-    token: &str,
+    h: &Holder,
     progress: Option<&str>,
     lease_ms: i64,
     now: Timestamp,
 ) -> ApiResult<Execution> {
+    let (actor, target, id, token) = (&h.actor, &h.target, h.id.as_str(), h.token.as_str());
     let lease = now.plus_ms(lease_ms);
     let extended = tx.execute(
         "UPDATE executions SET lease_expires_at = ?4, updated_at = ?5
@@ -193,7 +190,7 @@ pub fn heartbeat(
         rusqlite::params![id, actor.tenant_id, target, lease, now, token],
     )?;
     if extended == 0 {
-        held(tx, actor, target, id, token)?;
+        held(tx, h)?;
     }
     let e = load(tx, &actor.tenant_id, target, id)?;
     if let Some(message) = progress {
@@ -216,17 +213,14 @@ fn payload_hash(result: &Option<Value>) -> String {
 /// Completes the execution held by `token`. A replay with the same idempotency key returns the
 /// original outcome; the same key with another result is 409. Completion wins over a pending
 /// cancellation.
-#[allow(clippy::too_many_arguments)]
 pub fn complete(
     tx: &Transaction<'_>,
-    actor: &Actor,
-    target: &TargetId,
-    id: &str,
-    token: &str,
+    h: &Holder,
     result: Option<Value>,
     key: Option<&str>,
     now: Timestamp,
 ) -> ApiResult<Execution> {
+    let (actor, target, id, token) = (&h.actor, &h.target, h.id.as_str(), h.token.as_str());
     let hash = payload_hash(&result);
     let current = load(tx, &actor.tenant_id, target, id)?;
     if current.state == "completed"
@@ -248,7 +242,7 @@ pub fn complete(
         rusqlite::params![id, actor.tenant_id, target, result.as_ref().map(Value::to_string), key, hash, now, token],
     )?;
     if done == 0 {
-        held(tx, actor, target, id, token)?;
+        held(tx, h)?;
     }
     let e = load(tx, &actor.tenant_id, target, id)?;
     let mut run = run_of(tx, &actor.tenant_id, &e)?;
@@ -268,14 +262,12 @@ pub fn complete(
 /// Confirms a requested cancellation: the execution and its run are canceled.
 pub fn ack_cancel(
     tx: &Transaction<'_>,
-    actor: &Actor,
-    target: &TargetId,
-    id: &str,
-    token: &str,
+    h: &Holder,
     note: Option<&str>,
     now: Timestamp,
 ) -> ApiResult<Execution> {
-    let e = held(tx, actor, target, id, token)?;
+    let (actor, target, id, token) = (&h.actor, &h.target, h.id.as_str(), h.token.as_str());
+    let e = held(tx, h)?;
     if !e.cancel_requested {
         return Err(ApiError::new(
             Code::CancelNotRequested,
