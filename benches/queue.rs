@@ -1,7 +1,8 @@
 //! The execution queue under 8 concurrent workers (issue 6): claim + heartbeat + complete cycles
 //! per second over HTTP against an in-process server with a fresh database, and a check that no
 //! execution was ever held by two workers. Run: `cargo bench --bench queue`
-//! (`MEMESH_BENCH_CLAIMS` sets the number of executions; default 100,000).
+//! (`MEMESH_BENCH_CLAIMS` sets the number of executions, default 100,000;
+//! `MEMESH_BENCH_DURABILITY=normal` measures with `--durability normal`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use memesh::auth::Actor;
 use memesh::bootstrap::{self, TenantSpec};
 use memesh::clock::{Clock, SystemClock};
-use memesh::db::Db;
+use memesh::db::{Db, Durability};
 use memesh::ids::TargetId;
 use memesh::index::IndexConfig;
 use memesh::memory::engine::{EngineConfig, MemoryEngine};
@@ -35,7 +36,11 @@ fn main() {
 async fn bench(total: usize) {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(&dir.path().join("memesh.db")).unwrap();
+    let durability = match std::env::var("MEMESH_BENCH_DURABILITY").as_deref() {
+        Ok("normal") => Durability::Normal,
+        _ => Durability::Full,
+    };
+    let db = Db::open_with(&dir.path().join("memesh.db"), durability).unwrap();
     let spec = TenantSpec {
         name: "bench",
         owner_email: "bench@localhost",
@@ -204,7 +209,9 @@ async fn bench(total: usize) {
             )?)
         })
         .unwrap();
-    println!("## memesh execution queue benchmark ({WORKERS} workers, 2 cores)\n");
+    println!(
+        "## memesh execution queue benchmark ({WORKERS} workers, 2 cores, durability {durability:?})\n"
+    );
     println!("| figure | value |\n|---|---|");
     println!(
         "| executions claimed, heartbeaten and completed | {} |",

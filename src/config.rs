@@ -30,6 +30,10 @@ pub struct GlobalArgs {
     /// Directory holding the SQLite database and index snapshots.
     #[arg(long, env = "MEMESH_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
+    /// `full`: every commit fsynced (survives power loss); `normal`: survives a crash of memesh
+    /// but not of the machine, with several times the write throughput.
+    #[arg(long, env = "MEMESH_DURABILITY", value_enum, default_value_t = crate::db::Durability::Full, global = true)]
+    pub durability: crate::db::Durability,
     /// Log format on stderr.
     #[arg(long, env = "MEMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

@@ -58,7 +58,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn open_db(global: &GlobalArgs) -> anyhow::Result<Db> {
-    Db::open(&global.database_path())
+    Db::open_with(&global.database_path(), global.durability)
 }
 
 fn print_new_tenant(t: &NewTenant) {

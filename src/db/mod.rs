@@ -23,16 +23,31 @@ pub struct Db {
     pool: Pool<SqliteConnectionManager>,
 }
 
+/// How hard a commit is pushed to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Every commit is fsynced: a 2xx survives a power loss (the default).
+    Full,
+    /// Commits are fsynced at checkpoints only: a 2xx survives a crash of memesh, but the last
+    /// commits can be lost if the machine loses power. Several times more write throughput.
+    Normal,
+}
+
 /// Pragmas for every connection.
 /// - WAL: readers never block the writer and a crash never leaves a half-written page.
-/// - synchronous=FULL: in WAL mode, NORMAL can lose the last commits on power loss (not on a
-///   process crash). A 2xx promises durability, so every commit is fsynced; writers batch work
-///   into one transaction per request, so this costs one fsync per mutation, not per row.
+/// - synchronous=FULL by default: in WAL mode, NORMAL can lose the last commits on power loss
+///   (not on a process crash). A 2xx promises durability, so every commit is fsynced; writers
+///   batch work into one transaction per request, so this costs one fsync per mutation, not per
+///   row. Operators who prefer throughput choose `--durability normal`.
 /// - foreign_keys=ON: SQLite's default is OFF, per connection.
 /// - busy_timeout: concurrent writers queue instead of failing with SQLITE_BUSY at once.
-fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
+fn configure(conn: &mut Connection, durability: Durability) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(())
@@ -41,18 +56,23 @@ fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
 impl Db {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> anyhow::Result<Db> {
+        Db::open_with(path, Durability::Full)
+    }
+
+    pub fn open_with(path: &Path, durability: Durability) -> anyhow::Result<Db> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating data directory {}", dir.display()))?;
         }
         let mut conn = Connection::open(path)
             .with_context(|| format!("opening database {}", path.display()))?;
-        configure(&mut conn)?;
+        configure(&mut conn, durability)?;
         migrations::apply(&mut conn)
             .with_context(|| format!("migrating database {}", path.display()))?;
         drop(conn);
 
-        let manager = SqliteConnectionManager::file(path).with_init(configure);
+        let manager = SqliteConnectionManager::file(path)
+            .with_init(move |c: &mut Connection| configure(c, durability));
         let pool = Pool::builder()
             .max_size(8)
             .connection_timeout(Duration::from_secs(10))
@@ -151,5 +171,24 @@ pub fn unique_violation_as(e: rusqlite::Error, code: Code, message: &str) -> Api
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::ConstraintViolation) => ApiError::new(code, message),
         _ => ApiError::internal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_chooses_synchronous_on_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        for (durability, expected) in [(Durability::Full, 2), (Durability::Normal, 1)] {
+            let db =
+                Db::open_with(&dir.path().join(format!("{durability:?}.db")), durability).unwrap();
+            let synchronous: i64 = db
+                .read_blocking(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+                .unwrap();
+            assert_eq!(synchronous, expected, "{durability:?}");
+            assert!(db.is_ready());
+        }
     }
 }
