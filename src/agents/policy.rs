@@ -201,6 +201,84 @@ impl Runtime {
 mod tests {
     use super::*;
 
+    /// Random sequences of input changes: whatever the order, the policy is always the one the
+    /// inputs imply, the epoch moves exactly when the effective policy changes, the token only
+    /// ever grows, and a review acknowledged for an old epoch never counts for a newer one.
+    #[test]
+    fn policy_state_machine_invariants_hold_for_random_histories() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for history in 0..500 {
+            let mut now = Timestamp(1_000);
+            let mut rt = Runtime::fresh(now, next(2) == 0);
+            for _ in 0..60 {
+                let before = rt.clone();
+                now = Timestamp(now.millis() + next(3) as i64);
+                match next(6) {
+                    0 => {
+                        rt.hold = Some(Hold {
+                            reason: "r".into(),
+                            by: None,
+                            since: now,
+                            release_after: None,
+                        })
+                    }
+                    1 => rt.hold = None,
+                    2 => {
+                        rt.incident.open = true;
+                        rt.incident.epoch += 1;
+                        rt.incident.handoff = None;
+                    }
+                    3 if rt.incident.open => {
+                        rt.incident.handoff = Some(Handoff {
+                            external_incident_id: "INC".into(),
+                            owner: "ops".into(),
+                            note: None,
+                            at: now,
+                            by: None,
+                        })
+                    }
+                    4 => rt.incident.open = false,
+                    _ => {
+                        rt.review_ack = Some(ReviewAck {
+                            epoch: rt.policy_epoch,
+                            by: None,
+                            at: now,
+                            note: None,
+                        })
+                    }
+                }
+                rt.recompute(Some("usr_x"), now);
+                rt.advance_token(now);
+                let (policy, reasons) = derive(&rt);
+                assert_eq!(
+                    (rt.policy, &rt.reasons),
+                    (policy, &reasons),
+                    "history {history}"
+                );
+                let changed = before.policy != rt.policy;
+                assert_eq!(
+                    rt.policy_epoch,
+                    before.policy_epoch + i64::from(changed),
+                    "history {history}"
+                );
+                assert!(rt.updated_at > before.updated_at, "history {history}");
+                if changed {
+                    assert_ne!(
+                        rt.review_state(),
+                        "ACKNOWLEDGED",
+                        "a new epoch needs a new review"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn policy_follows_inputs_and_epoch_moves_only_on_change() {
         let t = Timestamp(1_000);
