@@ -46,6 +46,16 @@ pub fn blob_to_vector(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// The `tags` column holds a JSON list; the schema only ever stores lists.
+fn tags_column(raw: &str) -> Vec<String> {
+    serde_json::from_str(raw).unwrap_or_default()
+}
+
+/// The `sensitivity` column is constrained by a CHECK to the four levels.
+fn sensitivity_column(raw: &str) -> Sensitivity {
+    Sensitivity::parse(raw).unwrap_or(Sensitivity::Internal)
+}
+
 const COLUMNS: &str = "m.seq, m.id, m.content, m.space, m.summary, m.tags, m.sensitivity, m.source,
      m.token_count, m.embed_tokens, m.embed_truncated, m.created_at";
 
@@ -59,8 +69,8 @@ fn memory_from_row(r: &Row<'_>, model: &str) -> rusqlite::Result<(RowId, Memory)
             content: r.get(2)?,
             space: r.get(3)?,
             summary: r.get(4)?,
-            tags: serde_json::from_str(&tags).unwrap_or_default(),
-            sensitivity: Sensitivity::parse(&sensitivity).unwrap_or(Sensitivity::Internal),
+            tags: tags_column(&tags),
+            sensitivity: sensitivity_column(&sensitivity),
             source: r.get(7)?,
             token_count: r.get::<_, i64>(8)? as usize,
             embedding: EmbeddingInfo {
@@ -497,8 +507,8 @@ pub fn export_page(
                     content: r.get(2)?,
                     space: r.get(3)?,
                     summary: r.get(4)?,
-                    tags: serde_json::from_str(&tags).unwrap_or_default(),
-                    sensitivity: Sensitivity::parse(&sensitivity).unwrap_or(Sensitivity::Internal),
+                    tags: tags_column(&tags),
+                    sensitivity: sensitivity_column(&sensitivity),
                     source: r.get(7)?,
                     created_at: r.get(8)?,
                     embedding_model: Some(model.to_owned()),

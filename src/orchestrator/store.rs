@@ -171,6 +171,26 @@ fn add_approval(tx: &Transaction<'_>, run: &str, now: Timestamp) -> ApiResult<Ap
     Ok(id)
 }
 
+/// Opens a pending approval and parks the run until it is decided.
+fn await_approval(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    run: &mut Run,
+    now: Timestamp,
+) -> ApiResult<()> {
+    let approval = add_approval(tx, &run.id, now)?;
+    run.block_reason = None;
+    transition(
+        tx,
+        actor,
+        run,
+        RunState::AwaitingApproval,
+        "awaiting_approval",
+        json!({ "approvalId": approval }),
+        now,
+    )
+}
+
 fn has_approval(tx: &Transaction<'_>, run: &str) -> ApiResult<bool> {
     Ok(tx
         .query_row(
@@ -273,16 +293,7 @@ pub fn create(
     )?;
     let mut run = load(tx, &actor.tenant_id, id.as_str())?;
     if requires {
-        let approval = add_approval(tx, id.as_str(), now)?;
-        transition(
-            tx,
-            actor,
-            &mut run,
-            RunState::AwaitingApproval,
-            "awaiting_approval",
-            json!({ "approvalId": approval }),
-            now,
-        )?;
+        await_approval(tx, actor, &mut run, now)?;
     } else {
         dispatch_or_block(
             tx,
@@ -315,17 +326,7 @@ pub fn release_blocked(
     for id in &ids {
         let mut run = load(tx, &actor.tenant_id, id)?;
         if policy == Policy::RequireApproval && !has_approval(tx, id)? {
-            let approval = add_approval(tx, id, now)?;
-            run.block_reason = None;
-            transition(
-                tx,
-                actor,
-                &mut run,
-                RunState::AwaitingApproval,
-                "awaiting_approval",
-                json!({ "approvalId": approval }),
-                now,
-            )?;
+            await_approval(tx, actor, &mut run, now)?;
         } else {
             dispatch_or_block(tx, actor, &mut run, policy, reasons, now)?;
         }
