@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use memesh::auth::Actor;
 use memesh::bootstrap::{self, TenantSpec};
 use memesh::clock::{Clock, SystemClock};
 use memesh::db::Db;
@@ -24,8 +23,7 @@ use memesh::embed::{EmbedBackend, Embedding, MODEL_DIM, ModelFiles, OnnxBackend,
 use memesh::ids::{TenantId, UserId};
 use memesh::index::{IndexConfig, OwnerKey, VectorIndex};
 use memesh::memory::engine::{EngineConfig, MemoryEngine};
-use memesh::memory::model::WriteRequest;
-use memesh::memory::store::{self, Owner, Prepared};
+use memesh::memory::store::{self, Owner};
 use memesh::state::{AppState, Settings};
 use serde_json::{Value, json};
 
@@ -230,6 +228,64 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// A memesh server in this process on `dir` (initialized with one tenant): its base URL, the
+/// owner's tenant, and what stops it.
+struct InProcess {
+    base: String,
+    tenant: memesh::bootstrap::NewTenant,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl InProcess {
+    async fn start(dir: &Path, owner_email: &str) -> InProcess {
+        let db = Db::open(&dir.join("memesh.db")).unwrap();
+        let spec = TenantSpec {
+            name: "bench",
+            owner_email,
+            owner_key: None,
+        };
+        let tenant = bootstrap::initialize(&db, &spec, SystemClock.now())
+            .unwrap()
+            .unwrap();
+        let (embedder, _worker) = memesh::embed::load_bundled(
+            Some(&root().join("models/all-minilm-l6-v2-int8")),
+            Some(&root().join("runtime/libonnxruntime.so.1.31.1")),
+            2,
+        )
+        .unwrap();
+        let engine = MemoryEngine::open(
+            &db,
+            memesh::embed::MODEL_ID,
+            || Ok(embedder),
+            EngineConfig {
+                index: IndexConfig::new(MODEL_DIM),
+                snapshot_dir: dir.join("index"),
+                snapshot_interval: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        let state = AppState::new(db, Arc::new(SystemClock), Settings::default(), engine);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(memesh::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        InProcess {
+            base,
+            tenant,
+            stop,
+            server,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+    }
+}
+
 /// Raw model throughput vs. HTTP batch writes of the same texts.
 async fn write_throughput(backend: &mut OnnxBackend) -> (f64, f64) {
     let texts = sentences(7, 3_000);
@@ -241,40 +297,8 @@ async fn write_throughput(backend: &mut OnnxBackend) -> (f64, f64) {
     let raw = texts.len() as f64 / started.elapsed().as_secs_f64();
 
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(&dir.path().join("memesh.db")).unwrap();
-    let spec = TenantSpec {
-        name: "bench",
-        owner_email: "bench@localhost",
-        owner_key: None,
-    };
-    let key = bootstrap::initialize(&db, &spec, SystemClock.now())
-        .unwrap()
-        .unwrap()
-        .key;
-    let (embedder, _worker) = memesh::embed::load_bundled(
-        Some(&root().join("models/all-minilm-l6-v2-int8")),
-        Some(&root().join("runtime/libonnxruntime.so.1.31.1")),
-        2,
-    )
-    .unwrap();
-    let engine = MemoryEngine::open(
-        &db,
-        memesh::embed::MODEL_ID,
-        || Ok(embedder),
-        EngineConfig {
-            index: IndexConfig::new(MODEL_DIM),
-            snapshot_dir: dir.path().join("index"),
-            snapshot_interval: Duration::from_secs(3600),
-        },
-    )
-    .unwrap();
-    let state = AppState::new(db, Arc::new(SystemClock), Settings::default(), engine);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(memesh::serve(listener, state, async {
-        let _ = rx.await;
-    }));
+    let server = InProcess::start(dir.path(), "bench@localhost").await;
+    let (base, key) = (server.base.clone(), server.tenant.key.clone());
     let client = reqwest::Client::new();
     let send = |chunk: &[String]| {
         let memories: Vec<Value> = chunk.iter().map(|t| json!({ "content": t })).collect();
@@ -290,85 +314,103 @@ async fn write_throughput(backend: &mut OnnxBackend) -> (f64, f64) {
         assert_eq!(send(chunk).await.unwrap().status(), 201);
     }
     let http = texts.len() as f64 / started.elapsed().as_secs_f64();
-    let _ = tx.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
     (raw, http)
 }
 
-/// Fills a database with the corpus (precomputed embeddings; no HTTP): the large owner gets
-/// 99%, the small owner 1%, interleaved as they would be written.
-fn fill_database(dir: &Path, corpus: &[String], vectors: &[Embedding]) -> (Owner, Owner, String) {
-    let db = Db::open(&dir.join("memesh.db")).unwrap();
-    let spec = TenantSpec {
-        name: "bench",
-        owner_email: "big@localhost",
-        owner_key: None,
+/// One import record (the export format) carrying a precomputed embedding.
+fn import_line(text: &str, embedding: &Embedding) -> String {
+    use base64::Engine;
+    let blob = store::vector_to_blob(&embedding.vector);
+    json!({
+        "id": memesh::ids::MemoryId::generate(),
+        "content": text,
+        "space": "default",
+        "summary": null,
+        "tags": [],
+        "sensitivity": "internal",
+        "source": null,
+        "createdAt": SystemClock.now(),
+        "embeddingModel": memesh::embed::MODEL_ID,
+        "embedding": base64::engine::general_purpose::STANDARD.encode(blob),
+    })
+    .to_string()
+}
+
+/// Fills a database with the corpus through `POST /v1/memory/import` on an in-process server,
+/// with the precomputed embeddings (nothing re-embedded): the large owner gets 99%, the small
+/// owner 1%, interleaved as they would be written.
+async fn fill_database(
+    dir: &Path,
+    corpus: &[String],
+    vectors: &[Embedding],
+) -> (Owner, Owner, String) {
+    let server = InProcess::start(dir, "big@localhost").await;
+    let (base, t) = (server.base.clone(), &server.tenant);
+    let client = reqwest::Client::new();
+    let post = |path: &str, key: Option<&str>, body: Value| {
+        let mut req = client.post(format!("{base}{path}")).json(&body);
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        req.send()
     };
-    let t = bootstrap::initialize(&db, &spec, SystemClock.now())
+    let invited: Value = post(
+        "/v1/team/members/invite",
+        Some(&t.key),
+        json!({ "email": "small@localhost" }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let accepted: Value = post(invited["acceptPath"].as_str().unwrap(), None, json!({}))
+        .await
         .unwrap()
+        .json()
+        .await
         .unwrap();
-    let small_user = db
-        .write_blocking(|tx| {
-            let email = memesh::team::model::Email::parse("small@localhost")?;
-            memesh::team::store::insert_user(
-                tx,
-                &t.tenant_id,
-                &email,
-                memesh::auth::Role::Member,
-                SystemClock.now(),
-            )
-        })
-        .unwrap();
+    let small_key = accepted["apiKey"]["key"].as_str().unwrap().to_owned();
+    let small_user = UserId::parse(accepted["member"]["userId"].as_str().unwrap()).unwrap();
+    for (start, chunk) in corpus.chunks(1000).enumerate().map(|(i, c)| (i * 1000, c)) {
+        let (mut big_lines, mut small_lines) = (String::new(), String::new());
+        for (j, text) in chunk.iter().enumerate() {
+            let n = start + j;
+            let lines = if n % 100 == 0 {
+                &mut small_lines
+            } else {
+                &mut big_lines
+            };
+            lines.push_str(&import_line(text, &vectors[n]));
+            lines.push('\n');
+        }
+        for (key, lines) in [(&t.key, big_lines), (&small_key, small_lines)] {
+            let report: Value = client
+                .post(format!("{base}/v1/memory/import"))
+                .header("x-api-key", key)
+                .header("content-type", "application/x-ndjson")
+                .body(lines)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(report["failed"], 0, "{report}");
+        }
+    }
     let big = Owner {
         tenant: t.tenant_id.clone(),
         user: t.owner.user_id.clone(),
     };
     let small = Owner {
         tenant: t.tenant_id.clone(),
-        user: small_user.user_id,
+        user: small_user,
     };
-    db.write_blocking(|tx| memesh::memory::store::set_model(tx, memesh::embed::MODEL_ID))
-        .unwrap();
-    let now = SystemClock.now();
-    for (start, chunk) in corpus.chunks(1000).enumerate().map(|(i, c)| (i * 1000, c)) {
-        let mut big_items = Vec::new();
-        let mut small_items = Vec::new();
-        for (j, text) in chunk.iter().enumerate() {
-            let n = start + j;
-            let request = WriteRequest {
-                content: text.clone(),
-                space: None,
-                summary: None,
-                tags: None,
-                sensitivity: None,
-                source: None,
-            };
-            let prepared = Prepared {
-                memory: request.validate("").unwrap(),
-                embedding: vectors[n].clone(),
-                token_count: 20,
-            };
-            if n % 100 == 0 {
-                small_items.push(prepared)
-            } else {
-                big_items.push(prepared)
-            }
-        }
-        db.write_blocking(|tx| {
-            for (owner, items) in [(&big, &big_items), (&small, &small_items)] {
-                let actor = Actor {
-                    tenant_id: owner.tenant.clone(),
-                    user_id: Some(owner.user.clone()),
-                    key_id: None,
-                    request_id: None,
-                };
-                store::insert(tx, &actor, owner, items, memesh::embed::MODEL_ID, now)?;
-            }
-            Ok(())
-        })
-        .unwrap();
-    }
-    (big, small, t.key)
+    let key = t.key.clone();
+    server.stop().await;
+    (big, small, key)
 }
 
 /// Starts the release binary on `dir` and returns it with the time until /readyz answered 200.
@@ -614,7 +656,7 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let (big, small, key) = fill_database(dir.path(), &corpus, &vectors);
+    let (big, small, key) = runtime.block_on(fill_database(dir.path(), &corpus, &vectors));
     let filled = started.elapsed();
 
     // First start: fill from SQLite, build the graph, snapshot at shutdown.

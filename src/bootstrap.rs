@@ -5,13 +5,13 @@ use rusqlite::Transaction;
 use serde_json::json;
 
 use crate::audit::{self, AuditEvent};
-use crate::auth::Actor;
-use crate::auth::Role;
+use crate::auth::perm::KeysWrite;
+use crate::auth::{Role, Write};
 use crate::clock::Timestamp;
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::TenantId;
-use crate::keys::model::KeyName;
+use crate::keys::model::{KeyName, NewKey};
 use crate::keys::store as key_store;
 use crate::team::model::{Email, Member};
 use crate::team::store as team_store;
@@ -54,26 +54,25 @@ fn insert_tenant(
         "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)",
         rusqlite::params![tenant_id, name, now],
     )?;
-    let owner = team_store::insert_user(tx, &tenant_id, &email, Role::Owner, now)?;
-    let actor = Actor::system(tenant_id.clone());
+    let w = Write::<KeysWrite>::system(tx, tenant_id.clone(), now);
+    let owner = team_store::insert_user(&w, &email, Role::Owner)?;
     audit::append(
-        tx,
-        &actor,
+        &w,
         &AuditEvent::success(
             "tenant.create",
             "tenant",
             tenant_id.as_str(),
             json!({ "name": name, "ownerUserId": owner.user_id, "ownerEmail": owner.email }),
         ),
-        now,
     )?;
     let key = key_store::create(
-        tx,
-        &actor,
+        &w,
         &owner.user_id,
+        Role::Owner,
         &KeyName::parse("owner bootstrap key")?,
         spec.owner_key,
-        now,
+        &NewKey::User(None),
+        None,
     )?;
     Ok(NewTenant {
         tenant_id,

@@ -16,7 +16,9 @@ pub enum Code {
     UnsupportedMediaType,
     PayloadTooLarge,
     Unauthorized,
+    KeyExpired,
     InsufficientRole,
+    InsufficientScope,
     NotFound,
     MethodNotAllowed,
     RequestTimeout,
@@ -25,7 +27,7 @@ pub enum Code {
     InvitationUsed,
     InvitationExpired,
     LastOwner,
-    Conflict,
+    KeyExists,
     InvalidAgentCard,
     AgentCardUnreachable,
     StaleRuntimeSnapshot,
@@ -38,6 +40,9 @@ pub enum Code {
     TargetNotHeld,
     IncidentAlreadyOpen,
     NoOpenIncident,
+    NothingToReview,
+    TargetHasActiveRuns,
+    MemoryIdTaken,
     IdempotencyKeyReused,
     InvalidRunState,
     ApprovalDecided,
@@ -77,11 +82,14 @@ impl Code {
             | Code::TargetAlreadyHeld
             | Code::TargetNotHeld
             | Code::IncidentAlreadyOpen
-            | Code::NoOpenIncident => StatusCode::CONFLICT,
+            | Code::NoOpenIncident
+            | Code::NothingToReview
+            | Code::TargetHasActiveRuns
+            | Code::MemoryIdTaken => StatusCode::CONFLICT,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Code::Unauthorized => StatusCode::UNAUTHORIZED,
-            Code::InsufficientRole => StatusCode::FORBIDDEN,
+            Code::Unauthorized | Code::KeyExpired => StatusCode::UNAUTHORIZED,
+            Code::InsufficientRole | Code::InsufficientScope => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -89,7 +97,7 @@ impl Code {
             | Code::InvitationPending
             | Code::InvitationUsed
             | Code::LastOwner
-            | Code::Conflict => StatusCode::CONFLICT,
+            | Code::KeyExists => StatusCode::CONFLICT,
             Code::InvitationExpired => StatusCode::GONE,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,7 +114,9 @@ impl Code {
             Code::UnsupportedMediaType => "unsupported_media_type",
             Code::PayloadTooLarge => "payload_too_large",
             Code::Unauthorized => "unauthorized",
+            Code::KeyExpired => "key_expired",
             Code::InsufficientRole => "insufficient_role",
+            Code::InsufficientScope => "insufficient_scope",
             Code::NotFound => "not_found",
             Code::MethodNotAllowed => "method_not_allowed",
             Code::RequestTimeout => "request_timeout",
@@ -115,7 +125,7 @@ impl Code {
             Code::InvitationUsed => "invitation_used",
             Code::InvitationExpired => "invitation_expired",
             Code::LastOwner => "last_owner",
-            Code::Conflict => "conflict",
+            Code::KeyExists => "key_exists",
             Code::InvalidAgentCard => "invalid_agent_card",
             Code::AgentCardUnreachable => "agent_card_unreachable",
             Code::StaleRuntimeSnapshot => "stale_runtime_snapshot",
@@ -128,6 +138,9 @@ impl Code {
             Code::TargetNotHeld => "target_not_held",
             Code::IncidentAlreadyOpen => "incident_already_open",
             Code::NoOpenIncident => "no_open_incident",
+            Code::NothingToReview => "nothing_to_review",
+            Code::TargetHasActiveRuns => "target_has_active_runs",
+            Code::MemoryIdTaken => "memory_id_taken",
             Code::IdempotencyKeyReused => "idempotency_key_reused",
             Code::InvalidRunState => "invalid_run_state",
             Code::ApprovalDecided => "approval_already_decided",
@@ -200,6 +213,25 @@ impl ApiError {
         ApiError::new(Code::Unauthorized, message)
     }
 
+    /// The `{"code","message","details?"}` object of the error body: what a response carries
+    /// under `error`, and what batch items, import reports and stream events carry too. An
+    /// internal cause is logged here, since it is about to leave the server without it.
+    pub fn error_object(&self) -> Value {
+        self.log_source();
+        error_object(self.code, &self.message, self.details.as_ref())
+    }
+
+    /// The whole error body, `{"error": {...}}`.
+    pub fn body(&self) -> Value {
+        json!({ "error": self.error_object() })
+    }
+
+    fn log_source(&self) {
+        if let Some(source) = &self.source {
+            tracing::error!(code = self.code.as_str(), error = %format!("{source:#}"), "request failed");
+        }
+    }
+
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
         ApiError {
             code: Code::Internal,
@@ -230,40 +262,37 @@ impl std::error::Error for ApiError {}
 
 /// The JSON error body for `code`, used by handlers and by the fallback for bare statuses.
 pub fn error_body(code: Code, message: &str, details: Option<&Value>) -> Value {
+    json!({ "error": error_object(code, message, details) })
+}
+
+fn error_object(code: Code, message: &str, details: Option<&Value>) -> Value {
     let mut error = json!({ "code": code.as_str(), "message": message });
     if let Some(details) = details {
         error["details"] = details.clone();
     }
-    json!({ "error": error })
+    error
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.code.status();
-        if let Some(source) = &self.source {
-            tracing::error!(code = self.code.as_str(), error = %format!("{source:#}"), "request failed");
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if matches!(self.code, Code::Unauthorized | Code::KeyExpired) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"memesh\""),
+            );
         }
-        let body = error_body(self.code, &self.message, self.details.as_ref());
-        let mut response = (status, axum::Json(body)).into_response();
-        match self.code {
-            Code::Unauthorized => {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"memesh\""),
-                );
+        if self.code == Code::RateLimited {
+            let retry = self
+                .details
+                .as_ref()
+                .and_then(|d| d.get("retryAfterSeconds"))
+                .and_then(Value::as_u64)
+                .unwrap_or(1);
+            if let Ok(value) = HeaderValue::from_str(&retry.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
             }
-            Code::RateLimited => {
-                let retry = self
-                    .details
-                    .as_ref()
-                    .and_then(|d| d.get("retryAfterSeconds"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(1);
-                if let Ok(value) = HeaderValue::from_str(&retry.to_string()) {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-            }
-            _ => {}
         }
         response
     }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 macro_rules! prefixed_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $noun:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
@@ -12,6 +12,8 @@ macro_rules! prefixed_id {
 
         impl $name {
             pub const PREFIX: &'static str = $prefix;
+            /// What a 404 for a missing one of these says is missing.
+            pub const NOUN: &'static str = $noun;
 
             /// A fresh id: the prefix and a time-ordered UUIDv7 in lowercase hex.
             pub fn generate() -> Self {
@@ -47,7 +49,8 @@ macro_rules! prefixed_id {
             fn column_result(
                 v: rusqlite::types::ValueRef<'_>,
             ) -> rusqlite::types::FromSqlResult<Self> {
-                String::column_result(v).map($name)
+                let s = v.as_str()?;
+                $name::parse(s).ok_or_else(|| crate::db::unknown_value(stringify!($name), s))
             }
         }
     };
@@ -56,52 +59,62 @@ macro_rules! prefixed_id {
 prefixed_id!(
     /// A workspace: the unit of isolation.
     TenantId,
-    "ten_"
+    "ten_",
+    "tenant"
 );
 prefixed_id!(
     /// A person (or automation identity) in one tenant.
     UserId,
-    "usr_"
+    "usr_",
+    "member"
 );
 prefixed_id!(
     /// An API key record (never the key itself).
     KeyId,
-    "key_"
+    "key_",
+    "API key"
 );
 prefixed_id!(
     /// A pending or used team invitation.
     InvitationId,
-    "inv_"
+    "inv_",
+    "invitation"
 );
 prefixed_id!(
     /// One audit log row.
     AuditId,
-    "aud_"
+    "aud_",
+    "audit row"
 );
 prefixed_id!(
     /// One memory.
     MemoryId,
-    "mem_"
+    "mem_",
+    "memory"
 );
 prefixed_id!(
     /// A dispatch target (a local agent or a remote A2A agent).
     TargetId,
-    "tgt_"
+    "tgt_",
+    "dispatch target"
 );
 prefixed_id!(
     /// An orchestrator run.
     RunId,
-    "run_"
+    "run_",
+    "run"
 );
 prefixed_id!(
     /// An approval a run waits for.
     ApprovalId,
-    "apr_"
+    "apr_",
+    "approval"
 );
 prefixed_id!(
     /// One execution of a run in the local queue.
     ExecutionId,
-    "exe_"
+    "exe_",
+    "execution"
 );
 
 #[cfg(test)]

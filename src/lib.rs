@@ -10,10 +10,10 @@ pub mod config;
 pub mod db;
 pub mod embed;
 pub mod error;
-pub mod executions;
 pub mod http;
 pub mod ids;
 pub mod index;
+pub mod jobs;
 pub mod keys;
 pub mod memory;
 pub mod orchestrator;
@@ -33,8 +33,8 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` resolves, lets in-flight requests finish, stops and joins the
-/// background work (governance timers and probes, then the index thread, which writes a last
-/// snapshot), then folds the WAL into the database so a clean stop leaves a single file.
+/// background jobs and then the index thread (a last snapshot is written), then folds the WAL
+/// into the database so a clean stop leaves a single file.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -48,16 +48,15 @@ pub async fn serve(
         }
     });
     let cancel = tokio_util::sync::CancellationToken::new();
-    let background = tokio::spawn(agents::governance::run_background(
-        state.clone(),
-        cancel.clone(),
-    ));
+    let jobs = jobs::start(&state, &cancel);
     let served = axum::serve(listener, app(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await;
     cancel.cancel();
-    if let Err(e) = background.await {
-        tracing::error!(error = %e, "the governance background task failed");
+    for job in jobs {
+        if let Err(e) = job.await {
+            tracing::error!(error = %e, "a background job did not stop cleanly");
+        }
     }
     served?;
     tokio::task::spawn_blocking(move || {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::clock::SharedClock;
 use crate::db::Db;
+use crate::jobs::JobBoard;
 use crate::memory::MemoryEngine;
 
 /// Settings the running server needs (the CLI's `serve` flags, validated).
@@ -23,7 +24,8 @@ pub struct Settings {
     pub execution_lease: Duration,
     /// Claims an execution gets before its run fails.
     pub max_attempts: u32,
-    /// How often expired holds and leases are looked for.
+    /// How often expired holds and leases are looked for (the snapshot interval is the memory
+    /// engine's).
     pub sweep_interval: Duration,
 }
 
@@ -49,6 +51,8 @@ pub struct App {
     pub memory: MemoryEngine,
     /// Outbound HTTP (Agent Cards, probes).
     pub http: reqwest::Client,
+    /// How the background jobs are doing.
+    pub jobs: Arc<JobBoard>,
 }
 
 #[derive(Clone)]
@@ -62,6 +66,7 @@ impl AppState {
             settings,
             memory,
             http: reqwest::Client::new(),
+            jobs: Arc::new(JobBoard::default()),
         }))
     }
 }

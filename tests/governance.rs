@@ -519,14 +519,10 @@ async fn hold_lifts_itself_when_the_clock_passes_release_after() {
     let (st, _) = act(&s, &k, &id, "hold", json!({ "reason": "window", "releaseAfter": "2026-03-20T10:00:00.000Z", "expectedRuntimeUpdatedAt": token(&t) })).await;
     assert_eq!(st, StatusCode::OK);
     s.clock.advance_ms(30 * 60 * 1000);
-    memesh::agents::governance::release_expired(&s.state)
-        .await
-        .unwrap();
+    memesh::jobs::release_expired_holds(&s.state).await.unwrap();
     assert_eq!(fetch(&s, &k, &id).await["availability"], "HELD", "not yet");
     s.clock.advance_ms(31 * 60 * 1000);
-    memesh::agents::governance::release_expired(&s.state)
-        .await
-        .unwrap();
+    memesh::jobs::release_expired_holds(&s.state).await.unwrap();
     let after = fetch(&s, &k, &id).await;
     assert_eq!(after["availability"], "AVAILABLE");
     assert_eq!(
@@ -573,7 +569,7 @@ async fn reviews_block_self_review_and_stale_epochs() {
     .await;
     assert_eq!(
         (st, code(&err)),
-        (StatusCode::CONFLICT, "conflict"),
+        (StatusCode::CONFLICT, "nothing_to_review"),
         "nothing to review yet"
     );
     let (_, held) = act(
@@ -716,7 +712,7 @@ async fn failing_probes_open_an_incident() {
     )
     .await;
     let id = t["id"].as_str().unwrap().to_owned();
-    let probe = || memesh::agents::governance::probe_remote_targets(&s.state);
+    let probe = || memesh::jobs::probe_remote_targets(&s.state);
     assert_eq!(probe().await.unwrap(), 0);
     let ok = fetch(&s, &k, &id).await;
     assert_eq!(ok["remoteControl"]["probe"]["lastOk"], true);

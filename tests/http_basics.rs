@@ -18,6 +18,36 @@ async fn health_and_readiness_need_no_key() {
     assert_eq!(body["status"], "ready");
 }
 
+/// Each background job runs once when the server starts (then at its interval, an hour in tests)
+/// and operators see its last successful pass on /healthz.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_shows_each_background_jobs_last_pass() {
+    let s = TestServer::start().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (st, body) = s.call(Method::GET, "/healthz", None, None).await;
+        assert_eq!(st, StatusCode::OK);
+        let jobs = body["jobs"].as_object().expect("a jobs object");
+        let names: Vec<&str> = jobs.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            ["holdExpiry", "indexSnapshot", "leaseRecovery", "probes"]
+        );
+        if jobs.values().all(|j| j["lastSuccessAt"] == common::START) {
+            assert!(
+                jobs.values()
+                    .all(|j| j["restarts"] == 0 && j["everyMs"] == 3_600_000)
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jobs never passed: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_is_generated_or_kept() {
     let s = TestServer::start().await;

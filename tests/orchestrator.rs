@@ -87,9 +87,7 @@ impl Setup {
     }
 
     async fn sweep(&self) -> usize {
-        memesh::executions::handlers::recover_leases(&self.s.state)
-            .await
-            .unwrap()
+        memesh::jobs::recover_leases(&self.s.state).await.unwrap()
     }
 }
 
@@ -334,7 +332,7 @@ async fn a_held_target_blocks_runs_until_released() {
             .await;
     assert_eq!(
         (st, code(&err)),
-        (StatusCode::CONFLICT, "conflict"),
+        (StatusCode::CONFLICT, "target_has_active_runs"),
         "active work keeps the target"
     );
 

@@ -668,7 +668,8 @@ async fn export_import_round_trips_exactly_and_resumes() {
     assert_eq!(report["skipped"], 12);
     assert_eq!(report["failed"], 2);
     assert_eq!(report["errors"][0]["line"], 14);
-    assert_eq!(report["errors"][1]["details"]["field"], "id");
+    assert_eq!(report["errors"][0]["error"]["code"], "malformed_json");
+    assert_eq!(report["errors"][1]["error"]["details"]["field"], "id");
     let (_, found) = b
         .post(
             "/v1/memory/search",
@@ -688,7 +689,7 @@ async fn export_import_round_trips_exactly_and_resumes() {
         (report["imported"].as_u64(), report["failed"].as_u64()),
         (Some(0), Some(12))
     );
-    assert_eq!(report["errors"][0]["code"], "conflict");
+    assert_eq!(report["errors"][0]["error"]["code"], "memory_id_taken");
 
     let resp = b
         .client

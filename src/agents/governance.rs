@@ -1,20 +1,18 @@
-//! Governance mutations and the background work behind them: every change to a target's
-//! runtime goes through [`apply`] (CAS check, the change, policy recompute, a new token, audit);
-//! the background task lifts expired holds and probes remote agents.
+//! Governance mutations: every change to a target's runtime goes through [`apply`] (CAS check,
+//! the change, policy recompute, a new token, audit); probe results are recorded by
+//! [`record_probe`]. What a policy change does to runs is the caller's to say (`on_unblocked`):
+//! this room knows targets, not runs.
 
-use serde_json::json;
-use tokio_util::sync::CancellationToken;
+use serde_json::{Value, json};
 
 use crate::audit::{self, AuditEvent};
-use crate::auth::Actor;
+use crate::auth::{Permission, Write};
 use crate::clock::Timestamp;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::ids::{TargetId, TenantId};
-use crate::state::AppState;
+use crate::ids::{TargetId, UserId};
 
-use super::card;
 use super::model::runtime_view;
-use super::policy::{Handoff, Hold, Policy, ReviewAck};
+use super::policy::{Handoff, Hold, Policy, ReviewAck, Runtime};
 use super::store::{self, Target};
 
 /// One governance change.
@@ -58,6 +56,163 @@ impl Change {
             Change::RequireApproval(_) => "agents.target.require_approval",
         }
     }
+
+    /// Applies the change to the runtime's inputs (not yet the derived policy); returns the
+    /// audit detail, or why the change does not apply to this runtime.
+    fn apply_to(self, rt: &mut Runtime, who: Option<&UserId>, now: Timestamp) -> ApiResult<Value> {
+        match self {
+            Change::Hold {
+                reason,
+                release_after,
+            } => hold(rt, reason, release_after, who, now),
+            Change::Release { note } => {
+                if rt.hold.take().is_none() {
+                    return Err(ApiError::new(
+                        Code::TargetNotHeld,
+                        "the target is not on hold",
+                    ));
+                }
+                Ok(json!({ "note": note }))
+            }
+            Change::Acknowledge { note, policy_epoch } => {
+                acknowledge(rt, note, policy_epoch, who, now)
+            }
+            Change::OpenIncident { reason } => open_incident(rt, reason, who, now),
+            Change::Handoff {
+                external_incident_id,
+                owner,
+                note,
+                incident_epoch,
+            } => {
+                let handoff = Handoff {
+                    external_incident_id,
+                    owner,
+                    note,
+                    at: now,
+                    by: who.cloned(),
+                };
+                hand_off(rt, handoff, incident_epoch)
+            }
+            Change::CloseIncident { note } => {
+                if !rt.incident.open {
+                    return Err(no_open_incident("close"));
+                }
+                rt.incident.open = false;
+                Ok(json!({ "note": note, "incidentEpoch": rt.incident.epoch }))
+            }
+            Change::RequireApproval(on) => {
+                rt.require_approval = on;
+                Ok(json!({ "requireApproval": on }))
+            }
+        }
+    }
+}
+
+fn hold(
+    rt: &mut Runtime,
+    reason: String,
+    release_after: Option<Timestamp>,
+    who: Option<&UserId>,
+    now: Timestamp,
+) -> ApiResult<Value> {
+    if rt.hold.is_some() {
+        return Err(ApiError::new(
+            Code::TargetAlreadyHeld,
+            "the target is already on hold",
+        ));
+    }
+    if release_after.is_some_and(|t| t <= now) {
+        return Err(ApiError::field("releaseAfter", "must be in the future"));
+    }
+    let detail = json!({ "reason": reason, "releaseAfter": release_after });
+    rt.hold = Some(Hold {
+        reason,
+        by: who.cloned(),
+        since: now,
+        release_after,
+    });
+    Ok(detail)
+}
+
+fn acknowledge(
+    rt: &mut Runtime,
+    note: Option<String>,
+    policy_epoch: Option<i64>,
+    who: Option<&UserId>,
+    now: Timestamp,
+) -> ApiResult<Value> {
+    if policy_epoch.is_some_and(|e| e != rt.policy_epoch) {
+        return Err(ApiError::new(
+            Code::StalePolicyEpoch,
+            "the policy has changed since that epoch; review the current one",
+        )
+        .with_details(json!({ "currentPolicyEpoch": rt.policy_epoch })));
+    }
+    if rt.policy_epoch == 0 {
+        return Err(ApiError::new(
+            Code::NothingToReview,
+            "the policy has never changed: nothing to review",
+        ));
+    }
+    if who.is_some() && rt.policy_changed_by.as_ref() == who {
+        return Err(ApiError::new(
+            Code::SelfReviewBlocked,
+            "the person whose action changed the policy may not acknowledge its review",
+        ));
+    }
+    let detail = json!({ "note": note, "policyEpoch": rt.policy_epoch });
+    rt.review_ack = Some(ReviewAck {
+        epoch: rt.policy_epoch,
+        by: who.cloned(),
+        at: now,
+        note,
+    });
+    Ok(detail)
+}
+
+fn open_incident(
+    rt: &mut Runtime,
+    reason: String,
+    who: Option<&UserId>,
+    now: Timestamp,
+) -> ApiResult<Value> {
+    if rt.incident.open {
+        return Err(ApiError::new(
+            Code::IncidentAlreadyOpen,
+            "an incident is already open",
+        ));
+    }
+    rt.incident.open = true;
+    rt.incident.epoch += 1;
+    rt.incident.opened_at = Some(now);
+    rt.incident.opened_by = who.cloned();
+    rt.incident.reason = Some(reason.clone());
+    rt.incident.handoff = None;
+    Ok(json!({ "reason": reason, "incidentEpoch": rt.incident.epoch }))
+}
+
+fn hand_off(rt: &mut Runtime, handoff: Handoff, incident_epoch: Option<i64>) -> ApiResult<Value> {
+    if incident_epoch.is_some_and(|e| e != rt.incident.epoch) {
+        return Err(ApiError::new(
+            Code::StaleIncidentEpoch,
+            "a newer incident has opened since that epoch",
+        )
+        .with_details(json!({ "currentIncidentEpoch": rt.incident.epoch })));
+    }
+    if !rt.incident.open {
+        return Err(no_open_incident("hand off"));
+    }
+    let detail = json!({ "externalIncidentId": handoff.external_incident_id,
+                         "owner": handoff.owner, "incidentEpoch": rt.incident.epoch });
+    rt.incident.handoff = Some(handoff);
+    Ok(detail)
+}
+
+fn no_open_incident(verb: &str) -> ApiError {
+    ApiError::new(
+        Code::NoOpenIncident,
+        format!("there is no open incident to {verb}"),
+    )
 }
 
 fn stale(target: &Target) -> ApiError {
@@ -71,250 +226,61 @@ fn stale(target: &Target) -> ApiError {
     }))
 }
 
-/// Applies `change` to a target of `tenant` as `actor`. With `expected`, the change is refused
-/// (409) unless the stored token is that one; system changes pass `None`.
-pub fn apply(
-    tx: &rusqlite::Transaction<'_>,
-    actor: &Actor,
+/// Applies `change` to a target of the capability's tenant. With `expected`, the change is
+/// refused (409) unless the stored token is that one; system changes pass `None`. When the
+/// change lifts a block, `on_unblocked` moves the work that waited on it (it returns how much
+/// moved), in the same transaction.
+pub fn apply<P: Permission>(
+    w: &Write<'_, P>,
     id: &TargetId,
     expected: Option<Timestamp>,
     change: Change,
-    now: Timestamp,
+    on_unblocked: impl FnOnce(&Write<'_, P>, &Runtime) -> ApiResult<usize>,
 ) -> ApiResult<Target> {
-    let mut target = store::load(tx, &actor.tenant_id, id)?;
+    let now = w.now();
+    let mut target = store::load(w, w.tenant(), id)?;
     if expected.is_some_and(|e| e != target.runtime.updated_at) {
         return Err(stale(&target));
     }
     let before = target.runtime.clone();
-    let who = actor.user_id.as_ref().map(|u| u.as_str().to_owned());
+    let action = change.action();
     let rt = &mut target.runtime;
-    let mut detail = json!({});
-    match change.clone() {
-        Change::Hold {
-            reason,
-            release_after,
-        } => {
-            if rt.hold.is_some() {
-                return Err(ApiError::new(
-                    Code::TargetAlreadyHeld,
-                    "the target is already on hold",
-                ));
-            }
-            if release_after.is_some_and(|t| t <= now) {
-                return Err(ApiError::field("releaseAfter", "must be in the future"));
-            }
-            detail = json!({ "reason": reason, "releaseAfter": release_after });
-            rt.hold = Some(Hold {
-                reason,
-                by: who.clone(),
-                since: now,
-                release_after,
-            });
-        }
-        Change::Release { note } => {
-            if rt.hold.take().is_none() {
-                return Err(ApiError::new(
-                    Code::TargetNotHeld,
-                    "the target is not on hold",
-                ));
-            }
-            detail = json!({ "note": note });
-        }
-        Change::Acknowledge { note, policy_epoch } => {
-            if policy_epoch.is_some_and(|e| e != rt.policy_epoch) {
-                return Err(ApiError::new(
-                    Code::StalePolicyEpoch,
-                    "the policy has changed since that epoch; review the current one",
-                )
-                .with_details(json!({ "currentPolicyEpoch": rt.policy_epoch })));
-            }
-            if rt.policy_epoch == 0 {
-                return Err(ApiError::new(
-                    Code::Conflict,
-                    "the policy has never changed: nothing to review",
-                ));
-            }
-            if who.is_some() && rt.policy_changed_by == who {
-                return Err(ApiError::new(
-                    Code::SelfReviewBlocked,
-                    "the person whose action changed the policy may not acknowledge its review",
-                ));
-            }
-            detail = json!({ "note": note, "policyEpoch": rt.policy_epoch });
-            rt.review_ack = Some(ReviewAck {
-                epoch: rt.policy_epoch,
-                by: who.clone(),
-                at: now,
-                note,
-            });
-        }
-        Change::OpenIncident { reason } => {
-            if rt.incident.open {
-                return Err(ApiError::new(
-                    Code::IncidentAlreadyOpen,
-                    "an incident is already open",
-                ));
-            }
-            rt.incident.open = true;
-            rt.incident.epoch += 1;
-            rt.incident.opened_at = Some(now);
-            rt.incident.opened_by = who.clone();
-            rt.incident.reason = Some(reason.clone());
-            rt.incident.handoff = None;
-            detail = json!({ "reason": reason, "incidentEpoch": rt.incident.epoch });
-        }
-        Change::Handoff {
-            external_incident_id,
-            owner,
-            note,
-            incident_epoch,
-        } => {
-            if incident_epoch.is_some_and(|e| e != rt.incident.epoch) {
-                return Err(ApiError::new(
-                    Code::StaleIncidentEpoch,
-                    "a newer incident has opened since that epoch",
-                )
-                .with_details(json!({ "currentIncidentEpoch": rt.incident.epoch })));
-            }
-            if !rt.incident.open {
-                return Err(ApiError::new(
-                    Code::NoOpenIncident,
-                    "there is no open incident to hand off",
-                ));
-            }
-            detail = json!({ "externalIncidentId": external_incident_id, "owner": owner,
-                             "incidentEpoch": rt.incident.epoch });
-            rt.incident.handoff = Some(Handoff {
-                external_incident_id,
-                owner,
-                note,
-                at: now,
-                by: who.clone(),
-            });
-        }
-        Change::CloseIncident { note } => {
-            if !rt.incident.open {
-                return Err(ApiError::new(
-                    Code::NoOpenIncident,
-                    "there is no open incident to close",
-                ));
-            }
-            rt.incident.open = false;
-            detail = json!({ "note": note, "incidentEpoch": rt.incident.epoch });
-        }
-        Change::RequireApproval(on) => {
-            rt.require_approval = on;
-            detail = json!({ "requireApproval": on });
-        }
-    }
-    rt.recompute(who.as_deref(), now);
+    let mut detail = change.apply_to(rt, w.user(), now)?;
+    rt.recompute(w.user(), now);
     rt.advance_token(now);
-    store::save_runtime(tx, id, before.updated_at, rt)?;
+    store::save_runtime(w, id, before.updated_at, rt)?;
     if before.policy == Policy::Blocked && rt.policy != Policy::Blocked {
-        let moved = crate::orchestrator::store::release_blocked(
-            tx,
-            actor,
-            id,
-            rt.policy,
-            &rt.reasons,
-            now,
-        )?;
-        detail["runsReleased"] = json!(moved);
+        detail["runsReleased"] = json!(on_unblocked(w, rt)?);
     }
     detail["policyBefore"] = json!({ "effective": before.policy, "epoch": before.policy_epoch });
     detail["policyAfter"] =
         json!({ "effective": rt.policy, "epoch": rt.policy_epoch, "reasons": rt.reasons });
     audit::append(
-        tx,
-        actor,
-        &AuditEvent::success(change.action(), "dispatch_target", id.as_str(), detail),
-        now,
+        w,
+        &AuditEvent::success(action, "dispatch_target", id.as_str(), detail),
     )?;
     Ok(target)
 }
 
-/// Lifts every hold whose `releaseAfter` has passed, as the system. Returns how many.
-pub async fn release_expired(state: &AppState) -> ApiResult<usize> {
-    let now = state.clock.now();
-    let due = state.db.read(move |c| store::expired_holds(c, now)).await?;
-    let mut released = 0;
-    for (tenant, id) in due {
-        let result = state
-            .db
-            .write(move |tx| {
-                // Re-checked under the write lock: a manual release may have come first.
-                let target = store::load(tx, &tenant, &id)?;
-                let due = target
-                    .runtime
-                    .hold
-                    .as_ref()
-                    .and_then(|h| h.release_after)
-                    .is_some_and(|t| t <= now);
-                if !due {
-                    return Ok(false);
-                }
-                let note = Some("releaseAfter reached".to_owned());
-                apply(
-                    tx,
-                    &Actor::system(tenant),
-                    &id,
-                    None,
-                    Change::Release { note },
-                    now,
-                )?;
-                Ok(true)
-            })
-            .await;
-        match result {
-            Ok(true) => released += 1,
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "automatic hold release failed"),
-        }
-    }
-    Ok(released)
-}
+/// The longest probe error kept (server-generated text, not a client's value).
+const MAX_PROBE_ERROR: usize = 500;
 
-/// Probes every remote target once (fetches its Agent Card) and records the result; after
-/// `threshold` consecutive failures an incident is opened by the system. Returns the number of
-/// incidents opened.
-pub async fn probe_remote_targets(state: &AppState) -> ApiResult<usize> {
-    let targets = state.db.read(store::probe_targets).await?;
-    let mut opened = 0;
-    for (tenant, id, url) in targets {
-        let outcome = match card::fetch(&state.http, &url).await {
-            Ok(card) => card::validate(&card).map(|_| ()).map_err(|e| e.message),
-            Err(e) => Err(format!("{e:#}")),
-        };
-        let threshold = i64::from(state.settings.probe_failure_threshold);
-        let now = state.clock.now();
-        let result = state
-            .db
-            .write(move |tx| record_probe(tx, &tenant, &id, outcome, threshold, now))
-            .await;
-        match result {
-            Ok(true) => opened += 1,
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "recording a probe failed"),
-        }
-    }
-    Ok(opened)
-}
-
-fn record_probe(
-    tx: &rusqlite::Transaction<'_>,
-    tenant: &TenantId,
+/// Records one probe of a remote target; after `threshold` consecutive failures an incident is
+/// opened (by the capability's actor, the system). Returns whether one was opened. A target
+/// deleted meanwhile is skipped.
+pub fn record_probe<P: Permission>(
+    w: &Write<'_, P>,
     id: &TargetId,
     outcome: Result<(), String>,
     threshold: i64,
-    now: Timestamp,
 ) -> ApiResult<bool> {
-    let target = match store::load(tx, tenant, id) {
+    let target = match store::load(w, w.tenant(), id) {
         Ok(t) => t,
         Err(e) if e.code == Code::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
     let mut rt = target.runtime.clone();
-    rt.probe.last_at = Some(now);
+    rt.probe.last_at = Some(w.now());
     rt.probe.last_ok = Some(outcome.is_ok());
     match &outcome {
         Ok(()) => {
@@ -323,53 +289,20 @@ fn record_probe(
         }
         Err(e) => {
             rt.probe.consecutive_failures += 1;
-            rt.probe.last_error = Some(e.chars().take(500).collect());
+            rt.probe.last_error = Some(e.chars().take(MAX_PROBE_ERROR).collect());
         }
     }
     // Probe bookkeeping is not a governance change: it keeps the CAS token as it is.
-    store::save_runtime(tx, id, target.runtime.updated_at, &rt)?;
-    if rt.probe.consecutive_failures >= threshold && !rt.incident.open {
-        let reason = format!(
-            "{} consecutive probe failures; last: {}",
-            rt.probe.consecutive_failures,
-            rt.probe.last_error.clone().unwrap_or_default()
-        );
-        apply(
-            tx,
-            &Actor::system(tenant.clone()),
-            id,
-            None,
-            Change::OpenIncident { reason },
-            now,
-        )?;
-        return Ok(true);
+    store::save_runtime(w, id, target.runtime.updated_at, &rt)?;
+    if rt.probe.consecutive_failures < threshold || rt.incident.open {
+        return Ok(false);
     }
-    Ok(false)
-}
-
-/// Runs hold expiry and lease recovery every `sweep_interval` (a second), and probes every
-/// `probe_interval`, until `cancel` fires.
-pub async fn run_background(state: AppState, cancel: CancellationToken) {
-    let mut holds = tokio::time::interval(state.settings.sweep_interval);
-    let mut probes = tokio::time::interval(state.settings.probe_interval);
-    holds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            _ = holds.tick() => {
-                if let Err(e) = release_expired(&state).await {
-                    tracing::error!(error = %e, "hold expiry pass failed");
-                }
-                if let Err(e) = crate::executions::handlers::recover_leases(&state).await {
-                    tracing::error!(error = %e, "lease recovery pass failed");
-                }
-            }
-            _ = probes.tick() => {
-                if let Err(e) = probe_remote_targets(&state).await {
-                    tracing::error!(error = %e, "probe pass failed");
-                }
-            }
-        }
-    }
+    let reason = format!(
+        "{} consecutive probe failures; last: {}",
+        rt.probe.consecutive_failures,
+        rt.probe.last_error.clone().unwrap_or_default()
+    );
+    // Opening an incident never lifts a block.
+    apply(w, id, None, Change::OpenIncident { reason }, |_, _| Ok(0))?;
+    Ok(true)
 }

@@ -1,29 +1,33 @@
 //! `/v1/agents/dispatch-targets` handlers. Reading is open to every member; registering,
-//! changing and governing targets takes OWNER or ADMIN.
+//! changing and governing targets takes OWNER or ADMIN (see the route table).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
+use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::audit::model::AuditFilter;
 use crate::audit::{self, AuditEvent};
-use crate::auth::{Principal, Role};
-use crate::error::{ApiError, ApiResult};
-use crate::http::extract::{Json, Query};
-use crate::ids::TargetId;
+use crate::auth::Grant;
+use crate::auth::perm::{AgentsRead, AgentsWrite};
+use crate::clock::Timestamp;
+use crate::error::{ApiError, ApiResult, Code};
+use crate::http::extract::{Ids, Json, Query};
+use crate::ids::{TargetId, TenantId};
+use crate::keys::store as keys;
+use crate::orchestrator::lifecycle;
+use crate::orchestrator::model::{Run, RunState};
+use crate::orchestrator::store as runs;
 use crate::state::AppState;
 
 use super::card::{self, CardFacts};
-use super::governance::{self, Change};
+use super::governance::Change;
 use super::model::{
     AcknowledgeBody, CreateTarget, HandoffBody, HoldBody, ListParams, NewTarget, NoteBody,
-    OpenIncidentBody, TargetKind, UpdateTarget, bounded_text, target_view, validate_name,
+    OpenIncidentBody, TargetKind, UpdateTarget, optional_text, required_text, target_view,
+    validate_name,
 };
-use super::store;
-
-fn target_id(raw: &str) -> ApiResult<TargetId> {
-    TargetId::parse(raw).ok_or_else(|| ApiError::not_found("dispatch target"))
-}
+use super::store::{self, Target};
 
 /// The card of a remote target: given inline, or fetched from `cardUrl` (exactly one of them).
 async fn resolve_card(
@@ -51,14 +55,20 @@ async fn resolve_card(
     }
 }
 
+/// One target as clients read it, with its live agent keys counted.
+fn full_view(conn: &Connection, target: &Target) -> ApiResult<Value> {
+    let counts = keys::bound_counts(conn, &target.tenant_id)?;
+    let agent_keys = counts.get(&target.id).copied().unwrap_or(0);
+    Ok(target_view(target, agent_keys, true))
+}
+
 pub async fn create(
+    grant: Grant<AgentsWrite>,
     State(state): State<AppState>,
-    principal: Principal,
     Json(body): Json<CreateTarget>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
-    let granted = principal.require(Role::Admin)?;
     let name = validate_name(&body.name)?;
-    let description = bounded_text("description", body.description, false)?;
+    let description = optional_text("description", body.description)?;
     let (card, facts, card_url) = match body.kind {
         TargetKind::RemoteA2a => {
             let (card, facts, url) = resolve_card(&state, body.agent_card, body.card_url).await?;
@@ -75,7 +85,6 @@ pub async fn create(
         }
     };
     let new = NewTarget {
-        tenant_id: granted.tenant_id().clone(),
         name,
         description,
         kind: body.kind,
@@ -84,16 +93,11 @@ pub async fn create(
         facts,
         require_approval: body.require_approval.unwrap_or(false),
     };
-    let now = state.clock.now();
-    let target = state
-        .db
-        .write(move |tx| {
-            let actor = granted.actor();
-            let by = actor.user_id.as_ref().map(|u| u.as_str().to_owned());
-            let target = store::insert(tx, &new, by.as_deref(), now)?;
+    let view = grant
+        .write(&state.db, move |w| {
+            let target = store::insert(w, &new)?;
             audit::append(
-                tx,
-                actor,
+                w,
                 &AuditEvent::success(
                     "agents.target.create",
                     "dispatch_target",
@@ -101,148 +105,162 @@ pub async fn create(
                     json!({ "name": target.name, "kind": target.kind.as_str(),
                             "cardShape": target.card_shape, "protocolVersion": target.protocol_version }),
                 ),
-                now,
             )?;
-            Ok(target)
+            full_view(w, &target)
         })
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(target_view(&target, true))))
+    Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
 pub async fn list(
+    grant: Grant<AgentsRead>,
     State(state): State<AppState>,
-    principal: Principal,
     Query(params): Query<ListParams>,
 ) -> ApiResult<axum::Json<Value>> {
     let q = params.validate()?;
-    let (limit, offset) = (q.limit, q.offset);
-    let tenant = principal.tenant_id.clone();
-    let (targets, total) = state.db.read(move |c| store::list(c, &tenant, &q)).await?;
-    let targets: Vec<Value> = targets.iter().map(|t| target_view(t, false)).collect();
-    Ok(axum::Json(
-        json!({ "targets": targets, "total": total, "limit": limit, "offset": offset }),
-    ))
+    let paging = q.paging;
+    let tenant = grant.tenant().clone();
+    let (targets, total, counts) = state
+        .db
+        .read(move |c| {
+            let (targets, total) = store::list(c, &tenant, &q)?;
+            Ok((targets, total, keys::bound_counts(c, &tenant)?))
+        })
+        .await?;
+    let targets: Vec<Value> = targets
+        .iter()
+        .map(|t| target_view(t, counts.get(&t.id).copied().unwrap_or(0), false))
+        .collect();
+    Ok(axum::Json(json!({
+        "targets": targets, "total": total, "limit": paging.limit, "offset": paging.offset,
+    })))
 }
 
 pub async fn get(
+    grant: Grant<AgentsRead>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
+    Ids(id): Ids<TargetId>,
 ) -> ApiResult<axum::Json<Value>> {
-    let id = target_id(&id)?;
-    let tenant = principal.tenant_id.clone();
-    let target = state.db.read(move |c| store::load(c, &tenant, &id)).await?;
-    Ok(axum::Json(target_view(&target, true)))
+    let tenant = grant.tenant().clone();
+    let view = state
+        .db
+        .read(move |c| full_view(c, &store::load(c, &tenant, &id)?))
+        .await?;
+    Ok(axum::Json(view))
+}
+
+/// The checked parts of a PATCH, ready to apply.
+struct Update {
+    name: Option<String>,
+    description: Option<Option<String>>,
+    card: Option<(Value, CardFacts, Option<String>)>,
+    require_approval: Option<bool>,
+    expected: Option<Timestamp>,
+}
+
+impl Update {
+    fn apply_details(self, target: &mut Target) -> ApiResult<(Option<bool>, Option<Timestamp>)> {
+        if self.card.is_some() && target.kind != TargetKind::RemoteA2a {
+            return Err(ApiError::field(
+                "agentCard",
+                "only REMOTE_A2A targets have an Agent Card",
+            ));
+        }
+        if let Some(name) = self.name {
+            target.name = name;
+        }
+        if let Some(description) = self.description {
+            target.description = description;
+        }
+        if let Some((card, facts, url)) = self.card {
+            target.card = Some(card);
+            target.card_url = url;
+            target.card_shape = Some(facts.shape.as_str().to_owned());
+            target.protocol_version = Some(facts.protocol_version);
+            target.endpoint_url = Some(facts.endpoint_url);
+        }
+        Ok((self.require_approval, self.expected))
+    }
 }
 
 pub async fn update(
+    grant: Grant<AgentsWrite>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
+    Ids(id): Ids<TargetId>,
     Json(body): Json<UpdateTarget>,
 ) -> ApiResult<axum::Json<Value>> {
-    let granted = principal.require(Role::Admin)?;
-    let id = target_id(&id)?;
-    let name = body.name.as_deref().map(validate_name).transpose()?;
-    let description = body
-        .description
-        .map(|d| bounded_text("description", Some(d), false))
-        .transpose()?;
-    let card = if body.agent_card.is_some() || body.card_url.is_some() {
-        Some(resolve_card(&state, body.agent_card, body.card_url).await?)
-    } else {
-        None
-    };
     if body.require_approval.is_some() && body.expected_runtime_updated_at.is_none() {
         return Err(ApiError::field(
             "expectedRuntimeUpdatedAt",
             "is required to change requireApproval (it changes the runtime policy)",
         ));
     }
-    let now = state.clock.now();
-    let target = state
-        .db
-        .write(move |tx| {
-            let actor = granted.actor();
-            let mut target = store::load(tx, &actor.tenant_id, &id)?;
-            if card.is_some() && target.kind != TargetKind::RemoteA2a {
-                return Err(ApiError::field(
-                    "agentCard",
-                    "only REMOTE_A2A targets have an Agent Card",
-                ));
-            }
-            if let Some(name) = name {
-                target.name = name;
-            }
-            if let Some(description) = description {
-                target.description = description;
-            }
-            if let Some((card, facts, url)) = card {
-                target.card = Some(card);
-                target.card_url = url;
-                target.card_shape = Some(facts.shape.as_str().to_owned());
-                target.protocol_version = Some(facts.protocol_version);
-                target.endpoint_url = Some(facts.endpoint_url);
-            }
-            store::update_details(tx, &target, now)?;
+    let card = if body.agent_card.is_some() || body.card_url.is_some() {
+        Some(resolve_card(&state, body.agent_card, body.card_url).await?)
+    } else {
+        None
+    };
+    let update = Update {
+        name: body.name.as_deref().map(validate_name).transpose()?,
+        description: body
+            .description
+            .map(|d| optional_text("description", Some(d)))
+            .transpose()?,
+        card,
+        require_approval: body.require_approval,
+        expected: body.expected_runtime_updated_at,
+    };
+    let view = grant
+        .write(&state.db, move |w| {
+            let mut target = store::load(w, w.tenant(), &id)?;
+            let (require_approval, expected) = update.apply_details(&mut target)?;
+            store::update_details(w, &target)?;
             audit::append(
-                tx,
-                actor,
+                w,
                 &AuditEvent::success(
                     "agents.target.update",
                     "dispatch_target",
                     id.as_str(),
                     json!({ "name": target.name, "cardShape": target.card_shape }),
                 ),
-                now,
             )?;
-            if let Some(on) = body.require_approval {
-                governance::apply(
-                    tx,
-                    actor,
-                    &id,
-                    body.expected_runtime_updated_at,
-                    Change::RequireApproval(on),
-                    now,
-                )?;
+            if let Some(on) = require_approval {
+                lifecycle::govern(w, &id, expected, Change::RequireApproval(on))?;
             }
-            store::load(tx, &actor.tenant_id, &id)
+            full_view(w, &store::load(w, w.tenant(), &id)?)
         })
         .await?;
-    Ok(axum::Json(target_view(&target, true)))
+    Ok(axum::Json(view))
 }
 
+/// Deletes a target with no unfinished runs; its agent access keys are revoked with it.
 pub async fn delete(
+    grant: Grant<AgentsWrite>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
+    Ids(id): Ids<TargetId>,
 ) -> ApiResult<axum::Json<Value>> {
-    let granted = principal.require(Role::Admin)?;
-    let id = target_id(&id)?;
-    let now = state.clock.now();
-    let revoked = state
-        .db
-        .write(move |tx| {
-            let actor = granted.actor();
-            let target = store::load(tx, &actor.tenant_id, &id)?;
-            let active = crate::orchestrator::store::active_on_target(tx, &id)?;
+    let now = grant.now();
+    let revoked = grant
+        .write(&state.db, move |w| {
+            let target = store::load(w, w.tenant(), &id)?;
+            let active = runs::active_on_target(w, &id)?;
             if active > 0 {
                 return Err(ApiError::new(
-                    crate::error::Code::Conflict,
+                    Code::TargetHasActiveRuns,
                     format!("{active} runs on this target are not finished; cancel them first"),
-                ));
+                )
+                .with_details(json!({ "activeRuns": active })));
             }
-            let revoked = store::delete(tx, &id, now)?;
+            let revoked = keys::revoke_bound_to(w, &id)?;
+            store::delete(w, &id)?;
             audit::append(
-                tx,
-                actor,
+                w,
                 &AuditEvent::success(
                     "agents.target.delete",
                     "dispatch_target",
                     id.as_str(),
                     json!({ "name": target.name, "agentKeysRevoked": revoked }),
                 ),
-                now,
             )?;
             Ok(revoked)
         })
@@ -252,16 +270,40 @@ pub async fn delete(
     ))
 }
 
+/// A run as the governance view lists it.
+fn brief(runs: &[Run]) -> Vec<Value> {
+    runs.iter()
+        .map(|r| {
+            json!({ "id": r.id, "state": r.state, "blockReason": r.block_reason,
+                    "requestedBy": r.requested_by, "createdAt": r.created_at })
+        })
+        .collect()
+}
+
+/// The runs on a target, newest first, and those waiting on its governance.
+fn target_work(
+    conn: &Connection,
+    tenant: &TenantId,
+    id: &TargetId,
+) -> ApiResult<(Vec<Run>, Vec<Run>)> {
+    let recent = runs::list(conn, tenant, &runs::RunFilter::on_target(id, None, 10))?.0;
+    let mut affected = Vec::new();
+    for state in [RunState::Blocked, RunState::AwaitingApproval] {
+        let filter = runs::RunFilter::on_target(id, Some(state), 200);
+        affected.extend(runs::list(conn, tenant, &filter)?.0);
+    }
+    Ok((recent, affected))
+}
+
 /// Policy and its inputs, review state, incident and handoff, the target's recent runs and
 /// audit, and the work waiting on it (runs blocked by its policy or awaiting approval).
 pub async fn governance(
+    grant: Grant<AgentsRead>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
+    Ids(id): Ids<TargetId>,
 ) -> ApiResult<axum::Json<Value>> {
-    let id = target_id(&id)?;
-    let tenant = principal.tenant_id.clone();
-    let (target, audit_page, recent, affected) = state
+    let tenant = grant.tenant().clone();
+    let (target, audit_page, (recent, affected)) = state
         .db
         .read(move |c| {
             let target = store::load(c, &tenant, &id)?;
@@ -273,55 +315,11 @@ pub async fn governance(
                 limit: 20,
                 before_seq: None,
             };
-            let recent = crate::orchestrator::store::list(
-                c,
-                &tenant,
-                &crate::orchestrator::store::RunFilter {
-                    target_id: Some(id.as_str().to_owned()),
-                    state: None,
-                    kind: None,
-                    limit: 10,
-                    offset: 0,
-                },
-            )?
-            .0;
-            let mut affected = Vec::new();
-            for state in [
-                crate::orchestrator::model::RunState::Blocked,
-                crate::orchestrator::model::RunState::AwaitingApproval,
-            ] {
-                affected.extend(
-                    crate::orchestrator::store::list(
-                        c,
-                        &tenant,
-                        &crate::orchestrator::store::RunFilter {
-                            target_id: Some(id.as_str().to_owned()),
-                            state: Some(state),
-                            kind: None,
-                            limit: 200,
-                            offset: 0,
-                        },
-                    )?
-                    .0,
-                );
-            }
-            Ok((
-                target,
-                audit::store::query(c, &tenant, &filter)?,
-                recent,
-                affected,
-            ))
+            let page = audit::store::query(c, &tenant, &filter)?;
+            Ok((target, page, target_work(c, &tenant, &id)?))
         })
         .await?;
-    let brief = |runs: &[crate::orchestrator::model::Run]| -> Vec<Value> {
-        runs.iter()
-            .map(|r| {
-                json!({ "id": r.id, "state": r.state.as_str(), "blockReason": r.block_reason,
-                             "requestedBy": r.requested_by, "createdAt": r.created_at })
-            })
-            .collect()
-    };
-    let view = target_view(&target, true);
+    let view = target_view(&target, 0, true);
     Ok(axum::Json(json!({
         "target": { "id": target.id, "name": target.name, "kind": target.kind.as_str() },
         "runtime": view["runtime"],
@@ -334,139 +332,96 @@ pub async fn governance(
     })))
 }
 
+/// Applies one governance change, guarded by the caller's CAS token.
 async fn govern(
+    grant: Grant<AgentsWrite>,
     state: AppState,
-    principal: Principal,
-    id: String,
-    expected: crate::clock::Timestamp,
+    id: TargetId,
+    expected: Timestamp,
     change: Change,
 ) -> ApiResult<axum::Json<Value>> {
-    let granted = principal.require(Role::Admin)?;
-    let id = target_id(&id)?;
-    let now = state.clock.now();
-    let target = state
-        .db
-        .write(move |tx| governance::apply(tx, granted.actor(), &id, Some(expected), change, now))
+    let view = grant
+        .write(&state.db, move |w| {
+            let target = lifecycle::govern(w, &id, Some(expected), change)?;
+            full_view(w, &target)
+        })
         .await?;
-    Ok(axum::Json(target_view(&target, true)))
-}
-
-fn note(raw: Option<String>) -> ApiResult<Option<String>> {
-    bounded_text("note", raw, false)
+    Ok(axum::Json(view))
 }
 
 pub async fn hold(
+    grant: Grant<AgentsWrite>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
+    Ids(id): Ids<TargetId>,
     Json(b): Json<HoldBody>,
 ) -> ApiResult<axum::Json<Value>> {
-    let reason = bounded_text("reason", Some(b.reason), true)?.unwrap_or_default();
-    govern(
-        state,
-        principal,
-        id,
-        b.expected_runtime_updated_at,
-        Change::Hold {
-            reason,
-            release_after: b.release_after,
-        },
-    )
-    .await
+    let change = Change::Hold {
+        reason: required_text("reason", b.reason)?,
+        release_after: b.release_after,
+    };
+    govern(grant, state, id, b.expected_runtime_updated_at, change).await
 }
 
 pub async fn release(
+    grant: Grant<AgentsWrite>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
+    Ids(id): Ids<TargetId>,
     Json(b): Json<NoteBody>,
 ) -> ApiResult<axum::Json<Value>> {
-    let note = note(b.note)?;
-    govern(
-        state,
-        principal,
-        id,
-        b.expected_runtime_updated_at,
-        Change::Release { note },
-    )
-    .await
+    let change = Change::Release {
+        note: optional_text("note", b.note)?,
+    };
+    govern(grant, state, id, b.expected_runtime_updated_at, change).await
 }
 
 pub async fn acknowledge(
+    grant: Grant<AgentsWrite>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
+    Ids(id): Ids<TargetId>,
     Json(b): Json<AcknowledgeBody>,
 ) -> ApiResult<axum::Json<Value>> {
-    let note = note(b.note)?;
-    govern(
-        state,
-        principal,
-        id,
-        b.expected_runtime_updated_at,
-        Change::Acknowledge {
-            note,
-            policy_epoch: b.policy_epoch,
-        },
-    )
-    .await
+    let change = Change::Acknowledge {
+        note: optional_text("note", b.note)?,
+        policy_epoch: b.policy_epoch,
+    };
+    govern(grant, state, id, b.expected_runtime_updated_at, change).await
 }
 
 pub async fn open_incident(
+    grant: Grant<AgentsWrite>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
+    Ids(id): Ids<TargetId>,
     Json(b): Json<OpenIncidentBody>,
 ) -> ApiResult<axum::Json<Value>> {
-    let reason = bounded_text("reason", Some(b.reason), true)?.unwrap_or_default();
-    govern(
-        state,
-        principal,
-        id,
-        b.expected_runtime_updated_at,
-        Change::OpenIncident { reason },
-    )
-    .await
+    let change = Change::OpenIncident {
+        reason: required_text("reason", b.reason)?,
+    };
+    govern(grant, state, id, b.expected_runtime_updated_at, change).await
 }
 
 pub async fn handoff(
+    grant: Grant<AgentsWrite>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
+    Ids(id): Ids<TargetId>,
     Json(b): Json<HandoffBody>,
 ) -> ApiResult<axum::Json<Value>> {
-    let external_incident_id =
-        bounded_text("externalIncidentId", Some(b.external_incident_id), true)?.unwrap_or_default();
-    let owner = bounded_text("owner", Some(b.owner), true)?.unwrap_or_default();
-    let note = note(b.note)?;
-    govern(
-        state,
-        principal,
-        id,
-        b.expected_runtime_updated_at,
-        Change::Handoff {
-            external_incident_id,
-            owner,
-            note,
-            incident_epoch: b.incident_epoch,
-        },
-    )
-    .await
+    let change = Change::Handoff {
+        external_incident_id: required_text("externalIncidentId", b.external_incident_id)?,
+        owner: required_text("owner", b.owner)?,
+        note: optional_text("note", b.note)?,
+        incident_epoch: b.incident_epoch,
+    };
+    govern(grant, state, id, b.expected_runtime_updated_at, change).await
 }
 
 pub async fn close_incident(
+    grant: Grant<AgentsWrite>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
+    Ids(id): Ids<TargetId>,
     Json(b): Json<NoteBody>,
 ) -> ApiResult<axum::Json<Value>> {
-    let note = note(b.note)?;
-    govern(
-        state,
-        principal,
-        id,
-        b.expected_runtime_updated_at,
-        Change::CloseIncident { note },
-    )
-    .await
+    let change = Change::CloseIncident {
+        note: optional_text("note", b.note)?,
+    };
+    govern(grant, state, id, b.expected_runtime_updated_at, change).await
 }

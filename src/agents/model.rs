@@ -5,13 +5,14 @@ use serde_json::{Value, json};
 
 use crate::clock::Timestamp;
 use crate::error::{ApiError, ApiResult};
-use crate::ids::TenantId;
+use crate::http::extract::Paging;
 
 use super::card::CardFacts;
 use super::policy::Runtime;
 use super::store::Target;
 
 pub const MAX_NAME: usize = 100;
+/// Longest reason, note, description, owner or external incident id, in characters.
 pub const MAX_TEXT: usize = 2_000;
 pub const AVAILABILITY: [&str; 4] = ["AVAILABLE", "DEGRADED", "HELD", "INCIDENT"];
 
@@ -40,6 +41,19 @@ impl TargetKind {
     }
 }
 
+impl rusqlite::ToSql for TargetKind {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for TargetKind {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        TargetKind::parse(s).ok_or_else(|| crate::db::unknown_value("target kind", s))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateTarget {
@@ -64,7 +78,6 @@ pub struct UpdateTarget {
 
 /// A target about to be stored.
 pub struct NewTarget {
-    pub tenant_id: TenantId,
     pub name: String,
     pub description: Option<String>,
     pub kind: TargetKind,
@@ -85,17 +98,14 @@ pub fn validate_name(raw: &str) -> ApiResult<String> {
     Ok(name.to_owned())
 }
 
-pub fn bounded_text(field: &str, raw: Option<String>, required: bool) -> ApiResult<Option<String>> {
-    match raw.map(|s| s.trim().to_owned()) {
-        Some(s) if s.chars().count() > MAX_TEXT => Err(ApiError::field(
-            field,
-            format!("must be at most {MAX_TEXT} characters"),
-        )),
-        Some(s) if s.is_empty() && required => Err(ApiError::field(field, "must not be empty")),
-        None if required => Err(ApiError::field(field, "is required")),
-        Some(s) if s.is_empty() => Ok(None),
-        other => Ok(other),
-    }
+/// Optional text (a note, a description) of at most [`MAX_TEXT`] characters.
+pub fn optional_text(field: &str, raw: Option<String>) -> ApiResult<Option<String>> {
+    crate::http::extract::bounded_text(field, raw, MAX_TEXT)
+}
+
+/// Required text (a reason, an owner) of at most [`MAX_TEXT`] characters.
+pub fn required_text(field: &str, raw: String) -> ApiResult<String> {
+    crate::http::extract::required_text(field, raw, MAX_TEXT)
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,8 +122,7 @@ pub struct TargetQuery {
     pub search: Option<String>,
     pub kind: Option<TargetKind>,
     pub state: Option<String>,
-    pub limit: u32,
-    pub offset: u32,
+    pub paging: Paging,
 }
 
 impl ListParams {
@@ -137,24 +146,11 @@ impl ListParams {
                     })
             })
             .transpose()?;
-        let number = |field: &str, v: Option<String>, default: u32, max: u32| -> ApiResult<u32> {
-            match v {
-                None => Ok(default),
-                Some(s) => s.parse::<u32>().ok().filter(|n| *n <= max).ok_or_else(|| {
-                    ApiError::field(field, format!("must be a whole number up to {max}"))
-                }),
-            }
-        };
-        let limit = number("limit", self.limit, 50, 200)?;
-        if limit == 0 {
-            return Err(ApiError::field("limit", "must be from 1 to 200"));
-        }
         Ok(TargetQuery {
             search: self.search.filter(|s| !s.trim().is_empty()),
             kind,
             state,
-            limit,
-            offset: number("offset", self.offset, 0, 1_000_000)?,
+            paging: Paging::from_query(self.limit.as_deref(), self.offset.as_deref(), 50, 200)?,
         })
     }
 }
@@ -224,11 +220,11 @@ pub fn runtime_view(rt: &Runtime) -> Value {
     })
 }
 
-fn compatibility(t: &Target) -> Value {
+fn compatibility(t: &Target, agent_keys: i64) -> Value {
     match t.kind {
         TargetKind::LocalAgent => json!({
             "kind": "LOCAL_AGENT",
-            "agentKeys": t.agent_keys,
+            "agentKeys": agent_keys,
         }),
         TargetKind::RemoteA2a => {
             let card = t.card.as_ref();
@@ -254,8 +250,9 @@ fn compatibility(t: &Target) -> Value {
     }
 }
 
-/// A target as listed; `full` adds the card, the control capability or local runtime summary.
-pub fn target_view(t: &Target, full: bool) -> Value {
+/// A target as listed (with its live agent keys); `full` adds the card, the control capability
+/// or local runtime summary.
+pub fn target_view(t: &Target, agent_keys: i64, full: bool) -> Value {
     let mut v = json!({
         "id": t.id,
         "name": t.name,
@@ -273,7 +270,7 @@ pub fn target_view(t: &Target, full: bool) -> Value {
             "incidentOpen": t.runtime.incident.open,
             "reviewState": t.runtime.review_state(),
         },
-        "compatibility": compatibility(t),
+        "compatibility": compatibility(t, agent_keys),
         "cardUrl": t.card_url,
         "createdAt": t.created_at,
         "updatedAt": t.updated_at,
@@ -291,7 +288,7 @@ pub fn target_view(t: &Target, full: bool) -> Value {
                 });
             }
             TargetKind::LocalAgent => {
-                v["localRuntime"] = json!({ "agentKeys": t.agent_keys });
+                v["localRuntime"] = json!({ "agentKeys": agent_keys });
             }
         }
     }

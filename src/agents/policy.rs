@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::clock::Timestamp;
+use crate::ids::UserId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -23,12 +24,10 @@ impl Policy {
         }
     }
 
-    pub fn parse(s: &str) -> Policy {
-        match s {
-            "BLOCKED" => Policy::Blocked,
-            "REQUIRE_APPROVAL" => Policy::RequireApproval,
-            _ => Policy::Allow,
-        }
+    pub fn parse(s: &str) -> Option<Policy> {
+        [Policy::Allow, Policy::RequireApproval, Policy::Blocked]
+            .into_iter()
+            .find(|p| p.as_str() == s)
     }
 }
 
@@ -36,7 +35,7 @@ impl Policy {
 #[serde(rename_all = "camelCase")]
 pub struct Hold {
     pub reason: String,
-    pub by: Option<String>,
+    pub by: Option<UserId>,
     pub since: Timestamp,
     pub release_after: Option<Timestamp>,
 }
@@ -48,7 +47,7 @@ pub struct Handoff {
     pub owner: String,
     pub note: Option<String>,
     pub at: Timestamp,
-    pub by: Option<String>,
+    pub by: Option<UserId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,7 +56,7 @@ pub struct Incident {
     pub open: bool,
     pub epoch: i64,
     pub opened_at: Option<Timestamp>,
-    pub opened_by: Option<String>,
+    pub opened_by: Option<UserId>,
     pub reason: Option<String>,
     pub handoff: Option<Handoff>,
 }
@@ -66,7 +65,7 @@ pub struct Incident {
 #[serde(rename_all = "camelCase")]
 pub struct ReviewAck {
     pub epoch: i64,
-    pub by: Option<String>,
+    pub by: Option<UserId>,
     pub at: Timestamp,
     pub note: Option<String>,
 }
@@ -90,7 +89,7 @@ pub struct Runtime {
     pub policy: Policy,
     pub reasons: Vec<String>,
     pub policy_epoch: i64,
-    pub policy_changed_by: Option<String>,
+    pub policy_changed_by: Option<UserId>,
     pub policy_changed_at: Option<Timestamp>,
     pub review_ack: Option<ReviewAck>,
     pub probe: ProbeState,
@@ -125,11 +124,11 @@ pub fn derive(rt: &Runtime) -> (Policy, Vec<String>) {
 impl Runtime {
     /// Recomputes the policy after a change made by `actor` (None: the system). The epoch moves
     /// only when the effective policy changes; the reasons always follow the inputs.
-    pub fn recompute(&mut self, actor: Option<&str>, now: Timestamp) {
+    pub fn recompute(&mut self, actor: Option<&UserId>, now: Timestamp) {
         let (policy, reasons) = derive(self);
         if policy != self.policy {
             self.policy_epoch += 1;
-            self.policy_changed_by = actor.map(str::to_owned);
+            self.policy_changed_by = actor.cloned();
             self.policy_changed_at = Some(now);
         }
         self.policy = policy;
@@ -213,6 +212,7 @@ mod tests {
             x ^= x << 17;
             x % m
         };
+        let someone = UserId::generate();
         for history in 0..500 {
             let mut now = Timestamp(1_000);
             let mut rt = Runtime::fresh(now, next(2) == 0);
@@ -253,7 +253,7 @@ mod tests {
                         })
                     }
                 }
-                rt.recompute(Some("usr_x"), now);
+                rt.recompute(Some(&someone), now);
                 rt.advance_token(now);
                 let (policy, reasons) = derive(&rt);
                 assert_eq!(
@@ -293,13 +293,14 @@ mod tests {
             since: t,
             release_after: None,
         });
-        rt.recompute(Some("usr_a"), t);
+        let (a, b) = (UserId::generate(), UserId::generate());
+        rt.recompute(Some(&a), t);
         assert_eq!((rt.policy, rt.policy_epoch), (Policy::Blocked, 1));
         rt.incident.open = true;
-        rt.recompute(Some("usr_b"), t);
+        rt.recompute(Some(&b), t);
         assert_eq!(rt.policy_epoch, 1, "still blocked: same epoch");
         assert_eq!(rt.reasons, ["MANUAL_HOLD", "PROVIDER_INCIDENT"]);
-        assert_eq!(rt.policy_changed_by.as_deref(), Some("usr_a"));
+        assert_eq!(rt.policy_changed_by.as_ref(), Some(&a));
         rt.hold = None;
         rt.incident.handoff = Some(Handoff {
             external_incident_id: "INC-1".into(),

@@ -2,14 +2,14 @@
 //! transaction, checks the caller's CAS token against it, applies the change in Rust, and writes
 //! the whole runtime back together with its audit row.
 
-use rusqlite::{
-    Connection, OptionalExtension, Row, ToSql, Transaction, named_params, params_from_iter,
-};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, named_params, params_from_iter};
 use serde_json::Value;
 
+use crate::auth::{Permission, Write};
 use crate::clock::Timestamp;
+use crate::db::Decoded;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::ids::{TargetId, TenantId};
+use crate::ids::{TargetId, TenantId, UserId};
 
 use super::model::{NewTarget, TargetKind, TargetQuery};
 use super::policy::{Handoff, Hold, Incident, Policy, ProbeState, ReviewAck, Runtime};
@@ -27,11 +27,9 @@ pub struct Target {
     pub card_shape: Option<String>,
     pub protocol_version: Option<String>,
     pub endpoint_url: Option<String>,
-    pub created_by: Option<String>,
+    pub created_by: Option<UserId>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
-    /// Live agent access keys bound to this target.
-    pub agent_keys: i64,
     pub runtime: Runtime,
 }
 
@@ -41,8 +39,7 @@ const COLUMNS: &str = "id, tenant_id, name, description, kind, card, card_url, c
     incident_epoch, incident_opened_at, incident_opened_by, incident_reason, handoff_external_id,
     handoff_owner, handoff_note, handoff_at, handoff_by, policy, policy_reasons, policy_epoch,
     policy_changed_by, policy_changed_at, review_ack_epoch, review_ack_by, review_ack_at,
-    review_ack_note, probe_failures, last_probe_at, last_probe_ok, last_probe_error,
-    (SELECT COUNT(*) FROM api_keys k WHERE k.target_id = dispatch_targets.id AND k.revoked_at IS NULL)";
+    review_ack_note, probe_failures, last_probe_at, last_probe_ok, last_probe_error";
 
 /// Availability as SQL, for the `state` filter (the same rule as `Runtime::availability`).
 const AVAILABILITY_SQL: &str = "CASE WHEN hold_reason IS NOT NULL THEN 'HELD'
@@ -50,101 +47,99 @@ const AVAILABILITY_SQL: &str = "CASE WHEN hold_reason IS NOT NULL THEN 'HELD'
     ELSE 'AVAILABLE' END";
 
 fn target_from_row(r: &Row<'_>) -> rusqlite::Result<Target> {
-    let card: Option<String> = r.get(5)?;
-    let kind: String = r.get(4)?;
-    let hold_reason: Option<String> = r.get(15)?;
-    let handoff_id: Option<String> = r.get(24)?;
-    let reasons: String = r.get(30)?;
-    let ack_epoch: Option<i64> = r.get(34)?;
+    let d = Decoded::new(r, "dispatch_targets", 0)?;
     Ok(Target {
-        id: r.get(0)?,
-        tenant_id: r.get(1)?,
-        name: r.get(2)?,
-        description: r.get(3)?,
-        kind: TargetKind::parse(&kind).unwrap_or(TargetKind::LocalAgent),
-        card: card.and_then(|c| serde_json::from_str(&c).ok()),
-        card_url: r.get(6)?,
-        card_shape: r.get(7)?,
-        protocol_version: r.get(8)?,
-        endpoint_url: r.get(9)?,
-        created_by: r.get(10)?,
-        created_at: r.get(11)?,
-        updated_at: r.get(12)?,
-        agent_keys: r.get(42)?,
-        runtime: Runtime {
-            updated_at: r.get(13)?,
-            require_approval: r.get(14)?,
-            hold: match hold_reason {
-                Some(reason) => Some(Hold {
-                    reason,
-                    by: r.get(16)?,
-                    since: r.get(17)?,
-                    release_after: r.get(18)?,
+        id: d.get(0)?,
+        tenant_id: d.get(1)?,
+        name: d.get(2)?,
+        description: d.get(3)?,
+        kind: d.get(4)?,
+        card: d.json_opt(5)?,
+        card_url: d.get(6)?,
+        card_shape: d.get(7)?,
+        protocol_version: d.get(8)?,
+        endpoint_url: d.get(9)?,
+        created_by: d.get(10)?,
+        created_at: d.get(11)?,
+        updated_at: d.get(12)?,
+        runtime: runtime_from_row(&d)?,
+    })
+}
+
+fn runtime_from_row(d: &Decoded<'_, '_>) -> rusqlite::Result<Runtime> {
+    let hold_reason: Option<String> = d.get(15)?;
+    let handoff_id: Option<String> = d.get(24)?;
+    let ack_epoch: Option<i64> = d.get(34)?;
+    Ok(Runtime {
+        updated_at: d.get(13)?,
+        require_approval: d.get(14)?,
+        hold: match hold_reason {
+            Some(reason) => Some(Hold {
+                reason,
+                by: d.get(16)?,
+                since: d.get(17)?,
+                release_after: d.get(18)?,
+            }),
+            None => None,
+        },
+        incident: Incident {
+            open: d.get(19)?,
+            epoch: d.get(20)?,
+            opened_at: d.get(21)?,
+            opened_by: d.get(22)?,
+            reason: d.get(23)?,
+            handoff: match handoff_id {
+                Some(external_incident_id) => Some(Handoff {
+                    external_incident_id,
+                    owner: d.get(25)?,
+                    note: d.get(26)?,
+                    at: d.get(27)?,
+                    by: d.get(28)?,
                 }),
                 None => None,
             },
-            incident: Incident {
-                open: r.get(19)?,
-                epoch: r.get(20)?,
-                opened_at: r.get(21)?,
-                opened_by: r.get(22)?,
-                reason: r.get(23)?,
-                handoff: match handoff_id {
-                    Some(external_incident_id) => Some(Handoff {
-                        external_incident_id,
-                        owner: r.get(25)?,
-                        note: r.get(26)?,
-                        at: r.get(27)?,
-                        by: r.get(28)?,
-                    }),
-                    None => None,
-                },
-            },
-            policy: Policy::parse(&r.get::<_, String>(29)?),
-            reasons: serde_json::from_str(&reasons).unwrap_or_default(),
-            policy_epoch: r.get(31)?,
-            policy_changed_by: r.get(32)?,
-            policy_changed_at: r.get(33)?,
-            review_ack: match ack_epoch {
-                Some(epoch) => Some(ReviewAck {
-                    epoch,
-                    by: r.get(35)?,
-                    at: r.get(36)?,
-                    note: r.get(37)?,
-                }),
-                None => None,
-            },
-            probe: ProbeState {
-                consecutive_failures: r.get(38)?,
-                last_at: r.get(39)?,
-                last_ok: r.get(40)?,
-                last_error: r.get(41)?,
-            },
+        },
+        policy: d.parsed(29, "policy", Policy::parse)?,
+        reasons: d.json(30)?,
+        policy_epoch: d.get(31)?,
+        policy_changed_by: d.get(32)?,
+        policy_changed_at: d.get(33)?,
+        review_ack: match ack_epoch {
+            Some(epoch) => Some(ReviewAck {
+                epoch,
+                by: d.get(35)?,
+                at: d.get(36)?,
+                note: d.get(37)?,
+            }),
+            None => None,
+        },
+        probe: ProbeState {
+            consecutive_failures: d.get(38)?,
+            last_at: d.get(39)?,
+            last_ok: d.get(40)?,
+            last_error: d.get(41)?,
         },
     })
 }
 
-pub fn insert(
-    tx: &Transaction<'_>,
-    new: &NewTarget,
-    created_by: Option<&str>,
-    now: Timestamp,
-) -> ApiResult<Target> {
+/// Registers a target in the capability's tenant, created by its actor.
+pub fn insert<P: Permission>(w: &Write<'_, P>, new: &NewTarget) -> ApiResult<Target> {
     let id = TargetId::generate();
+    let now = w.now();
     let runtime = Runtime::fresh(now, new.require_approval);
-    tx.execute(
+    w.execute(
         "INSERT INTO dispatch_targets (id, tenant_id, name, description, kind, card, card_url,
              card_shape, protocol_version, endpoint_url, require_approval, created_by, created_at,
              updated_at, runtime_updated_at, policy, policy_reasons)
          VALUES (:id, :tenant, :name, :description, :kind, :card, :card_url, :shape, :version,
              :endpoint, :approval, :by, :now, :now, :now, :policy, :reasons)",
         named_params! {
-            ":id": id, ":tenant": new.tenant_id, ":name": new.name, ":description": new.description,
-            ":kind": new.kind.as_str(), ":card": new.card.as_ref().map(Value::to_string),
+            ":id": id, ":tenant": w.tenant(), ":name": new.name, ":description": new.description,
+            ":kind": new.kind, ":card": new.card.as_ref().map(Value::to_string),
             ":card_url": new.card_url, ":shape": new.facts.as_ref().map(|f| f.shape.as_str()),
             ":version": new.facts.as_ref().map(|f| f.protocol_version.clone()),
             ":endpoint": new.facts.as_ref().map(|f| f.endpoint_url.clone()),
-            ":approval": new.require_approval, ":by": created_by, ":now": now,
+            ":approval": new.require_approval, ":by": w.user(), ":now": now,
             ":policy": runtime.policy.as_str(),
             ":reasons": serde_json::to_string(&runtime.reasons).map_err(ApiError::internal)?,
         },
@@ -156,7 +151,7 @@ pub fn insert(
             "a target with this name already exists",
         )
     })?;
-    load(tx, &new.tenant_id, &id)
+    load(w, w.tenant(), &id)
 }
 
 /// One of the tenant's targets; another tenant's does not exist.
@@ -198,7 +193,7 @@ pub fn list(
         ));
     }
     if let Some(kind) = q.kind {
-        params.push(Box::new(kind.as_str()));
+        params.push(Box::new(kind));
         clause.push_str(&format!(" AND kind = ?{}", params.len()));
     }
     if let Some(state) = &q.state {
@@ -210,8 +205,8 @@ pub fn list(
         params_from_iter(params.iter()),
         |r| r.get(0),
     )?;
-    params.push(Box::new(q.limit as i64));
-    params.push(Box::new(q.offset as i64));
+    params.push(Box::new(i64::from(q.paging.limit)));
+    params.push(Box::new(i64::from(q.paging.offset)));
     let n = params.len();
     let sql = format!(
         "SELECT {COLUMNS} FROM dispatch_targets WHERE tenant_id = ?1{clause}
@@ -226,8 +221,8 @@ pub fn list(
 }
 
 /// Writes `rt` over the stored runtime if the stored token is still `expected`.
-pub fn save_runtime(
-    tx: &Transaction<'_>,
+pub fn save_runtime<P: Permission>(
+    w: &Write<'_, P>,
     id: &TargetId,
     expected: Timestamp,
     rt: &Runtime,
@@ -235,7 +230,7 @@ pub fn save_runtime(
     let hold = rt.hold.as_ref();
     let handoff = rt.incident.handoff.as_ref();
     let ack = rt.review_ack.as_ref();
-    let changed = tx.execute(
+    let changed = w.execute(
         "UPDATE dispatch_targets SET runtime_updated_at = :token, require_approval = :approval,
              hold_reason = :hold_reason, hold_by = :hold_by, hold_since = :hold_since,
              hold_release_after = :hold_release, incident_open = :inc_open,
@@ -246,7 +241,7 @@ pub fn save_runtime(
              policy_changed_at = :changed_at, review_ack_epoch = :ack_epoch, review_ack_by = :ack_by,
              review_ack_at = :ack_at, review_ack_note = :ack_note, probe_failures = :failures,
              last_probe_at = :probe_at, last_probe_ok = :probe_ok, last_probe_error = :probe_err
-         WHERE id = :id AND runtime_updated_at = :expected",
+         WHERE id = :id AND tenant_id = :tenant AND runtime_updated_at = :expected",
         named_params! {
             ":token": rt.updated_at, ":approval": rt.require_approval,
             ":hold_reason": hold.map(|h| &h.reason), ":hold_by": hold.and_then(|h| h.by.clone()),
@@ -264,7 +259,7 @@ pub fn save_runtime(
             ":ack_note": ack.and_then(|a| a.note.clone()),
             ":failures": rt.probe.consecutive_failures, ":probe_at": rt.probe.last_at,
             ":probe_ok": rt.probe.last_ok, ":probe_err": rt.probe.last_error,
-            ":id": id, ":expected": expected,
+            ":id": id, ":tenant": w.tenant(), ":expected": expected,
         },
     )?;
     if changed != 1 {
@@ -275,17 +270,18 @@ pub fn save_runtime(
     Ok(())
 }
 
-pub fn update_details(tx: &Transaction<'_>, target: &Target, now: Timestamp) -> ApiResult<()> {
-    tx.execute(
+pub fn update_details<P: Permission>(w: &Write<'_, P>, target: &Target) -> ApiResult<()> {
+    w.execute(
         "UPDATE dispatch_targets SET name = :name, description = :description, card = :card,
              card_url = :card_url, card_shape = :shape, protocol_version = :version,
              endpoint_url = :endpoint, updated_at = :now
-         WHERE id = :id",
+         WHERE id = :id AND tenant_id = :tenant",
         named_params! {
             ":name": target.name, ":description": target.description,
             ":card": target.card.as_ref().map(Value::to_string), ":card_url": target.card_url,
             ":shape": target.card_shape, ":version": target.protocol_version,
-            ":endpoint": target.endpoint_url, ":now": now, ":id": target.id,
+            ":endpoint": target.endpoint_url, ":now": w.now(), ":id": target.id,
+            ":tenant": w.tenant(),
         },
     )
     .map_err(|e| {
@@ -298,14 +294,13 @@ pub fn update_details(tx: &Transaction<'_>, target: &Target, now: Timestamp) -> 
     Ok(())
 }
 
-/// Deletes a target; its agent access keys are revoked with it.
-pub fn delete(tx: &Transaction<'_>, id: &TargetId, now: Timestamp) -> ApiResult<usize> {
-    let revoked = tx.execute(
-        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2), target_id = NULL WHERE target_id = ?1",
-        rusqlite::params![id, now],
+/// Deletes a target of the capability's tenant (its agent keys must be unbound first).
+pub fn delete<P: Permission>(w: &Write<'_, P>, id: &TargetId) -> ApiResult<()> {
+    w.execute(
+        "DELETE FROM dispatch_targets WHERE id = ?1 AND tenant_id = ?2",
+        rusqlite::params![id, w.tenant()],
     )?;
-    tx.execute("DELETE FROM dispatch_targets WHERE id = ?1", [id])?;
-    Ok(revoked)
+    Ok(())
 }
 
 /// Targets whose hold has a `releaseAfter` at or before `now`.

@@ -2,10 +2,11 @@
 
 use axum::extract::State;
 
-use crate::auth::{Principal, Role};
+use crate::auth::Grant;
+use crate::auth::perm::AuditRead;
 use crate::clock::Timestamp;
 use crate::error::{ApiError, ApiResult};
-use crate::http::extract::Query;
+use crate::http::extract::{Query, limit_within, query_number};
 use crate::state::AppState;
 
 use super::model::{AuditFilter, AuditPage, AuditQueryParams};
@@ -26,18 +27,11 @@ fn parse_filter(q: AuditQueryParams) -> ApiResult<AuditFilter> {
         })
         .transpose()
     };
-    let limit = match q.limit {
-        None => DEFAULT_LIMIT,
-        Some(s) => match s.parse::<u32>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::field(
-                    "limit",
-                    "must be a whole number from 1 to 1000",
-                ));
-            }
-        },
-    };
+    let limit = limit_within(
+        query_number("limit", q.limit.as_deref(), MAX_LIMIT)?,
+        DEFAULT_LIMIT,
+        MAX_LIMIT,
+    )?;
     let before_seq = q
         .cursor
         .map(|c| {
@@ -64,15 +58,15 @@ fn parse_filter(q: AuditQueryParams) -> ApiResult<AuditFilter> {
 }
 
 pub async fn list(
+    grant: Grant<AuditRead>,
     State(state): State<AppState>,
-    principal: Principal,
     Query(params): Query<AuditQueryParams>,
 ) -> ApiResult<axum::Json<AuditPage>> {
-    let granted = principal.require(Role::Admin)?;
     let filter = parse_filter(params)?;
+    let tenant = grant.tenant().clone();
     let page = state
         .db
-        .read(move |c| store::query(c, granted.tenant_id(), &filter))
+        .read(move |c| store::query(c, &tenant, &filter))
         .await?;
     Ok(axum::Json(page))
 }

@@ -2,10 +2,10 @@
 //! verifying every tenant's chain.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, named_params};
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::auth::Actor;
+use crate::auth::{Actor, Permission, Write};
 use crate::clock::Timestamp;
 use crate::error::ApiResult;
 use crate::ids::{AuditId, KeyId, TenantId, UserId};
@@ -56,13 +56,10 @@ fn chain_hash(prev_hash: &str, f: &ChainFields<'_>) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Appends `event` to the actor's tenant chain, inside the caller's transaction.
-pub fn append(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    event: &AuditEvent,
-    now: Timestamp,
-) -> ApiResult<()> {
+/// Appends `event` to the chain of the capability's tenant, attributed to its actor, inside the
+/// mutation's own transaction.
+pub fn append<P: Permission>(w: &Write<'_, P>, event: &AuditEvent) -> ApiResult<()> {
+    let (tx, actor, now): (&Transaction<'_>, &Actor, Timestamp) = (w, w.actor(), w.now());
     let last: Option<(i64, String)> = tx
         .query_row(
             "SELECT seq, hash FROM audit_log WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
@@ -146,8 +143,8 @@ pub fn query(conn: &Connection, tenant: &TenantId, filter: &AuditFilter) -> ApiR
             ":limit": i64::from(filter.limit) + 1,
         },
         |r| {
+            let d = crate::db::Decoded::new(r, "audit_log", 0)?;
             let user_id: Option<UserId> = r.get(5)?;
-            let detail: String = r.get(9)?;
             Ok(AuditEntry {
                 id: r.get(0)?,
                 sequence: r.get(1)?,
@@ -161,7 +158,7 @@ pub fn query(conn: &Connection, tenant: &TenantId, filter: &AuditFilter) -> ApiR
                 },
                 request_id: r.get(7)?,
                 outcome: r.get(8)?,
-                detail: serde_json::from_str(&detail).unwrap_or(Value::String(detail)),
+                detail: d.json(9)?,
                 created_at: r.get(10)?,
                 hash: r.get(11)?,
             })

@@ -239,6 +239,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX executions_queue ON executions(target_id, state, created_at);
     CREATE INDEX executions_leases ON executions(state, lease_expires_at);
     "#,
+    // 6: key scopes and expiry. NULL scopes: the key does what its user's role allows (every
+    // key made before scopes existed); agent access keys carry `executions` only.
+    r#"
+    ALTER TABLE api_keys ADD COLUMN scopes TEXT;
+    ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+    UPDATE api_keys SET scopes = 'executions' WHERE target_id IS NOT NULL;
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

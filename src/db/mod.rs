@@ -1,6 +1,7 @@
 //! The SQLite store: one pooled database file, its pragmas, embedded migrations, and the
 //! `read`/`write` helpers that run every statement off the async runtime.
 
+mod decode;
 mod migrations;
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::error::{ApiError, ApiResult, Code};
 
+pub use decode::{Decoded, unknown_value};
 pub use migrations::latest_version;
 
 /// How long a writer waits for SQLite's write lock before giving up with 503.

@@ -1,18 +1,17 @@
 //! Extractors that turn a request into validated values or a JSON 4xx: the JSON body, the query
-//! string, and the authenticated [`Principal`].
+//! string, typed ids from the path, and paging parameters. (The caller is extracted by
+//! [`crate::auth::Grant`].)
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::auth::{Principal, parse_api_key};
-use crate::error::{ApiError, Code};
-use crate::keys::store as key_store;
-use crate::state::AppState;
+use crate::error::{ApiError, ApiResult, Code};
+use crate::ids::{ApprovalId, ExecutionId, InvitationId, KeyId, MemoryId, RunId, TargetId, UserId};
 
 /// A JSON body, deserialized strictly: every failure names the field at fault.
 pub struct Json<T>(pub T);
@@ -123,67 +122,152 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     }
 }
 
-/// The API key of a request: `x-api-key`, or `Authorization: Bearer`.
-fn presented_key(parts: &Parts) -> Result<&str, ApiError> {
-    if let Some(v) = parts.headers.get("x-api-key") {
-        return v
-            .to_str()
-            .map(str::trim)
-            .map_err(|_| ApiError::unauthorized("the x-api-key header is not valid text"));
-    }
-    if let Some(v) = parts.headers.get(AUTHORIZATION) {
-        let v = v
-            .to_str()
-            .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
-        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::unauthorized(
-                "the Authorization header must use the Bearer scheme",
-            ));
+/// Typed ids from the path, in order: `Ids<RunId>`, `Ids<(RunId, ApprovalId)>`. A segment that
+/// is not a well-formed id of its kind names nothing that exists: 404.
+pub struct Ids<T>(pub T);
+
+pub trait FromPathSegments: Sized {
+    fn from_segments(segments: &[&str]) -> ApiResult<Self>;
+}
+
+macro_rules! path_id {
+    ($($id:ty),*) => {$(
+        impl FromPathSegments for $id {
+            fn from_segments(segments: &[&str]) -> ApiResult<Self> {
+                segments
+                    .first()
+                    .and_then(|s| <$id>::parse(s))
+                    .ok_or_else(|| ApiError::not_found(<$id>::NOUN))
+            }
         }
-        return Ok(token.trim());
+    )*};
+}
+
+path_id!(
+    ApprovalId,
+    ExecutionId,
+    InvitationId,
+    KeyId,
+    MemoryId,
+    RunId,
+    TargetId,
+    UserId
+);
+
+impl<A: FromPathSegments, B: FromPathSegments> FromPathSegments for (A, B) {
+    fn from_segments(segments: &[&str]) -> ApiResult<Self> {
+        let a = A::from_segments(segments)?;
+        let b = B::from_segments(segments.get(1..).unwrap_or_default())?;
+        Ok((a, b))
     }
-    Err(ApiError::unauthorized(
-        "missing API key: send it in x-api-key or Authorization: Bearer",
-    ))
 }
 
-pub fn request_id(parts: &Parts) -> Option<String> {
-    parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-impl FromRequestParts<AppState> for Principal {
+impl<T: FromPathSegments, S: Send + Sync> FromRequestParts<S> for Ids<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let raw = presented_key(parts)?;
-        let Some(parsed) = parse_api_key(raw) else {
-            return Err(ApiError::unauthorized("malformed API key"));
-        };
-        let (raw, lookup) = (parsed.raw.to_owned(), parsed.lookup.to_owned());
-        let now = state.clock.now();
-        let request_id = request_id(parts);
-        let found = state
-            .db
-            .read(move |conn| key_store::authenticate(conn, &lookup, &raw))
-            .await?;
-        let Some(found) = found else {
-            return Err(ApiError::unauthorized("unknown or revoked API key"));
-        };
-        if found.needs_touch(now) {
-            let key_id = found.principal.key_id.clone();
-            state
-                .db
-                .write(move |tx| key_store::touch(tx, &key_id, now))
-                .await?;
-        }
-        Ok(Principal {
-            request_id,
-            ..found.principal
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::new(Code::NotFound, "not found"))?;
+        let segments: Vec<&str> = params.iter().map(|(_, v)| v).collect();
+        T::from_segments(&segments).map(Ids)
+    }
+}
+
+/// Paging: every list checks `limit` and `offset` here, with one rule and one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paging {
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// Offsets beyond this are refused: deep offset paging scans everything before the page.
+pub const MAX_OFFSET: u32 = 10_000;
+
+impl Paging {
+    /// `limit` (1 to `max`, `default` when absent) and `offset` (0 to [`MAX_OFFSET`]).
+    pub fn new(
+        limit: Option<u32>,
+        offset: Option<u32>,
+        default: u32,
+        max: u32,
+    ) -> ApiResult<Paging> {
+        Ok(Paging {
+            limit: limit_within(limit, default, max)?,
+            offset: match offset {
+                None => 0,
+                Some(n) if n <= MAX_OFFSET => n,
+                Some(_) => {
+                    return Err(ApiError::field(
+                        "offset",
+                        format!("must be a whole number from 0 to {MAX_OFFSET}"),
+                    ));
+                }
+            },
         })
     }
+
+    /// The same from query-string text.
+    pub fn from_query(
+        limit: Option<&str>,
+        offset: Option<&str>,
+        default: u32,
+        max: u32,
+    ) -> ApiResult<Paging> {
+        Paging::new(
+            query_number("limit", limit, max)?,
+            query_number("offset", offset, MAX_OFFSET)?,
+            default,
+            max,
+        )
+    }
+}
+
+/// A `limit` from 1 to `max`; `default` when absent.
+pub fn limit_within(limit: Option<u32>, default: u32, max: u32) -> ApiResult<u32> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(limit_error(max)),
+    }
+}
+
+fn limit_error(max: u32) -> ApiError {
+    ApiError::field("limit", format!("must be a whole number from 1 to {max}"))
+}
+
+/// A whole number from a query string.
+pub fn query_number(field: &str, raw: Option<&str>, max: u32) -> ApiResult<Option<u32>> {
+    raw.map(|s| {
+        s.trim().parse::<u32>().map_err(|_| {
+            if field == "limit" {
+                limit_error(max)
+            } else {
+                ApiError::field(field, format!("must be a whole number from 0 to {max}"))
+            }
+        })
+    })
+    .transpose()
+}
+
+/// Optional text a client sends (a note, a worker id, a progress message): trimmed, empty taken
+/// as absent, longer than `max` characters refused with 400 naming the field and the limit —
+/// never cut short.
+pub fn bounded_text(field: &str, raw: Option<String>, max: usize) -> ApiResult<Option<String>> {
+    let Some(text) = raw.map(|s| s.trim().to_owned()) else {
+        return Ok(None);
+    };
+    let chars = text.chars().count();
+    if chars > max {
+        return Err(ApiError::field(
+            field,
+            format!("must be at most {max} characters; got {chars}"),
+        ));
+    }
+    Ok((!text.is_empty()).then_some(text))
+}
+
+/// Like [`bounded_text`], for a field that must be present and not empty.
+pub fn required_text(field: &str, raw: String, max: usize) -> ApiResult<String> {
+    bounded_text(field, Some(raw), max)?.ok_or_else(|| ApiError::field(field, "must not be empty"))
 }

@@ -1,163 +1,197 @@
-//! The whole route table in one place, with the layers every request passes through: request
-//! ids, tracing spans named by route, compression, timeouts, body limits and JSON error bodies.
+//! The whole route table in one place, each row naming who may call it (checked against its
+//! handler at compile time), and the layers every request passes through: request ids, tracing
+//! spans named by route, compression, timeouts, body limits and JSON error bodies.
 
 pub mod extract;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
-use axum::http::{HeaderName, Request, Response, StatusCode, header};
+use axum::handler::Handler;
+use axum::http::{HeaderName, Method, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{MethodFilter, on};
 use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::{Access, Grant, Permission};
 use crate::error::{Code, error_body};
 use crate::state::AppState;
-use crate::{agents, audit, executions, keys, memory, orchestrator, team};
+use crate::{agents, audit, keys, memory, orchestrator, team};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: AppState) -> Router {
-    // Every /v1 route authenticates through the `Principal` extractor in its handler, except
-    // accepting an invitation, whose token is the credential.
-    let v1 = Router::new()
-        .route(
-            "/keys",
-            post(keys::handlers::create).get(keys::handlers::list),
-        )
-        .route("/keys/{id}", delete(keys::handlers::revoke))
-        .route("/team/members", get(team::handlers::list))
-        .route("/team/members/invite", post(team::handlers::invite))
-        .route(
-            "/team/members/{user_id}/role",
-            patch(team::handlers::change_role),
-        )
-        .route("/team/members/{user_id}", delete(team::handlers::remove))
-        .route(
-            "/team/invitations/{token}/accept",
-            post(team::handlers::accept),
-        )
-        .route("/audit/logs", get(audit::handlers::list))
-        .route(
-            "/agents/dispatch-targets",
-            post(agents::handlers::create).get(agents::handlers::list),
-        )
-        .route(
-            "/agents/dispatch-targets/{id}",
-            get(agents::handlers::get)
-                .patch(agents::handlers::update)
-                .delete(agents::handlers::delete),
-        )
-        .route(
-            "/agents/dispatch-targets/{id}/governance",
-            get(agents::handlers::governance),
-        )
-        .route(
-            "/agents/dispatch-targets/{id}/hold",
-            post(agents::handlers::hold),
-        )
-        .route(
-            "/agents/dispatch-targets/{id}/release",
-            post(agents::handlers::release),
-        )
-        .route(
-            "/agents/dispatch-targets/{id}/review/acknowledge",
-            post(agents::handlers::acknowledge),
-        )
-        .route(
-            "/agents/dispatch-targets/{id}/incident/open",
-            post(agents::handlers::open_incident),
-        )
-        .route(
-            "/agents/dispatch-targets/{id}/incident/handoff",
-            post(agents::handlers::handoff),
-        )
-        .route(
-            "/agents/dispatch-targets/{id}/incident/close",
-            post(agents::handlers::close_incident),
-        )
-        .route("/agents/executions", get(executions::handlers::list))
-        .route(
-            "/agents/executions/{id}/claim",
-            post(executions::handlers::claim),
-        )
-        .route(
-            "/agents/executions/{id}/heartbeat",
-            post(executions::handlers::heartbeat),
-        )
-        .route(
-            "/agents/executions/{id}/complete",
-            post(executions::handlers::complete),
-        )
-        .route(
-            "/agents/executions/{id}/ack-cancel",
-            post(executions::handlers::ack_cancel),
-        )
-        .route(
-            "/orchestrator/runs",
-            post(orchestrator::handlers::create).get(orchestrator::handlers::list),
-        )
-        .route("/orchestrator/runs/{id}", get(orchestrator::handlers::get))
-        .route(
-            "/orchestrator/runs/{id}/control",
-            get(orchestrator::handlers::control),
-        )
-        .route(
-            "/orchestrator/runs/{id}/cancel",
-            post(orchestrator::handlers::cancel),
-        )
-        .route(
-            "/orchestrator/runs/{id}/approvals/{approval_id}/approve",
-            post(orchestrator::handlers::approve),
-        )
-        .route(
-            "/orchestrator/runs/{id}/approvals/{approval_id}/reject",
-            post(orchestrator::handlers::reject),
-        )
-        .route(
-            "/orchestrator/runs/{id}/reconcile",
-            post(orchestrator::handlers::remote_only),
-        )
-        .route(
-            "/orchestrator/runs/{id}/retry-cancel",
-            post(orchestrator::handlers::remote_only),
-        )
-        .route(
-            "/orchestrator/runs/{id}/resolve-remote",
-            post(orchestrator::handlers::remote_only),
-        )
-        .route("/memory/write", post(memory::handlers::write))
-        .route("/memory/batch", post(memory::handlers::batch))
-        .route(
-            "/memory/search",
-            get(memory::handlers::search_get).post(memory::handlers::search_post),
-        )
-        .route("/memory/query", post(memory::retrieve::query))
-        .route("/memory/batch/search", post(memory::retrieve::batch_search))
-        .route(
-            "/memory/context-window",
-            post(memory::retrieve::context_window),
-        )
-        .route("/memory/count", get(memory::handlers::count))
-        .route("/memory/spaces", get(memory::handlers::spaces))
-        .route(
-            "/memory/{id}",
-            get(memory::handlers::get).delete(memory::handlers::delete),
-        )
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            state.settings.request_timeout,
-        ));
-    // Bulk transfers run as long as their data takes: no request timeout. The export streams
-    // page by page; the import reads its body as a stream and bounds it itself.
-    let v1_streams = Router::new()
-        .route("/memory/stream/export", get(memory::retrieve::export))
-        .route("/memory/import", post(memory::retrieve::import));
+/// One row of the route table: where a route is and who may call it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: String,
+    pub access: Access,
+}
 
+/// Handler argument lists (as axum's `Handler` sees them: a marker, then the extractors) whose
+/// first extractor is `G`. The route table demands it, so the permission a row names is the one
+/// its handler checks.
+pub trait LeadsWith<G> {}
+
+macro_rules! leads_with {
+    ($($rest:ident),*) => {
+        impl<M, G, $($rest),*> LeadsWith<G> for (M, G, $($rest),*) {}
+    };
+}
+
+leads_with!();
+leads_with!(T2);
+leads_with!(T2, T3);
+leads_with!(T2, T3, T4);
+leads_with!(T2, T3, T4, T5);
+leads_with!(T2, T3, T4, T5, T6);
+
+/// The route table under construction: the router and the row of each route.
+struct Table {
+    prefix: &'static str,
+    router: Router<AppState>,
+    specs: Vec<RouteSpec>,
+}
+
+impl Table {
+    fn new(prefix: &'static str) -> Table {
+        Table {
+            prefix,
+            router: Router::new(),
+            specs: Vec::new(),
+        }
+    }
+
+    fn add<H, T>(mut self, method: Method, path: &'static str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone())
+            .unwrap_or_else(|e| panic!("route table: {method} {path}: {e}"));
+        self.router = self.router.route(path, on(filter, handler));
+        self.specs.push(RouteSpec {
+            method,
+            path: format!("{}{path}", self.prefix),
+            access,
+        });
+        self
+    }
+
+    /// A route for callers holding permission `P`; its handler's first argument is `Grant<P>`.
+    fn on<P: Permission, H, T>(self, method: Method, path: &'static str, _: P, h: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: LeadsWith<Grant<P>> + 'static,
+    {
+        self.add(method, path, P::ACCESS, h)
+    }
+
+    /// A route anyone may call; its handler checks whatever credential the request carries.
+    fn public<H, T>(self, method: Method, path: &'static str, h: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.add(method, path, Access::Public, h)
+    }
+}
+
+/// The `/v1` routes answered within the request timeout.
+#[rustfmt::skip]
+fn v1() -> Table {
+    use crate::auth::perm::*;
+    use Method as M;
+    Table::new("/v1")
+        // API keys
+        .on(M::POST, "/keys", KeysWrite, keys::handlers::create)
+        .on(M::GET, "/keys", KeysWrite, keys::handlers::list)
+        .on(M::DELETE, "/keys/{id}", KeysWrite, keys::handlers::revoke)
+        // Team
+        .on(M::GET, "/team/members", TeamRead, team::handlers::list)
+        .on(M::POST, "/team/members/invite", TeamWrite, team::handlers::invite)
+        .on(M::PATCH, "/team/members/{user_id}/role", TeamWrite, team::handlers::change_role)
+        .on(M::DELETE, "/team/members/{user_id}", TeamWrite, team::handlers::remove)
+        .public(M::POST, "/team/invitations/{token}/accept", team::handlers::accept)
+        // Audit
+        .on(M::GET, "/audit/logs", AuditRead, audit::handlers::list)
+        // Dispatch targets and their governance
+        .on(M::POST, "/agents/dispatch-targets", AgentsWrite, agents::handlers::create)
+        .on(M::GET, "/agents/dispatch-targets", AgentsRead, agents::handlers::list)
+        .on(M::GET, "/agents/dispatch-targets/{id}", AgentsRead, agents::handlers::get)
+        .on(M::PATCH, "/agents/dispatch-targets/{id}", AgentsWrite, agents::handlers::update)
+        .on(M::DELETE, "/agents/dispatch-targets/{id}", AgentsWrite, agents::handlers::delete)
+        .on(M::GET, "/agents/dispatch-targets/{id}/governance", AgentsRead, agents::handlers::governance)
+        .on(M::POST, "/agents/dispatch-targets/{id}/hold", AgentsWrite, agents::handlers::hold)
+        .on(M::POST, "/agents/dispatch-targets/{id}/release", AgentsWrite, agents::handlers::release)
+        .on(M::POST, "/agents/dispatch-targets/{id}/review/acknowledge", AgentsWrite, agents::handlers::acknowledge)
+        .on(M::POST, "/agents/dispatch-targets/{id}/incident/open", AgentsWrite, agents::handlers::open_incident)
+        .on(M::POST, "/agents/dispatch-targets/{id}/incident/handoff", AgentsWrite, agents::handlers::handoff)
+        .on(M::POST, "/agents/dispatch-targets/{id}/incident/close", AgentsWrite, agents::handlers::close_incident)
+        // The local execution queue (agent access keys)
+        .on(M::GET, "/agents/executions", Executions, orchestrator::queue::list)
+        .on(M::POST, "/agents/executions/{id}/claim", Executions, orchestrator::queue::claim)
+        .on(M::POST, "/agents/executions/{id}/heartbeat", Executions, orchestrator::queue::heartbeat)
+        .on(M::POST, "/agents/executions/{id}/complete", Executions, orchestrator::queue::complete)
+        .on(M::POST, "/agents/executions/{id}/ack-cancel", Executions, orchestrator::queue::ack_cancel)
+        // Orchestrator runs
+        .on(M::POST, "/orchestrator/runs", RunsWrite, orchestrator::runs::create)
+        .on(M::GET, "/orchestrator/runs", RunsRead, orchestrator::runs::list)
+        .on(M::GET, "/orchestrator/runs/{id}", RunsRead, orchestrator::runs::get)
+        .on(M::GET, "/orchestrator/runs/{id}/control", RunsRead, orchestrator::runs::control)
+        .on(M::POST, "/orchestrator/runs/{id}/cancel", RunsWrite, orchestrator::runs::cancel)
+        .on(M::POST, "/orchestrator/runs/{id}/approvals/{approval_id}/approve", RunsAdmin, orchestrator::runs::approve)
+        .on(M::POST, "/orchestrator/runs/{id}/approvals/{approval_id}/reject", RunsAdmin, orchestrator::runs::reject)
+        .on(M::POST, "/orchestrator/runs/{id}/reconcile", RunsAdmin, orchestrator::runs::reconcile)
+        .on(M::POST, "/orchestrator/runs/{id}/retry-cancel", RunsAdmin, orchestrator::runs::retry_cancel)
+        .on(M::POST, "/orchestrator/runs/{id}/resolve-remote", RunsAdmin, orchestrator::runs::resolve_remote)
+        // Memory
+        .on(M::POST, "/memory/write", MemoryWrite, memory::handlers::write)
+        .on(M::POST, "/memory/batch", MemoryWrite, memory::handlers::batch)
+        .on(M::GET, "/memory/search", MemoryRead, memory::handlers::search_get)
+        .on(M::POST, "/memory/search", MemoryRead, memory::handlers::search_post)
+        .on(M::POST, "/memory/query", MemoryRead, memory::handlers::query)
+        .on(M::POST, "/memory/batch/search", MemoryRead, memory::handlers::batch_search)
+        .on(M::POST, "/memory/context-window", MemoryRead, memory::handlers::context_window)
+        .on(M::GET, "/memory/count", MemoryRead, memory::handlers::count)
+        .on(M::GET, "/memory/spaces", MemoryRead, memory::handlers::spaces)
+        .on(M::GET, "/memory/{id}", MemoryRead, memory::handlers::get)
+        .on(M::DELETE, "/memory/{id}", MemoryWrite, memory::handlers::delete)
+}
+
+/// Bulk transfers run as long as their data takes: no request timeout. The export streams page
+/// by page; the import reads its body as a stream and bounds it itself.
+#[rustfmt::skip]
+fn v1_streams() -> Table {
+    use crate::auth::perm::*;
+    Table::new("/v1")
+        .on(Method::GET, "/memory/stream/export", MemoryRead, memory::handlers::export)
+        .on(Method::POST, "/memory/import", MemoryWrite, memory::handlers::import)
+}
+
+fn probes() -> Table {
+    Table::new("")
+        .public(Method::GET, "/healthz", healthz)
+        .public(Method::GET, "/readyz", readyz)
+}
+
+/// Every route with who may call it, as the router serves them.
+pub fn route_table() -> Vec<RouteSpec> {
+    [probes(), v1(), v1_streams()]
+        .into_iter()
+        .flat_map(|t| t.specs)
+        .collect()
+}
+
+pub fn router(state: AppState) -> Router {
+    let timed = v1().router.layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        state.settings.request_timeout,
+    ));
     let settings = &state.settings;
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -167,10 +201,9 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes));
 
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .nest("/v1", v1.merge(v1_streams))
+    probes()
+        .router
+        .nest("/v1", timed.merge(v1_streams().router))
         .fallback(not_found)
         .layer(layers)
         .with_state(state)
@@ -215,8 +248,9 @@ async fn not_found() -> impl IntoResponse {
     crate::error::ApiError::new(Code::NotFound, "no such route")
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+/// Alive, with how each background job is doing (its last successful pass, its last error).
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok", "jobs": state.jobs.snapshot() }))
 }
 
 /// Ready when the database answers with the expected schema and the index holds exactly the

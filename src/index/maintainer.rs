@@ -1,16 +1,15 @@
 //! Background upkeep of the graphs: build a graph when a partition grows past the threshold,
-//! feed it the rows written since, rebuild it when deletions pile up, and snapshot it to disk.
-//! Searches keep running meanwhile: graphs are built off-lock and swapped in.
+//! feed it the rows written since, and rebuild it when deletions pile up. Searches keep running
+//! meanwhile: graphs are built off-lock and swapped in. (Snapshots are a job of `jobs`.)
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::graph::Graph;
-use super::{Partition, RowId, VectorIndex, read, snapshot, upkeep_guard, write};
+use super::{Partition, RowId, VectorIndex, read, upkeep_guard, write};
 
 /// Rows fed to a graph per step, so a long backlog never holds anything for long.
 const INSERT_CHUNK: usize = 512;
@@ -169,21 +168,14 @@ struct Signal {
     cond: Condvar,
 }
 
-/// The upkeep thread. [`Maintainer::stop`] interrupts it, writes a last snapshot if the graphs
-/// changed, and joins it.
+/// The upkeep thread. [`Maintainer::stop`] interrupts it and joins it.
 pub struct Maintainer {
     signal: Arc<Signal>,
     handle: Option<JoinHandle<()>>,
 }
 
-pub struct SnapshotPolicy {
-    pub dir: PathBuf,
-    pub model_id: String,
-    pub interval: Duration,
-}
-
 impl Maintainer {
-    pub fn start(index: Arc<VectorIndex>, policy: SnapshotPolicy) -> Maintainer {
+    pub fn start(index: Arc<VectorIndex>) -> Maintainer {
         let signal = Arc::new(Signal {
             stop: AtomicBool::new(false),
             wake: Mutex::new(false),
@@ -192,7 +184,7 @@ impl Maintainer {
         let s = signal.clone();
         let handle = std::thread::Builder::new()
             .name("memesh-index".into())
-            .spawn(move || run(&index, &s, &policy))
+            .spawn(move || run(&index, &s))
             .expect("spawning the index thread");
         Maintainer {
             signal,
@@ -216,29 +208,12 @@ impl Maintainer {
     }
 }
 
-fn run(index: &VectorIndex, signal: &Signal, policy: &SnapshotPolicy) {
-    let saved = AtomicU64::new(index.graph_changes.load(Ordering::Relaxed));
-    let mut last_save = Instant::now();
-    let save = |saved: &AtomicU64| {
-        let changes = index.graph_changes.load(Ordering::Relaxed);
-        if changes == saved.load(Ordering::Relaxed) {
-            return;
-        }
-        match snapshot::save(index, &policy.dir, &policy.model_id) {
-            Ok(()) => saved.store(changes, Ordering::Relaxed),
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "index snapshot failed"),
-        }
-    };
+fn run(index: &VectorIndex, signal: &Signal) {
     loop {
         if signal.stop.load(Ordering::SeqCst) {
             break;
         }
-        let worked = index.maintain_pass(&signal.stop);
-        if last_save.elapsed() >= policy.interval {
-            save(&saved);
-            last_save = Instant::now();
-        }
-        if !worked {
+        if !index.maintain_pass(&signal.stop) {
             let guard = signal
                 .wake
                 .lock()
@@ -250,5 +225,4 @@ fn run(index: &VectorIndex, signal: &Signal, policy: &SnapshotPolicy) {
             *woken = false;
         }
     }
-    save(&saved);
 }

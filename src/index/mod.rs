@@ -11,7 +11,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use graph::Graph;
-pub use maintainer::{Maintainer, SnapshotPolicy};
+pub use maintainer::Maintainer;
 pub use snapshot::{
     LoadReport, LoadedGraph, install as install_snapshot, read_graphs as read_snapshot,
     save as save_snapshot,
@@ -436,6 +436,12 @@ impl VectorIndex {
             graph_changes: std::sync::atomic::AtomicU64::new(0),
             upkeep: std::sync::Mutex::new(()),
         }
+    }
+
+    /// A counter that moves whenever a graph changes (for deciding whether to snapshot).
+    pub fn graph_changes(&self) -> u64 {
+        self.graph_changes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn config(&self) -> &IndexConfig {

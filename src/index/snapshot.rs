@@ -80,23 +80,9 @@ fn generation_dir(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("gen-{generation}"))
 }
 
-/// Writes every graph (and which rows each holds) as a new generation, then switches the
-/// manifest to it and removes older generations. The caller must be the only writer of graphs
-/// while this runs (the maintainer thread, or start-up).
-pub fn save(index: &VectorIndex, dir: &Path, model: &str) -> anyhow::Result<()> {
-    let _upkeep = upkeep_guard(index);
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let previous = read_manifest(dir)
-        .ok()
-        .flatten()
-        .map_or(0, |m| m.generation);
-    let generation = previous + 1;
-    let staging = dir.join(format!("gen-{generation}.tmp"));
-    if staging.exists() {
-        fs::remove_dir_all(&staging)?;
-    }
-    fs::create_dir_all(&staging)?;
-
+/// Dumps every partition's graph, with the rows it holds, into `staging`; fsyncs each file and
+/// records its size and CRC.
+fn write_graphs(index: &VectorIndex, staging: &Path) -> anyhow::Result<Vec<GraphEntry>> {
     let mut graphs = Vec::new();
     for (n, (owner, part)) in index.all_partitions().into_iter().enumerate() {
         let (graph, mut members) = {
@@ -109,7 +95,7 @@ pub fn save(index: &VectorIndex, dir: &Path, model: &str) -> anyhow::Result<()> 
         };
         members.sort_unstable();
         let basename = format!("p{n}");
-        graph.dump(&staging, &basename)?;
+        graph.dump(staging, &basename)?;
         let ids_name = format!("{basename}.ids");
         let mut ids = File::create(staging.join(&ids_name))?;
         let bytes: Vec<u8> = members.iter().flat_map(|r| r.to_le_bytes()).collect();
@@ -133,28 +119,25 @@ pub fn save(index: &VectorIndex, dir: &Path, model: &str) -> anyhow::Result<()> 
             files,
         });
     }
-    fsync_dir(&staging)?;
-    let final_dir = generation_dir(dir, generation);
+    Ok(graphs)
+}
+
+/// Makes a fully written `staging` generation the current one: renames it into place, then
+/// atomically replaces the manifest, then removes older generations.
+fn publish(dir: &Path, staging: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+    fsync_dir(staging)?;
+    let final_dir = generation_dir(dir, manifest.generation);
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir)?;
     }
-    fs::rename(&staging, &final_dir)?;
+    fs::rename(staging, &final_dir)?;
     fsync_dir(dir)?;
-
-    let manifest = Manifest {
-        format: FORMAT,
-        model: model.to_owned(),
-        dim: index.config.dim,
-        generation,
-        graphs,
-    };
     let tmp = dir.join(format!("{MANIFEST}.tmp"));
     let mut f = File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(&manifest)?)?;
+    f.write_all(&serde_json::to_vec_pretty(manifest)?)?;
     f.sync_all()?;
     fs::rename(&tmp, dir.join(MANIFEST))?;
     fsync_dir(dir)?;
-
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path
@@ -166,6 +149,33 @@ pub fn save(index: &VectorIndex, dir: &Path, model: &str) -> anyhow::Result<()> 
             let _ = fs::remove_dir_all(&path);
         }
     }
+    Ok(())
+}
+
+/// Writes every graph (and which rows each holds) as a new generation, then switches the
+/// manifest to it and removes older generations. Holds the upkeep lock, so no graph changes
+/// while it is written.
+pub fn save(index: &VectorIndex, dir: &Path, model: &str) -> anyhow::Result<()> {
+    let _upkeep = upkeep_guard(index);
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let previous = read_manifest(dir)
+        .ok()
+        .flatten()
+        .map_or(0, |m| m.generation);
+    let generation = previous + 1;
+    let staging = dir.join(format!("gen-{generation}.tmp"));
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    fs::create_dir_all(&staging)?;
+    let manifest = Manifest {
+        format: FORMAT,
+        model: model.to_owned(),
+        dim: index.config.dim,
+        generation,
+        graphs: write_graphs(index, &staging)?,
+    };
+    publish(dir, &staging, &manifest)?;
     tracing::info!(
         generation,
         graphs = manifest.graphs.len(),

@@ -3,6 +3,7 @@
 //! thread; and stopping it cleanly, with a final snapshot.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use anyhow::bail;
 
 use crate::db::Db;
 use crate::embed::Embedder;
-use crate::index::{self, IndexConfig, Maintainer, SnapshotPolicy, VectorIndex};
+use crate::index::{self, IndexConfig, Maintainer, VectorIndex};
 
 use super::store;
 
@@ -25,6 +26,12 @@ pub struct MemoryEngine {
     pub index: Arc<VectorIndex>,
     graphs_from_snapshot: usize,
     maintainer: Mutex<Option<Maintainer>>,
+    snapshot_dir: PathBuf,
+    snapshot_interval: Duration,
+    /// `graph_changes` when the last snapshot was written (or the graphs were loaded).
+    snapshotted: AtomicU64,
+    /// One snapshot at a time (the job and shutdown may meet).
+    snapshotting: Mutex<()>,
 }
 
 impl MemoryEngine {
@@ -81,20 +88,39 @@ impl MemoryEngine {
             total_ms = started.elapsed().as_millis() as u64,
             "memory index ready"
         );
-        let maintainer = Maintainer::start(
-            index.clone(),
-            SnapshotPolicy {
-                dir: config.snapshot_dir,
-                model_id: model_id.to_owned(),
-                interval: config.snapshot_interval,
-            },
-        );
+        let snapshotted = AtomicU64::new(index.graph_changes());
+        let maintainer = Maintainer::start(index.clone());
         Ok(MemoryEngine {
             embedder,
             index,
             graphs_from_snapshot: loaded,
             maintainer: Mutex::new(Some(maintainer)),
+            snapshot_dir: config.snapshot_dir,
+            snapshot_interval: config.snapshot_interval,
+            snapshotted,
+            snapshotting: Mutex::new(()),
         })
+    }
+
+    /// How often the snapshot job runs.
+    pub fn snapshot_interval(&self) -> Duration {
+        self.snapshot_interval
+    }
+
+    /// Writes a graph snapshot if the graphs changed since the last one; returns whether it
+    /// wrote one. Blocking: run it off the async runtime.
+    pub fn snapshot_if_changed(&self) -> anyhow::Result<bool> {
+        let _one = self
+            .snapshotting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changes = self.index.graph_changes();
+        if changes == self.snapshotted.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        index::save_snapshot(&self.index, &self.snapshot_dir, self.model_id())?;
+        self.snapshotted.store(changes, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Graphs installed from the snapshot at start (the rest are rebuilt in the background).
@@ -106,7 +132,7 @@ impl MemoryEngine {
         &self.embedder.info().id
     }
 
-    /// Stops the upkeep thread (it writes a last snapshot first). Idempotent.
+    /// Stops the upkeep thread and writes a last snapshot if the graphs changed. Idempotent.
     pub fn shutdown(&self) {
         let maintainer = self
             .maintainer
@@ -115,6 +141,9 @@ impl MemoryEngine {
             .take();
         if let Some(m) = maintainer {
             m.stop();
+        }
+        if let Err(e) = self.snapshot_if_changed() {
+            tracing::error!(error = %format!("{e:#}"), "the index snapshot at shutdown failed");
         }
     }
 }

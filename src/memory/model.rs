@@ -1,7 +1,7 @@
 //! Memory request and response shapes, and the validated values handlers work with.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::clock::Timestamp;
 use crate::error::{ApiError, ApiResult};
@@ -43,6 +43,19 @@ impl Sensitivity {
             "restricted" => Some(Sensitivity::Restricted),
             _ => None,
         }
+    }
+}
+
+impl rusqlite::ToSql for Sensitivity {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for Sensitivity {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        Sensitivity::parse(s).ok_or_else(|| crate::db::unknown_value("sensitivity", s))
     }
 }
 
@@ -160,21 +173,7 @@ impl WriteRequest {
         }
         let mut tags: Vec<String> = Vec::with_capacity(raw_tags.len());
         for tag in raw_tags {
-            let tag = tag.trim().to_owned();
-            let valid = !tag.is_empty()
-                && tag.chars().count() <= MAX_TAG_CHARS
-                && !tag
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || c == ',');
-            if !valid {
-                return Err(ApiError::field(
-                    &f("tags"),
-                    format!(
-                        "each tag is 1 to {MAX_TAG_CHARS} characters without spaces or commas; \
-                         got {tag:?}"
-                    ),
-                ));
-            }
+            let tag = validate_tag(&f("tags"), &tag)?;
             if !tags.contains(&tag) {
                 tags.push(tag);
             }
@@ -236,15 +235,11 @@ pub struct BatchItem {
 
 impl BatchItem {
     pub fn failed(index: usize, e: &ApiError) -> BatchItem {
-        let mut error = json!({ "code": e.code.as_str(), "message": e.message });
-        if let Some(d) = &e.details {
-            error["details"] = d.clone();
-        }
         BatchItem {
             index,
             status: e.code.status().as_u16(),
             memory: None,
-            error: Some(error),
+            error: Some(e.error_object()),
         }
     }
 }

@@ -11,16 +11,17 @@ use rusqlite::{
 use serde_json::json;
 
 use crate::audit::{self, AuditEvent};
-use crate::auth::Actor;
+use crate::auth::perm::MemoryWrite;
+use crate::auth::{Grant, Permission, Write};
 use crate::clock::Timestamp;
+use crate::db::Decoded;
 use crate::embed::Embedding;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{MemoryId, TenantId, UserId};
 use crate::index::{OwnerKey, RowId};
 
 use super::model::{
-    EmbeddingInfo, ExportRecord, Memory, MemoryFilter, NewMemory, Sensitivity, Space, SpaceUsage,
-    TagMode,
+    EmbeddingInfo, ExportRecord, Memory, MemoryFilter, NewMemory, Space, SpaceUsage, TagMode,
 };
 
 /// Whose memories: every query is scoped by both.
@@ -31,6 +32,26 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// The caller's own memories.
+    pub fn of<P: Permission>(grant: &Grant<P>) -> Owner {
+        Owner {
+            tenant: grant.tenant().clone(),
+            user: grant.user().clone(),
+        }
+    }
+
+    /// The memories of the user a write capability acts for.
+    fn writing(w: &Write<'_, MemoryWrite>) -> ApiResult<Owner> {
+        let user = w
+            .user()
+            .cloned()
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a memory write without a user")))?;
+        Ok(Owner {
+            tenant: w.tenant().clone(),
+            user,
+        })
+    }
+
     pub fn key(&self) -> OwnerKey {
         OwnerKey::new(&self.tenant, &self.user)
     }
@@ -46,39 +67,28 @@ pub fn blob_to_vector(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// The `tags` column holds a JSON list; the schema only ever stores lists.
-fn tags_column(raw: &str) -> Vec<String> {
-    serde_json::from_str(raw).unwrap_or_default()
-}
-
-/// The `sensitivity` column is constrained by a CHECK to the four levels.
-fn sensitivity_column(raw: &str) -> Sensitivity {
-    Sensitivity::parse(raw).unwrap_or(Sensitivity::Internal)
-}
-
 const COLUMNS: &str = "m.seq, m.id, m.content, m.space, m.summary, m.tags, m.sensitivity, m.source,
      m.token_count, m.embed_tokens, m.embed_truncated, m.created_at";
 
 fn memory_from_row(r: &Row<'_>, model: &str) -> rusqlite::Result<(RowId, Memory)> {
-    let tags: String = r.get(5)?;
-    let sensitivity: String = r.get(6)?;
+    let d = Decoded::new(r, "memories", 1)?;
     Ok((
-        r.get(0)?,
+        d.get(0)?,
         Memory {
-            id: r.get(1)?,
-            content: r.get(2)?,
-            space: r.get(3)?,
-            summary: r.get(4)?,
-            tags: tags_column(&tags),
-            sensitivity: sensitivity_column(&sensitivity),
-            source: r.get(7)?,
-            token_count: r.get::<_, i64>(8)? as usize,
+            id: d.get(1)?,
+            content: d.get(2)?,
+            space: d.get(3)?,
+            summary: d.get(4)?,
+            tags: d.json(5)?,
+            sensitivity: d.get(6)?,
+            source: d.get(7)?,
+            token_count: d.get::<i64>(8)? as usize,
             embedding: EmbeddingInfo {
                 model: model.to_owned(),
-                tokens: r.get::<_, i64>(9)? as usize,
-                truncated: r.get(10)?,
+                tokens: d.get::<i64>(9)? as usize,
+                truncated: d.get(10)?,
             },
-            created_at: r.get(11)?,
+            created_at: d.get(11)?,
         },
     ))
 }
@@ -92,14 +102,14 @@ pub struct Prepared {
 
 /// Inserts one memory row and its tags; returns its rowid. Callers write the audit row.
 fn insert_row(
-    tx: &Transaction<'_>,
+    w: &Write<'_, MemoryWrite>,
     owner: &Owner,
     id: &MemoryId,
     item: &Prepared,
     created_at: Timestamp,
 ) -> ApiResult<RowId> {
     let m = &item.memory;
-    tx.prepare_cached(
+    w.prepare_cached(
         "INSERT INTO memories (id, tenant_id, user_id, space, content, summary, tags, sensitivity,
              source, token_count, embed_tokens, embed_truncated, created_at, embedding)
          VALUES (:id, :tenant, :user, :space, :content, :summary, :tags, :sensitivity, :source,
@@ -114,31 +124,29 @@ fn insert_row(
         ":etrunc": item.embedding.truncated, ":created": created_at,
         ":embedding": vector_to_blob(&item.embedding.vector),
     })?;
-    let row = tx.last_insert_rowid();
-    let mut tag = tx.prepare_cached("INSERT INTO memory_tags (memory_seq, tag) VALUES (?1, ?2)")?;
+    let row = w.last_insert_rowid();
+    let mut tag = w.prepare_cached("INSERT INTO memory_tags (memory_seq, tag) VALUES (?1, ?2)")?;
     for t in &m.tags {
         tag.execute(rusqlite::params![row, t])?;
     }
     Ok(row)
 }
 
-/// Inserts memories (one audit row each) and returns them with their index rowids.
+/// Inserts memories for the acting user (one audit row each) and returns them with their index
+/// rowids.
 pub fn insert(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    owner: &Owner,
+    w: &Write<'_, MemoryWrite>,
     items: &[Prepared],
     model: &str,
-    now: Timestamp,
 ) -> ApiResult<Vec<(RowId, Memory)>> {
+    let (owner, now) = (&Owner::writing(w)?, w.now());
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let m = &item.memory;
         let id = MemoryId::generate();
-        let row = insert_row(tx, owner, &id, item, now)?;
+        let row = insert_row(w, owner, &id, item, now)?;
         audit::append(
-            tx,
-            actor,
+            w,
             &AuditEvent::success(
                 "memory.write",
                 "memory",
@@ -146,7 +154,6 @@ pub fn insert(
                 json!({ "space": m.space.as_str(), "sensitivity": m.sensitivity.as_str(),
                         "tags": m.tags.len(), "tokenCount": item.token_count }),
             ),
-            now,
         )?;
         out.push((
             row,
@@ -184,15 +191,10 @@ pub fn get(conn: &Connection, owner: &Owner, id: &MemoryId, model: &str) -> ApiR
         .ok_or_else(|| ApiError::not_found("memory"))
 }
 
-/// Deletes one of the owner's memories; returns its index rowid.
-pub fn delete(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    owner: &Owner,
-    id: &MemoryId,
-    now: Timestamp,
-) -> ApiResult<RowId> {
-    let row: Option<(RowId, String)> = tx
+/// Deletes one of the acting user's memories; returns its index rowid.
+pub fn delete(w: &Write<'_, MemoryWrite>, id: &MemoryId) -> ApiResult<RowId> {
+    let owner = Owner::writing(w)?;
+    let row: Option<(RowId, String)> = w
         .query_row(
             "SELECT seq, space FROM memories WHERE id = ?1 AND tenant_id = ?2 AND user_id = ?3",
             rusqlite::params![id, owner.tenant, owner.user],
@@ -202,17 +204,15 @@ pub fn delete(
     let Some((seq, space)) = row else {
         return Err(ApiError::not_found("memory"));
     };
-    tx.execute("DELETE FROM memories WHERE seq = ?1", [seq])?;
+    w.execute("DELETE FROM memories WHERE seq = ?1", [seq])?;
     audit::append(
-        tx,
-        actor,
+        w,
         &AuditEvent::success(
             "memory.delete",
             "memory",
             id.as_str(),
             json!({ "space": space }),
         ),
-        now,
     )?;
     Ok(seq)
 }
@@ -317,6 +317,8 @@ pub fn stored_model(conn: &Connection) -> ApiResult<Option<String>> {
         .optional()?)
 }
 
+/// Records which model the stored vectors come from (start-up and `memesh reindex`, which act
+/// on the whole database, not for a caller).
 pub fn set_model(tx: &Transaction<'_>, model: &str) -> ApiResult<()> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('embedding_model', ?1)
@@ -342,6 +344,7 @@ pub fn contents_after(
     Ok(rows)
 }
 
+/// Replaces a stored vector (`memesh reindex`, an operator command on the stopped server).
 pub fn replace_embedding(tx: &Transaction<'_>, row: RowId, e: &Embedding) -> ApiResult<()> {
     tx.execute(
         "UPDATE memories SET embedding = ?2, embed_tokens = ?3, embed_truncated = ?4 WHERE seq = ?1",
@@ -497,20 +500,19 @@ pub fn export_page(
     let mut stmt = conn.prepare_cached(&sql)?;
     let records = stmt
         .query_map(params_from_iter(params.iter()), |r| {
-            let tags: String = r.get(5)?;
-            let sensitivity: String = r.get(6)?;
+            let d = Decoded::new(r, "memories", 1)?;
             let blob = r.get_ref(9)?.as_blob()?;
             Ok((
-                r.get(0)?,
+                d.get(0)?,
                 ExportRecord {
-                    id: r.get(1)?,
-                    content: r.get(2)?,
-                    space: r.get(3)?,
-                    summary: r.get(4)?,
-                    tags: tags_column(&tags),
-                    sensitivity: sensitivity_column(&sensitivity),
-                    source: r.get(7)?,
-                    created_at: r.get(8)?,
+                    id: d.get(1)?,
+                    content: d.get(2)?,
+                    space: d.get(3)?,
+                    summary: d.get(4)?,
+                    tags: d.json(5)?,
+                    sensitivity: d.get(6)?,
+                    source: d.get(7)?,
+                    created_at: d.get(8)?,
                     embedding_model: Some(model.to_owned()),
                     embedding: Some(base64::engine::general_purpose::STANDARD.encode(blob)),
                 },
@@ -532,28 +534,23 @@ pub fn id_owner(conn: &Connection, id: &MemoryId) -> ApiResult<Option<(TenantId,
         .optional()?)
 }
 
-/// Inserts an imported memory with its original id and creation time.
+/// Inserts an imported memory for the acting user with its original id and creation time.
 pub fn insert_imported(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    owner: &Owner,
+    w: &Write<'_, MemoryWrite>,
     id: &MemoryId,
     item: &Prepared,
     created_at: Timestamp,
-    now: Timestamp,
 ) -> ApiResult<RowId> {
     let m = &item.memory;
-    let row = insert_row(tx, owner, id, item, created_at)?;
+    let row = insert_row(w, &Owner::writing(w)?, id, item, created_at)?;
     audit::append(
-        tx,
-        actor,
+        w,
         &AuditEvent::success(
             "memory.import",
             "memory",
             id.as_str(),
             json!({ "space": m.space.as_str(), "createdAt": created_at }),
         ),
-        now,
     )?;
     Ok(row)
 }

@@ -1,7 +1,9 @@
-//! The orchestrator: runs dispatched to targets, with approvals, blocks from target governance,
-//! cancellation, and an append-only event timeline. Runs on `LOCAL_AGENT` targets become
-//! executions in the lease-based queue (see `executions`).
+//! The orchestrator: runs dispatched to targets, their approvals, blocks from target governance,
+//! cancellation and event timeline, and the lease-based queue of executions that local agents
+//! work. `lifecycle` is the one module that changes a run's or an execution's state.
 
-pub mod handlers;
+pub mod lifecycle;
 pub mod model;
+pub mod queue;
+pub mod runs;
 pub mod store;

@@ -1,65 +1,103 @@
-//! Run request bodies, states and views.
+//! Runs and executions: their states, the rows as stored, request bodies, and the views clients
+//! read (what each control action allows, and what to do next).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::agents::model::TargetKind;
 use crate::clock::Timestamp;
+use crate::ids::{ApprovalId, ExecutionId, RunId, TargetId, UserId};
 
-/// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunState {
-    Queued,
-    AwaitingApproval,
-    Blocked,
-    Dispatched,
-    Running,
-    CancelRequested,
-    Succeeded,
-    Failed,
-    Canceled,
-    Rejected,
+/// A state enum stored as its lowercase name: text in SQL and JSON, decoded strictly.
+macro_rules! stored_state {
+    ($(#[$doc:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($variant),*
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),*
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl rusqlite::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                v: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let s = v.as_str()?;
+                $name::parse(s).ok_or_else(|| crate::db::unknown_value($what, s))
+            }
+        }
+    };
 }
 
+stored_state!(
+    /// Where a run is in its life.
+    RunState, "run state" {
+        Queued => "queued",
+        AwaitingApproval => "awaiting_approval",
+        Blocked => "blocked",
+        Dispatched => "dispatched",
+        Running => "running",
+        CancelRequested => "cancel_requested",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Canceled => "canceled",
+        Rejected => "rejected",
+    }
+);
+
 impl RunState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunState::Queued => "queued",
-            RunState::AwaitingApproval => "awaiting_approval",
-            RunState::Blocked => "blocked",
-            RunState::Dispatched => "dispatched",
-            RunState::Running => "running",
-            RunState::CancelRequested => "cancel_requested",
-            RunState::Succeeded => "succeeded",
-            RunState::Failed => "failed",
-            RunState::Canceled => "canceled",
-            RunState::Rejected => "rejected",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RunState> {
-        [
-            RunState::Queued,
-            RunState::AwaitingApproval,
-            RunState::Blocked,
-            RunState::Dispatched,
-            RunState::Running,
-            RunState::CancelRequested,
-            RunState::Succeeded,
-            RunState::Failed,
-            RunState::Canceled,
-            RunState::Rejected,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
             RunState::Succeeded | RunState::Failed | RunState::Canceled | RunState::Rejected
         )
     }
+
+    /// The states a run is still in flight in.
+    pub fn unfinished() -> impl Iterator<Item = RunState> {
+        RunState::ALL.iter().copied().filter(|s| !s.is_terminal())
+    }
 }
+
+stored_state!(
+    /// Where an execution is in the local queue.
+    ExecutionState, "execution state" {
+        Pending => "pending",
+        Claimed => "claimed",
+        Completed => "completed",
+        Failed => "failed",
+        Canceled => "canceled",
+    }
+);
+
+stored_state!(
+    /// An approval's decision.
+    ApprovalState, "approval state" {
+        Pending => "pending",
+        Approved => "approved",
+        Rejected => "rejected",
+    }
+);
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -86,13 +124,13 @@ pub struct ListParams {
     pub offset: Option<String>,
 }
 
-/// A run as stored, with what hangs off it.
+/// A run as stored.
 #[derive(Debug, Clone)]
 pub struct Run {
-    pub id: String,
-    pub target_id: String,
-    pub target_kind: String,
-    pub requested_by: String,
+    pub id: RunId,
+    pub target_id: TargetId,
+    pub target_kind: TargetKind,
+    pub requested_by: UserId,
     pub input: Value,
     pub idempotency_key: Option<String>,
     pub requires_approval: bool,
@@ -105,22 +143,29 @@ pub struct Run {
 
 #[derive(Debug, Clone)]
 pub struct Approval {
-    pub id: String,
-    pub state: String,
+    pub id: ApprovalId,
+    pub state: ApprovalState,
     pub created_at: Timestamp,
-    pub decided_by: Option<String>,
+    pub decided_by: Option<UserId>,
     pub decided_at: Option<Timestamp>,
     pub note: Option<String>,
 }
 
+/// An execution in the local queue.
 #[derive(Debug, Clone)]
-pub struct ExecutionSummary {
-    pub id: String,
-    pub state: String,
-    pub attempt: i64,
+pub struct Execution {
+    pub id: ExecutionId,
+    pub run_id: RunId,
+    pub state: ExecutionState,
+    pub claim_token: Option<String>,
     pub worker_id: Option<String>,
     pub lease_expires_at: Option<Timestamp>,
+    pub attempt: i64,
     pub cancel_requested: bool,
+    pub completion_key: Option<String>,
+    pub completion_hash: Option<String>,
+    pub result: Option<Value>,
+    pub created_at: Timestamp,
 }
 
 fn action(allowed: bool, reasons: Vec<&str>, guidance: &str) -> Value {
@@ -129,13 +174,13 @@ fn action(allowed: bool, reasons: Vec<&str>, guidance: &str) -> Value {
 
 /// For each control action: whether it is allowed now, why not, and what to do.
 pub fn control_view(run: &Run, approvals: &[Approval]) -> Value {
-    let pending = approvals.iter().find(|a| a.state == "pending");
+    let pending = approvals.iter().find(|a| a.state == ApprovalState::Pending);
     let terminal = run.state.is_terminal();
     let remote_only =
         "only runs on REMOTE_A2A targets have remote state; this run is on a LOCAL_AGENT";
     json!({
-        "targetKind": run.target_kind,
-        "state": run.state.as_str(),
+        "targetKind": run.target_kind.as_str(),
+        "state": run.state,
         "actions": {
             "cancel": if terminal {
                 action(false, vec!["run_finished"], "the run has finished; nothing to cancel")
@@ -160,7 +205,7 @@ pub fn recommended_actions(run: &Run, approvals: &[Approval]) -> Vec<String> {
     match run.state {
         RunState::AwaitingApproval => approvals
             .iter()
-            .filter(|a| a.state == "pending")
+            .filter(|a| a.state == ApprovalState::Pending)
             .map(|a| format!("approve or reject approval {} (not as the requester)", a.id))
             .collect(),
         RunState::Blocked => vec![format!(
@@ -180,12 +225,12 @@ pub fn recommended_actions(run: &Run, approvals: &[Approval]) -> Vec<String> {
     }
 }
 
-pub fn run_view(run: &Run, approvals: &[Approval], execution: Option<&ExecutionSummary>) -> Value {
+pub fn run_view(run: &Run, approvals: &[Approval], execution: Option<&Execution>) -> Value {
     json!({
         "id": run.id,
         "targetId": run.target_id,
-        "targetKind": run.target_kind,
-        "state": run.state.as_str(),
+        "targetKind": run.target_kind.as_str(),
+        "state": run.state,
         "blockReason": run.block_reason,
         "requestedBy": run.requested_by,
         "requiresApproval": run.requires_approval,

@@ -1,46 +1,44 @@
-//! Run SQL and transitions. Every transition writes the run's new state, an event on its
-//! timeline and an audit row in the caller's transaction; dispatching a run to a local target
-//! enqueues its execution in the same transaction.
+//! Run and execution SQL: reads, and the single statements [`super::lifecycle`] composes into
+//! transitions. Every statement that moves an execution is guarded on the state (and claim
+//! token) it was decided on, so two claimants can never both win and a recovery can never
+//! overwrite a completion that committed first (riverqueue/river#1302).
 
-use rusqlite::{Connection, OptionalExtension, ToSql, Transaction, named_params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, named_params, params_from_iter};
 use serde_json::{Value, json};
 
 use crate::agents::model::TargetKind;
-use crate::agents::policy::Policy;
-use crate::agents::store::Target;
-use crate::audit::{self, AuditEvent};
-use crate::auth::Actor;
+use crate::auth::{Permission, Write};
 use crate::clock::Timestamp;
-use crate::error::{ApiError, ApiResult, Code};
-use crate::executions::store as queue;
-use crate::ids::{ApprovalId, RunId, TargetId, TenantId};
+use crate::db::Decoded;
+use crate::error::{ApiError, ApiResult};
+use crate::http::extract::Paging;
+use crate::ids::{ApprovalId, ExecutionId, RunId, TargetId, TenantId};
 
-use super::model::{Approval, ExecutionSummary, Run, RunState};
+use super::model::{Approval, ApprovalState, Execution, ExecutionState, Run, RunState};
 
 const RUN_COLUMNS: &str = "id, target_id, target_kind, requested_by, input, idempotency_key,
     requires_approval, state, block_reason, result, created_at, updated_at";
 
-fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
-    let input: String = r.get(4)?;
-    let state: String = r.get(7)?;
-    let result: Option<String> = r.get(9)?;
+fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
+    let d = Decoded::new(r, "runs", 0)?;
     Ok(Run {
-        id: r.get(0)?,
-        target_id: r.get(1)?,
-        target_kind: r.get(2)?,
-        requested_by: r.get(3)?,
-        input: serde_json::from_str(&input).unwrap_or(Value::Null),
-        idempotency_key: r.get(5)?,
-        requires_approval: r.get(6)?,
-        state: RunState::parse(&state).unwrap_or(RunState::Failed),
-        block_reason: r.get(8)?,
-        result: result.and_then(|s| serde_json::from_str(&s).ok()),
-        created_at: r.get(10)?,
-        updated_at: r.get(11)?,
+        id: d.get(0)?,
+        target_id: d.get(1)?,
+        target_kind: d.get(2)?,
+        requested_by: d.get(3)?,
+        input: d.json(4)?,
+        idempotency_key: d.get(5)?,
+        requires_approval: d.get(6)?,
+        state: d.get(7)?,
+        block_reason: d.get(8)?,
+        result: d.json_opt(9)?,
+        created_at: d.get(10)?,
+        updated_at: d.get(11)?,
     })
 }
 
-pub fn load(conn: &Connection, tenant: &TenantId, id: &str) -> ApiResult<Run> {
+/// One of the tenant's runs; another tenant's does not exist.
+pub fn load_run(conn: &Connection, tenant: &TenantId, id: &RunId) -> ApiResult<Run> {
     let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1 AND tenant_id = ?2");
     conn.prepare_cached(&sql)?
         .query_row(rusqlite::params![id, tenant], run_from_row)
@@ -48,414 +46,86 @@ pub fn load(conn: &Connection, tenant: &TenantId, id: &str) -> ApiResult<Run> {
         .ok_or_else(|| ApiError::not_found("run"))
 }
 
-pub fn approvals(conn: &Connection, run: &str) -> ApiResult<Vec<Approval>> {
+pub fn approvals(conn: &Connection, run: &RunId) -> ApiResult<Vec<Approval>> {
     let rows = conn
         .prepare_cached(
             "SELECT id, state, created_at, decided_by, decided_at, note FROM approvals
              WHERE run_id = ?1 ORDER BY created_at, id",
         )?
         .query_map([run], |r| {
+            let d = Decoded::new(r, "approvals", 0)?;
             Ok(Approval {
-                id: r.get(0)?,
-                state: r.get(1)?,
-                created_at: r.get(2)?,
-                decided_by: r.get(3)?,
-                decided_at: r.get(4)?,
-                note: r.get(5)?,
+                id: d.get(0)?,
+                state: d.get(1)?,
+                created_at: d.get(2)?,
+                decided_by: d.get(3)?,
+                decided_at: d.get(4)?,
+                note: d.get(5)?,
             })
         })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
 
-pub fn execution_of(conn: &Connection, run: &str) -> ApiResult<Option<ExecutionSummary>> {
+/// The state of one approval of a run, if the run has it.
+pub fn approval_state(
+    conn: &Connection,
+    run: &RunId,
+    approval: &ApprovalId,
+) -> ApiResult<Option<ApprovalState>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT id, state, attempt, worker_id, lease_expires_at, cancel_requested
-             FROM executions WHERE run_id = ?1 ORDER BY created_at DESC LIMIT 1",
-        )?
-        .query_row([run], |r| {
-            Ok(ExecutionSummary {
-                id: r.get(0)?,
-                state: r.get(1)?,
-                attempt: r.get(2)?,
-                worker_id: r.get(3)?,
-                lease_expires_at: r.get(4)?,
-                cancel_requested: r.get(5)?,
-            })
-        })
+        .prepare_cached("SELECT state FROM approvals WHERE id = ?1 AND run_id = ?2")?
+        .query_row(rusqlite::params![approval, run], |r| r.get(0))
         .optional()?)
 }
 
-pub fn events(conn: &Connection, run: &str) -> ApiResult<Vec<Value>> {
+pub fn has_approval(conn: &Connection, run: &RunId) -> ApiResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM approvals WHERE run_id = ?1 AND state = ?2 LIMIT 1")?
+        .query_row(rusqlite::params![run, ApprovalState::Approved], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+pub fn events(conn: &Connection, run: &RunId) -> ApiResult<Vec<Value>> {
     let rows = conn
         .prepare_cached(
             "SELECT seq, at, kind, detail FROM run_events WHERE run_id = ?1 ORDER BY seq",
         )?
         .query_map([run], |r| {
-            let at: Timestamp = r.get(1)?;
-            let detail: String = r.get(3)?;
+            let d = Decoded::new(r, "run_events", 0)?;
             Ok(json!({
-                "sequence": r.get::<_, i64>(0)?,
-                "at": at,
-                "kind": r.get::<_, String>(2)?,
-                "detail": serde_json::from_str::<Value>(&detail).unwrap_or(Value::Null),
+                "sequence": d.get::<i64>(0)?,
+                "at": d.get::<Timestamp>(1)?,
+                "kind": d.get::<String>(2)?,
+                "detail": d.json::<Value>(3)?,
             }))
         })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
 
-/// Moves a run to `state`, appends the event and the audit row.
-pub fn transition(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    run: &mut Run,
-    state: RunState,
-    event: &str,
-    detail: Value,
-    now: Timestamp,
-) -> ApiResult<()> {
-    let from = run.state;
-    run.state = state;
-    run.updated_at = now;
-    tx.execute(
-        "UPDATE runs SET state = ?2, block_reason = ?3, result = ?4, updated_at = ?5 WHERE id = ?1",
-        rusqlite::params![
-            run.id,
-            state.as_str(),
-            run.block_reason,
-            run.result.as_ref().map(Value::to_string),
-            now
-        ],
-    )?;
-    tx.execute(
-        "INSERT INTO run_events (run_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-        rusqlite::params![run.id, now, event, detail.to_string()],
-    )?;
-    audit::append(
-        tx,
-        actor,
-        &AuditEvent::success(
-            "orchestrator.run.transition",
-            "run",
-            run.id.clone(),
-            json!({ "from": from.as_str(), "to": state.as_str(), "event": event }),
-        ),
-        now,
-    )?;
-    Ok(())
-}
-
-/// An event that does not change the state (worker progress).
-pub fn note_event(
-    tx: &Transaction<'_>,
-    run: &str,
-    kind: &str,
-    detail: Value,
-    now: Timestamp,
-) -> ApiResult<()> {
-    tx.execute(
-        "INSERT INTO run_events (run_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-        rusqlite::params![run, now, kind, detail.to_string()],
-    )?;
-    Ok(())
-}
-
-fn add_approval(tx: &Transaction<'_>, run: &str, now: Timestamp) -> ApiResult<ApprovalId> {
-    let id = ApprovalId::generate();
-    tx.execute(
-        "INSERT INTO approvals (id, run_id, state, created_at) VALUES (?1, ?2, 'pending', ?3)",
-        rusqlite::params![id, run, now],
-    )?;
-    Ok(id)
-}
-
-/// Opens a pending approval and parks the run until it is decided.
-fn await_approval(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    run: &mut Run,
-    now: Timestamp,
-) -> ApiResult<()> {
-    let approval = add_approval(tx, &run.id, now)?;
-    run.block_reason = None;
-    transition(
-        tx,
-        actor,
-        run,
-        RunState::AwaitingApproval,
-        "awaiting_approval",
-        json!({ "approvalId": approval }),
-        now,
-    )
-}
-
-fn has_approval(tx: &Transaction<'_>, run: &str) -> ApiResult<bool> {
-    Ok(tx
-        .query_row(
-            "SELECT 1 FROM approvals WHERE run_id = ?1 AND state = 'approved' LIMIT 1",
-            [run],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
-}
-
-/// Sends an approved (or approval-free) run on: blocked while the target's policy blocks,
-/// else into the target's queue.
-fn dispatch_or_block(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    run: &mut Run,
-    policy: Policy,
-    reasons: &[String],
-    now: Timestamp,
-) -> ApiResult<()> {
-    if policy == Policy::Blocked {
-        run.block_reason = Some(reasons.join(","));
-        return transition(
-            tx,
-            actor,
-            run,
-            RunState::Blocked,
-            "blocked",
-            json!({ "reasons": reasons }),
-            now,
-        );
-    }
-    run.block_reason = None;
-    let execution = queue::enqueue(tx, run, now)?;
-    transition(
-        tx,
-        actor,
-        run,
-        RunState::Dispatched,
-        "dispatched",
-        json!({ "executionId": execution }),
-        now,
-    )
-}
-
-/// Creates a run on `target`, or returns the run an earlier request with the same idempotency
-/// key created (`false`). A reused key with another target or input is refused.
-pub fn create(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    target: &Target,
-    input: &Value,
-    asked_approval: bool,
-    idempotency_key: Option<&str>,
-    now: Timestamp,
-) -> ApiResult<(Run, bool)> {
-    if let Some(key) = idempotency_key {
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT id FROM runs WHERE tenant_id = ?1 AND idempotency_key = ?2",
-                rusqlite::params![actor.tenant_id, key],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(id) = existing {
-            let run = load(tx, &actor.tenant_id, &id)?;
-            if run.target_id != target.id.as_str() || &run.input != input {
-                return Err(ApiError::new(
-                    Code::IdempotencyKeyReused,
-                    "this idempotency key was used for a run with another target or input",
-                ));
-            }
-            return Ok((run, false));
-        }
-    }
-    let requires = asked_approval || target.runtime.policy == Policy::RequireApproval;
-    let id = RunId::generate();
-    let requested_by = actor
-        .user_id
-        .as_ref()
-        .map(|u| u.as_str().to_owned())
-        .unwrap_or_default();
-    tx.execute(
-        "INSERT INTO runs (id, tenant_id, target_id, target_kind, requested_by, input,
-             idempotency_key, requires_approval, state, created_at, updated_at)
-         VALUES (:id, :tenant, :target, :kind, :by, :input, :key, :requires, 'queued', :now, :now)",
-        named_params! {
-            ":id": id, ":tenant": actor.tenant_id, ":target": target.id,
-            ":kind": target.kind.as_str(), ":by": requested_by, ":input": input.to_string(),
-            ":key": idempotency_key, ":requires": requires, ":now": now,
-        },
-    )?;
-    note_event(
-        tx,
-        id.as_str(),
-        "created",
-        json!({ "requiresApproval": requires }),
-        now,
-    )?;
-    let mut run = load(tx, &actor.tenant_id, id.as_str())?;
-    if requires {
-        await_approval(tx, actor, &mut run, now)?;
-    } else {
-        dispatch_or_block(
-            tx,
-            actor,
-            &mut run,
-            target.runtime.policy,
-            &target.runtime.reasons,
-            now,
-        )?;
-    }
-    Ok((run, true))
-}
-
-/// Called by governance when a target's policy stops blocking: its blocked runs move on (into
-/// approval if the new policy demands one they lack, else into the queue).
-pub fn release_blocked(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    target: &TargetId,
-    policy: Policy,
-    reasons: &[String],
-    now: Timestamp,
-) -> ApiResult<usize> {
-    let ids: Vec<String> = tx
-        .prepare_cached(
-            "SELECT id FROM runs WHERE target_id = ?1 AND state = 'blocked' ORDER BY created_at",
-        )?
-        .query_map([target], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for id in &ids {
-        let mut run = load(tx, &actor.tenant_id, id)?;
-        if policy == Policy::RequireApproval && !has_approval(tx, id)? {
-            await_approval(tx, actor, &mut run, now)?;
-        } else {
-            dispatch_or_block(tx, actor, &mut run, policy, reasons, now)?;
-        }
-    }
-    Ok(ids.len())
-}
-
-/// Approves or rejects a pending approval. The requester may not decide on their own run.
-#[allow(clippy::too_many_arguments)]
-pub fn decide(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    target: &Target,
-    run_id: &str,
-    approval_id: &str,
-    approve: bool,
-    note: Option<String>,
-    now: Timestamp,
-) -> ApiResult<Run> {
-    let mut run = load(tx, &actor.tenant_id, run_id)?;
-    let state: Option<String> = tx
-        .query_row(
-            "SELECT state FROM approvals WHERE id = ?1 AND run_id = ?2",
-            rusqlite::params![approval_id, run_id],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let Some(state) = state else {
-        return Err(ApiError::not_found("approval"));
-    };
-    if actor
-        .user_id
-        .as_ref()
-        .is_some_and(|u| u.as_str() == run.requested_by)
-    {
-        return Err(ApiError::new(
-            Code::SelfReviewBlocked,
-            "the requester of a run may not decide its approval",
-        ));
-    }
-    if state != "pending" || run.state != RunState::AwaitingApproval {
-        return Err(ApiError::new(
-            Code::ApprovalDecided,
-            "this approval was already decided",
-        ));
-    }
-    let decided_by = actor.user_id.as_ref().map(|u| u.as_str().to_owned());
-    tx.execute(
-        "UPDATE approvals SET state = ?2, decided_by = ?3, decided_at = ?4, note = ?5 WHERE id = ?1",
-        rusqlite::params![approval_id, if approve { "approved" } else { "rejected" }, decided_by, now, note],
-    )?;
-    if approve {
-        note_event(
-            tx,
-            run_id,
-            "approved",
-            json!({ "approvalId": approval_id, "by": decided_by }),
-            now,
-        )?;
-        dispatch_or_block(
-            tx,
-            actor,
-            &mut run,
-            target.runtime.policy,
-            &target.runtime.reasons,
-            now,
-        )?;
-    } else {
-        transition(
-            tx,
-            actor,
-            &mut run,
-            RunState::Rejected,
-            "rejected",
-            json!({ "approvalId": approval_id, "note": note }),
-            now,
-        )?;
-    }
-    Ok(run)
-}
-
-/// Asks for cancellation: immediate when no worker holds the run, else the worker is told
-/// through its heartbeat and the run waits for its acknowledgement.
-pub fn cancel(tx: &Transaction<'_>, actor: &Actor, run_id: &str, now: Timestamp) -> ApiResult<Run> {
-    let mut run = load(tx, &actor.tenant_id, run_id)?;
-    match run.state {
-        s if s.is_terminal() => Err(ApiError::new(
-            Code::InvalidRunState,
-            "the run has already finished",
-        )),
-        RunState::CancelRequested => Ok(run),
-        RunState::Running => {
-            queue::request_cancel(tx, run_id, now)?;
-            transition(
-                tx,
-                actor,
-                &mut run,
-                RunState::CancelRequested,
-                "cancel_requested",
-                json!({}),
-                now,
-            )?;
-            Ok(run)
-        }
-        _ => {
-            queue::cancel_unclaimed(tx, run_id, now)?;
-            tx.execute("UPDATE approvals SET state = 'rejected', decided_at = ?2, note = 'run canceled' WHERE run_id = ?1 AND state = 'pending'", rusqlite::params![run_id, now])?;
-            transition(
-                tx,
-                actor,
-                &mut run,
-                RunState::Canceled,
-                "canceled",
-                json!({ "before": "dispatch" }),
-                now,
-            )?;
-            Ok(run)
-        }
-    }
-}
-
+/// Which runs a list shows.
 pub struct RunFilter {
-    pub target_id: Option<String>,
+    pub target_id: Option<TargetId>,
     pub state: Option<RunState>,
     pub kind: Option<TargetKind>,
-    pub limit: u32,
-    pub offset: u32,
+    pub paging: Paging,
 }
 
+impl RunFilter {
+    /// The newest `limit` runs on a target, optionally in one state.
+    pub fn on_target(target: &TargetId, state: Option<RunState>, limit: u32) -> RunFilter {
+        RunFilter {
+            target_id: Some(target.clone()),
+            state,
+            kind: None,
+            paging: Paging { limit, offset: 0 },
+        }
+    }
+}
+
+/// A page of the tenant's runs, newest first, and how many match in all.
 pub fn list(conn: &Connection, tenant: &TenantId, f: &RunFilter) -> ApiResult<(Vec<Run>, i64)> {
     let mut params: Vec<Box<dyn ToSql>> = vec![Box::new(tenant.clone())];
     let mut clause = String::new();
@@ -464,11 +134,11 @@ pub fn list(conn: &Connection, tenant: &TenantId, f: &RunFilter) -> ApiResult<(V
         clause.push_str(&format!(" AND target_id = ?{}", params.len()));
     }
     if let Some(s) = f.state {
-        params.push(Box::new(s.as_str()));
+        params.push(Box::new(s));
         clause.push_str(&format!(" AND state = ?{}", params.len()));
     }
     if let Some(k) = f.kind {
-        params.push(Box::new(k.as_str()));
+        params.push(Box::new(k));
         clause.push_str(&format!(" AND target_kind = ?{}", params.len()));
     }
     let total: i64 = conn.query_row(
@@ -476,8 +146,8 @@ pub fn list(conn: &Connection, tenant: &TenantId, f: &RunFilter) -> ApiResult<(V
         params_from_iter(params.iter()),
         |r| r.get(0),
     )?;
-    params.push(Box::new(i64::from(f.limit)));
-    params.push(Box::new(i64::from(f.offset)));
+    params.push(Box::new(i64::from(f.paging.limit)));
+    params.push(Box::new(i64::from(f.paging.offset)));
     let n = params.len();
     let sql = format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ?1{clause}
@@ -493,10 +163,388 @@ pub fn list(conn: &Connection, tenant: &TenantId, f: &RunFilter) -> ApiResult<(V
 
 /// Runs not yet finished on a target (a target with active work cannot be deleted).
 pub fn active_on_target(conn: &Connection, target: &TargetId) -> ApiResult<i64> {
+    let states: Vec<&str> = RunState::unfinished().map(RunState::as_str).collect();
+    let marks = vec!["?"; states.len()].join(",");
+    let mut params: Vec<&dyn ToSql> = vec![target];
+    params.extend(states.iter().map(|s| s as &dyn ToSql));
     Ok(conn.query_row(
-        "SELECT COUNT(*) FROM runs WHERE target_id = ?1
-           AND state NOT IN ('succeeded','failed','canceled','rejected')",
-        [target],
+        &format!("SELECT COUNT(*) FROM runs WHERE target_id = ? AND state IN ({marks})"),
+        params.as_slice(),
         |r| r.get(0),
     )?)
+}
+
+/// The run an earlier request with this idempotency key created.
+pub fn run_by_key(conn: &Connection, tenant: &TenantId, key: &str) -> ApiResult<Option<RunId>> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM runs WHERE tenant_id = ?1 AND idempotency_key = ?2")?
+        .query_row(rusqlite::params![tenant, key], |r| r.get(0))
+        .optional()?)
+}
+
+/// The runs a target's policy holds back, oldest first.
+pub fn blocked_on(
+    conn: &Connection,
+    tenant: &TenantId,
+    target: &TargetId,
+) -> ApiResult<Vec<RunId>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id FROM runs WHERE tenant_id = ?1 AND target_id = ?2 AND state = ?3
+             ORDER BY created_at, id",
+        )?
+        .query_map(rusqlite::params![tenant, target, RunState::Blocked], |r| {
+            r.get(0)
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
+/// A new run in state `queued`, requested by the capability's actor.
+pub fn insert_run<P: Permission>(
+    w: &Write<'_, P>,
+    target: &TargetId,
+    kind: TargetKind,
+    input: &Value,
+    key: Option<&str>,
+    requires_approval: bool,
+) -> ApiResult<RunId> {
+    let id = RunId::generate();
+    w.execute(
+        "INSERT INTO runs (id, tenant_id, target_id, target_kind, requested_by, input,
+             idempotency_key, requires_approval, state, created_at, updated_at)
+         VALUES (:id, :tenant, :target, :kind, :by, :input, :key, :requires, :state, :now, :now)",
+        named_params! {
+            ":id": id, ":tenant": w.tenant(), ":target": target, ":kind": kind, ":by": w.user(),
+            ":input": input.to_string(), ":key": key, ":requires": requires_approval,
+            ":state": RunState::Queued, ":now": w.now(),
+        },
+    )?;
+    Ok(id)
+}
+
+/// Writes a run's state, block reason and result as they are in `run`.
+pub fn save_run<P: Permission>(w: &Write<'_, P>, run: &Run) -> ApiResult<()> {
+    w.prepare_cached(
+        "UPDATE runs SET state = ?2, block_reason = ?3, result = ?4, updated_at = ?5
+         WHERE id = ?1 AND tenant_id = ?6",
+    )?
+    .execute(rusqlite::params![
+        run.id,
+        run.state,
+        run.block_reason,
+        run.result.as_ref().map(Value::to_string),
+        run.updated_at,
+        w.tenant(),
+    ])?;
+    Ok(())
+}
+
+pub fn append_event<P: Permission>(
+    w: &Write<'_, P>,
+    run: &RunId,
+    kind: &str,
+    detail: &Value,
+) -> ApiResult<()> {
+    w.prepare_cached("INSERT INTO run_events (run_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(rusqlite::params![run, w.now(), kind, detail.to_string()])?;
+    Ok(())
+}
+
+pub fn insert_approval<P: Permission>(w: &Write<'_, P>, run: &RunId) -> ApiResult<ApprovalId> {
+    let id = ApprovalId::generate();
+    w.execute(
+        "INSERT INTO approvals (id, run_id, state, created_at) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![id, run, ApprovalState::Pending, w.now()],
+    )?;
+    Ok(id)
+}
+
+/// Records the capability's actor deciding a pending approval.
+pub fn decide_approval<P: Permission>(
+    w: &Write<'_, P>,
+    approval: &ApprovalId,
+    state: ApprovalState,
+    note: Option<&str>,
+) -> ApiResult<()> {
+    w.execute(
+        "UPDATE approvals SET state = ?2, decided_by = ?3, decided_at = ?4, note = ?5
+         WHERE id = ?1 AND state = ?6",
+        rusqlite::params![
+            approval,
+            state,
+            w.user(),
+            w.now(),
+            note,
+            ApprovalState::Pending
+        ],
+    )?;
+    Ok(())
+}
+
+/// Closes a run's pending approvals as rejected (the run is being canceled).
+pub fn reject_pending_approvals<P: Permission>(
+    w: &Write<'_, P>,
+    run: &RunId,
+    note: &str,
+) -> ApiResult<()> {
+    w.execute(
+        "UPDATE approvals SET state = ?2, decided_at = ?3, note = ?4 WHERE run_id = ?1 AND state = ?5",
+        rusqlite::params![run, ApprovalState::Rejected, w.now(), note, ApprovalState::Pending],
+    )?;
+    Ok(())
+}
+
+const EXECUTION_COLUMNS: &str = "id, run_id, state, claim_token, worker_id, lease_expires_at,
+    attempt, cancel_requested, completion_key, completion_hash, result, created_at";
+
+fn execution_from_row(r: &Row<'_>) -> rusqlite::Result<Execution> {
+    let d = Decoded::new(r, "executions", 0)?;
+    Ok(Execution {
+        id: d.get(0)?,
+        run_id: d.get(1)?,
+        state: d.get(2)?,
+        claim_token: d.get(3)?,
+        worker_id: d.get(4)?,
+        lease_expires_at: d.get(5)?,
+        attempt: d.get(6)?,
+        cancel_requested: d.get(7)?,
+        completion_key: d.get(8)?,
+        completion_hash: d.get(9)?,
+        result: d.json_opt(10)?,
+        created_at: d.get(11)?,
+    })
+}
+
+/// The newest execution of a run.
+pub fn execution_of(conn: &Connection, run: &RunId) -> ApiResult<Option<Execution>> {
+    let sql = format!(
+        "SELECT {EXECUTION_COLUMNS} FROM executions WHERE run_id = ?1
+         ORDER BY created_at DESC, id DESC LIMIT 1"
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([run], execution_from_row)
+        .optional()?)
+}
+
+/// An execution of the agent's own target; any other does not exist for it.
+pub fn load_execution(
+    conn: &Connection,
+    tenant: &TenantId,
+    target: &TargetId,
+    id: &ExecutionId,
+) -> ApiResult<Execution> {
+    let sql = format!(
+        "SELECT {EXECUTION_COLUMNS} FROM executions
+         WHERE id = ?1 AND tenant_id = ?2 AND target_id = ?3"
+    );
+    conn.prepare_cached(&sql)?
+        .query_row(rusqlite::params![id, tenant, target], execution_from_row)
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("execution"))
+}
+
+/// Pending executions of a target with their runs' input, oldest first.
+pub fn pending(
+    conn: &Connection,
+    tenant: &TenantId,
+    target: &TargetId,
+    limit: u32,
+) -> ApiResult<Vec<(Execution, Value)>> {
+    let sql = format!(
+        "SELECT {}, r.input FROM executions e JOIN runs r ON r.id = e.run_id
+         WHERE e.tenant_id = ?1 AND e.target_id = ?2 AND e.state = ?3
+         ORDER BY e.created_at, e.id LIMIT ?4",
+        EXECUTION_COLUMNS
+            .split(',')
+            .map(|c| format!("e.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let rows = conn
+        .prepare_cached(&sql)?
+        .query_map(
+            rusqlite::params![tenant, target, ExecutionState::Pending, i64::from(limit)],
+            |r| {
+                Ok((
+                    execution_from_row(r)?,
+                    Decoded::new(r, "runs", 1)?.json(12)?,
+                ))
+            },
+        )?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Puts a run's execution in its target's queue.
+pub fn enqueue<P: Permission>(w: &Write<'_, P>, run: &Run) -> ApiResult<ExecutionId> {
+    let id = ExecutionId::generate();
+    w.execute(
+        "INSERT INTO executions (id, run_id, tenant_id, target_id, state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        rusqlite::params![
+            id,
+            run.id,
+            w.tenant(),
+            run.target_id,
+            ExecutionState::Pending,
+            w.now()
+        ],
+    )?;
+    Ok(id)
+}
+
+/// Claims a pending execution of the agent's target for `token`: true if this call won.
+pub fn claim_pending(
+    w: &Write<'_, crate::auth::perm::Executions>,
+    id: &ExecutionId,
+    token: &str,
+    worker: Option<&str>,
+    lease_until: Timestamp,
+) -> ApiResult<bool> {
+    Ok(w.execute(
+        "UPDATE executions SET state = :claimed, claim_token = :token, worker_id = :worker,
+             lease_expires_at = :lease, updated_at = :now
+         WHERE id = :id AND tenant_id = :tenant AND target_id = :target AND state = :pending",
+        named_params! {
+            ":claimed": ExecutionState::Claimed, ":token": token, ":worker": worker,
+            ":lease": lease_until, ":now": w.now(), ":id": id, ":tenant": w.tenant(),
+            ":target": w.target(), ":pending": ExecutionState::Pending,
+        },
+    )? == 1)
+}
+
+/// Extends the lease while `token` holds the execution: true if it does.
+pub fn extend_lease(
+    w: &Write<'_, crate::auth::perm::Executions>,
+    id: &ExecutionId,
+    token: &str,
+    lease_until: Timestamp,
+) -> ApiResult<bool> {
+    Ok(w.execute(
+        "UPDATE executions SET lease_expires_at = :lease, updated_at = :now
+         WHERE id = :id AND tenant_id = :tenant AND target_id = :target AND state = :claimed
+           AND claim_token = :token",
+        named_params! {
+            ":lease": lease_until, ":now": w.now(), ":id": id, ":tenant": w.tenant(),
+            ":target": w.target(), ":claimed": ExecutionState::Claimed, ":token": token,
+        },
+    )? == 1)
+}
+
+/// How an execution held by a token ends.
+pub enum Ending<'a> {
+    Completed {
+        result: Option<&'a Value>,
+        key: Option<&'a str>,
+        hash: &'a str,
+    },
+    Canceled,
+}
+
+/// Ends the execution while `token` holds it: true if it did.
+pub fn finish_held(
+    w: &Write<'_, crate::auth::perm::Executions>,
+    id: &ExecutionId,
+    token: &str,
+    ending: Ending<'_>,
+) -> ApiResult<bool> {
+    let (state, result, key, hash) = match ending {
+        Ending::Completed { result, key, hash } => (
+            ExecutionState::Completed,
+            result.map(Value::to_string),
+            key,
+            Some(hash),
+        ),
+        Ending::Canceled => (ExecutionState::Canceled, None, None, None),
+    };
+    Ok(w.execute(
+        "UPDATE executions SET state = :state, result = :result, completion_key = :key,
+             completion_hash = :hash, lease_expires_at = NULL, updated_at = :now
+         WHERE id = :id AND tenant_id = :tenant AND target_id = :target AND state = :claimed
+           AND claim_token = :token",
+        named_params! {
+            ":state": state, ":result": result, ":key": key, ":hash": hash, ":now": w.now(),
+            ":id": id, ":tenant": w.tenant(), ":target": w.target(),
+            ":claimed": ExecutionState::Claimed, ":token": token,
+        },
+    )? == 1)
+}
+
+/// Flags a run's claimed execution for cancellation (its worker learns it from a heartbeat).
+pub fn request_cancel<P: Permission>(w: &Write<'_, P>, run: &RunId) -> ApiResult<()> {
+    w.execute(
+        "UPDATE executions SET cancel_requested = 1, updated_at = ?2
+         WHERE run_id = ?1 AND tenant_id = ?3 AND state = ?4",
+        rusqlite::params![run, w.now(), w.tenant(), ExecutionState::Claimed],
+    )?;
+    Ok(())
+}
+
+/// Cancels a run's execution that no worker has claimed.
+pub fn cancel_pending<P: Permission>(w: &Write<'_, P>, run: &RunId) -> ApiResult<()> {
+    w.execute(
+        "UPDATE executions SET state = ?2, updated_at = ?3
+         WHERE run_id = ?1 AND tenant_id = ?4 AND state = ?5",
+        rusqlite::params![
+            run,
+            ExecutionState::Canceled,
+            w.now(),
+            w.tenant(),
+            ExecutionState::Pending
+        ],
+    )?;
+    Ok(())
+}
+
+/// A claim whose lease ran out, as the sweeper saw it.
+#[derive(Debug, Clone)]
+pub struct ExpiredLease {
+    pub tenant: TenantId,
+    pub id: ExecutionId,
+    pub run_id: RunId,
+    pub token: String,
+    pub attempt: i64,
+}
+
+/// Every claim whose lease ended before `now`, in every tenant.
+pub fn expired_leases(conn: &Connection, now: Timestamp) -> ApiResult<Vec<ExpiredLease>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, tenant_id, run_id, claim_token, attempt FROM executions
+             WHERE state = ?1 AND lease_expires_at < ?2 ORDER BY tenant_id, lease_expires_at",
+        )?
+        .query_map(rusqlite::params![ExecutionState::Claimed, now], |r| {
+            let d = Decoded::new(r, "executions", 0)?;
+            Ok(ExpiredLease {
+                id: d.get(0)?,
+                tenant: d.get(1)?,
+                run_id: d.get(2)?,
+                token: d.get(3)?,
+                attempt: d.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Ends an expired claim, guarded on the very claim the sweeper saw (so a completion or
+/// heartbeat that committed in between wins): back to `pending` with the next attempt, or into
+/// `state` for good. True if it applied.
+pub fn recover_lease<P: Permission>(
+    w: &Write<'_, P>,
+    lease: &ExpiredLease,
+    into: ExecutionState,
+) -> ApiResult<bool> {
+    let requeue = into == ExecutionState::Pending;
+    Ok(w.execute(
+        "UPDATE executions SET state = :into, claim_token = NULL, lease_expires_at = NULL,
+             worker_id = CASE WHEN :requeue THEN NULL ELSE worker_id END,
+             attempt = attempt + CASE WHEN :requeue THEN 1 ELSE 0 END, updated_at = :now
+         WHERE id = :id AND tenant_id = :tenant AND state = :claimed AND claim_token = :token
+           AND lease_expires_at < :now",
+        named_params! {
+            ":into": into, ":requeue": requeue, ":now": w.now(), ":id": lease.id,
+            ":tenant": w.tenant(), ":claimed": ExecutionState::Claimed, ":token": lease.token,
+        },
+    )? == 1)
 }

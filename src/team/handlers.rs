@@ -4,9 +4,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::auth::{INVITATION_TOKEN_PREFIX, Principal, Role};
+use crate::auth::perm::{TeamRead, TeamWrite};
+use crate::auth::{Grant, INVITATION_TOKEN_PREFIX, Role};
 use crate::error::{ApiError, ApiResult};
-use crate::http::extract::Json;
+use crate::http::extract::{Ids, Json};
 use crate::ids::UserId;
 use crate::state::AppState;
 
@@ -16,34 +17,28 @@ use super::model::{
 };
 use super::store;
 
-fn user_id(raw: &str) -> ApiResult<UserId> {
-    UserId::parse(raw).ok_or_else(|| ApiError::not_found("member"))
-}
-
 pub async fn list(
+    grant: Grant<TeamRead>,
     State(state): State<AppState>,
-    principal: Principal,
 ) -> ApiResult<axum::Json<Value>> {
+    let tenant = grant.tenant().clone();
     let members = state
         .db
-        .read(move |c| store::list_members(c, &principal.tenant_id))
+        .read(move |c| store::list_members(c, &tenant))
         .await?;
     Ok(axum::Json(json!({ "members": members })))
 }
 
 pub async fn invite(
+    grant: Grant<TeamWrite>,
     State(state): State<AppState>,
-    principal: Principal,
     Json(body): Json<InviteRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedInvitation>)> {
-    let granted = principal.require(Role::Admin)?;
     let email = Email::parse(&body.email)?;
     let role = body.role.unwrap_or(Role::Member);
     let ttl_ms = i64::try_from(state.settings.invitation_ttl.as_millis()).unwrap_or(i64::MAX);
-    let now = state.clock.now();
-    let created = state
-        .db
-        .write(move |tx| store::invite(tx, &granted, &email, role, ttl_ms, now))
+    let created = grant
+        .write(&state.db, move |w| store::invite(w, &email, role, ttl_ms))
         .await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
@@ -65,32 +60,24 @@ pub async fn accept(
 }
 
 pub async fn change_role(
+    grant: Grant<TeamWrite>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(user): Path<String>,
+    Ids(user): Ids<UserId>,
     Json(body): Json<RoleChangeRequest>,
 ) -> ApiResult<axum::Json<Member>> {
-    let granted = principal.require(Role::Admin)?;
-    let user = user_id(&user)?;
-    let now = state.clock.now();
-    let member = state
-        .db
-        .write(move |tx| store::change_role(tx, &granted, &user, body.role, now))
+    let member = grant
+        .write(&state.db, move |w| store::change_role(w, &user, body.role))
         .await?;
     Ok(axum::Json(member))
 }
 
 pub async fn remove(
+    grant: Grant<TeamWrite>,
     State(state): State<AppState>,
-    principal: Principal,
-    Path(user): Path<String>,
+    Ids(user): Ids<UserId>,
 ) -> ApiResult<axum::Json<RemovedMember>> {
-    let granted = principal.require(Role::Admin)?;
-    let user = user_id(&user)?;
-    let now = state.clock.now();
-    let removed = state
-        .db
-        .write(move |tx| store::remove(tx, &granted, &user, now))
+    let removed = grant
+        .write(&state.db, move |w| store::remove(w, &user))
         .await?;
     Ok(axum::Json(removed))
 }

@@ -1,15 +1,17 @@
-//! Team SQL. Every mutation takes the [`Granted`] capability and runs in the caller's
-//! `BEGIN IMMEDIATE` transaction, so the last-owner count and the change cannot interleave.
+//! Team SQL. Every mutation takes the [`Write`] capability, whose role was re-read inside the
+//! same `BEGIN IMMEDIATE` transaction, so the last-owner count and the change cannot interleave
+//! and a demotion that committed first wins.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, named_params};
 use serde_json::json;
 
 use crate::audit::{self, AuditEvent};
-use crate::auth::{Actor, Granted, INVITATION_TOKEN_PREFIX, Role, generate_secret, hash_secret};
+use crate::auth::perm::{KeysWrite, TeamWrite};
+use crate::auth::{INVITATION_TOKEN_PREFIX, Permission, Role, Write, generate_secret, hash_secret};
 use crate::clock::Timestamp;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::ids::{InvitationId, TenantId, UserId};
-use crate::keys::model::KeyName;
+use crate::keys::model::{KeyName, NewKey};
 use crate::keys::store as key_store;
 
 use super::model::{
@@ -65,34 +67,9 @@ fn is_member_email(conn: &Connection, tenant: &TenantId, email: &Email) -> ApiRe
         .is_some())
 }
 
-/// Re-reads the acting user's role inside the transaction, so a caller demoted or removed
-/// while their request was in flight cannot act on the role they had when it arrived.
-fn recheck(tx: &Transaction<'_>, granted: &Granted) -> ApiResult<Granted> {
-    let Some(user) = granted.actor().user_id.as_ref() else {
-        return Ok(granted.clone());
-    };
-    let role: Option<Role> = tx
-        .query_row(
-            "SELECT role FROM users WHERE id = ?1 AND tenant_id = ?2 AND removed_at IS NULL",
-            rusqlite::params![user, granted.tenant_id()],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match role {
-        Some(role) if role.at_least(granted.required()) => Ok(granted.clone().with_role(role)),
-        _ => Err(ApiError::new(
-            Code::InsufficientRole,
-            format!(
-                "this action needs the {} role or higher",
-                granted.required().as_str()
-            ),
-        )),
-    }
-}
-
 /// Only an OWNER may grant OWNER, or change or remove an OWNER.
-fn ensure_may_touch_owner(granted: &Granted, touches_owner: bool) -> ApiResult<()> {
-    if touches_owner && granted.role() != Role::Owner {
+fn ensure_may_touch_owner(w: &Write<'_, TeamWrite>, touches_owner: bool) -> ApiResult<()> {
+    if touches_owner && w.role() != Role::Owner {
         return Err(ApiError::new(
             Code::InsufficientRole,
             "only an OWNER may grant the OWNER role or change or remove an OWNER",
@@ -108,16 +85,15 @@ fn last_owner_error() -> ApiError {
     )
 }
 
-/// Inserts a user directly (bootstrap and accepted invitations).
-pub fn insert_user(
-    tx: &Transaction<'_>,
-    tenant: &TenantId,
+/// Inserts a user into the capability's tenant directly (bootstrap and accepted invitations).
+pub fn insert_user<P: Permission>(
+    w: &Write<'_, P>,
     email: &Email,
     role: Role,
-    now: Timestamp,
 ) -> ApiResult<Member> {
     let id = UserId::generate();
-    tx.execute(
+    let (tenant, now) = (w.tenant(), w.now());
+    w.execute(
         "INSERT INTO users (id, tenant_id, email, role, created_at)
          VALUES (:id, :tenant, :email, :role, :now)",
         named_params! { ":id": id, ":tenant": tenant, ":email": email.as_str(), ":role": role, ":now": now },
@@ -134,23 +110,20 @@ pub fn insert_user(
 }
 
 pub fn invite(
-    tx: &Transaction<'_>,
-    granted: &Granted,
+    w: &Write<'_, TeamWrite>,
     email: &Email,
     role: Role,
     ttl_ms: i64,
-    now: Timestamp,
 ) -> ApiResult<CreatedInvitation> {
-    let granted = &recheck(tx, granted)?;
-    ensure_may_touch_owner(granted, role == Role::Owner)?;
-    let tenant = granted.tenant_id();
-    if is_member_email(tx, tenant, email)? {
+    ensure_may_touch_owner(w, role == Role::Owner)?;
+    let (tenant, now) = (w.tenant(), w.now());
+    if is_member_email(w, tenant, email)? {
         return Err(ApiError::new(
             Code::AlreadyMember,
             "this email is already a member",
         ));
     }
-    let pending: Option<InvitationId> = tx
+    let pending: Option<InvitationId> = w
         .query_row(
             "SELECT id FROM invitations WHERE tenant_id = ?1 AND email = ?2
                AND accepted_at IS NULL AND expires_at > ?3",
@@ -165,7 +138,7 @@ pub fn invite(
         )
         .with_details(json!({ "invitationId": pending })));
     }
-    let Some(invited_by) = granted.actor().user_id.clone() else {
+    let Some(invited_by) = w.user().cloned() else {
         return Err(ApiError::internal(anyhow::anyhow!(
             "invitation without a user actor"
         )));
@@ -173,7 +146,7 @@ pub fn invite(
     let id = InvitationId::generate();
     let token = generate_secret(INVITATION_TOKEN_PREFIX);
     let expires_at = now.plus_ms(ttl_ms);
-    tx.execute(
+    w.execute(
         "INSERT INTO invitations (id, tenant_id, email, role, token_hash, invited_by, created_at, expires_at)
          VALUES (:id, :tenant, :email, :role, :hash, :by, :now, :exp)",
         named_params! {
@@ -182,15 +155,13 @@ pub fn invite(
         },
     )?;
     audit::append(
-        tx,
-        granted.actor(),
+        w,
         &AuditEvent::success(
             "team.member.invite",
             "invitation",
             id.as_str(),
             json!({ "email": email.as_str(), "role": role, "expiresAt": expires_at }),
         ),
-        now,
     )?;
     let accept_path = format!("/v1/team/invitations/{token}/accept");
     Ok(CreatedInvitation {
@@ -249,101 +220,87 @@ pub fn accept(tx: &Transaction<'_>, token: &str, now: Timestamp) -> ApiResult<Ac
         )
         .with_details(json!({ "expiredAt": expires_at })));
     }
-    let email = Email::parse(&email)?;
-    let member = insert_user(tx, &tenant, &email, role, now)?;
+    let email = Email::parse(&email)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("invitations row {id}: {e}")))?;
+    let member = insert_user(
+        &Write::<KeysWrite>::system(tx, tenant.clone(), now),
+        &email,
+        role,
+    )?;
     tx.execute(
         "UPDATE invitations SET accepted_at = ?2, accepted_user_id = ?3 WHERE id = ?1",
         rusqlite::params![id, now, member.user_id],
     )?;
-    let mut actor = Actor::system(tenant);
-    actor.user_id = Some(member.user_id.clone());
+    let w = Write::<KeysWrite>::by_invitation(tx, tenant, member.user_id.clone(), now);
     audit::append(
-        tx,
-        &actor,
+        &w,
         &AuditEvent::success(
             "team.invitation.accept",
             "user",
             member.user_id.as_str(),
             json!({ "invitationId": id, "email": member.email, "role": role }),
         ),
-        now,
     )?;
     let api_key = key_store::create(
-        tx,
-        &actor,
+        &w,
         &member.user_id,
+        role,
         &KeyName::parse("first key")?,
         None,
-        now,
+        &NewKey::User(None),
+        None,
     )?;
     Ok(AcceptedInvitation { member, api_key })
 }
 
-pub fn change_role(
-    tx: &Transaction<'_>,
-    granted: &Granted,
-    user: &UserId,
-    role: Role,
-    now: Timestamp,
-) -> ApiResult<Member> {
-    let granted = &recheck(tx, granted)?;
-    let tenant = granted.tenant_id();
-    let mut member = find_member(tx, tenant, user)?;
-    ensure_may_touch_owner(granted, member.role == Role::Owner || role == Role::Owner)?;
+pub fn change_role(w: &Write<'_, TeamWrite>, user: &UserId, role: Role) -> ApiResult<Member> {
+    let tenant = w.tenant();
+    let mut member = find_member(w, tenant, user)?;
+    ensure_may_touch_owner(w, member.role == Role::Owner || role == Role::Owner)?;
     if member.role == role {
         return Ok(member);
     }
-    if member.role == Role::Owner && owner_count(tx, tenant)? <= 1 {
+    if member.role == Role::Owner && owner_count(w, tenant)? <= 1 {
         return Err(last_owner_error());
     }
-    tx.execute(
+    w.execute(
         "UPDATE users SET role = ?2 WHERE id = ?1",
         rusqlite::params![user, role],
     )?;
     audit::append(
-        tx,
-        granted.actor(),
+        w,
         &AuditEvent::success(
             "team.member.role_change",
             "user",
             user.as_str(),
             json!({ "from": member.role, "to": role }),
         ),
-        now,
     )?;
     member.role = role;
     Ok(member)
 }
 
 /// Removes a member and revokes all their keys at once.
-pub fn remove(
-    tx: &Transaction<'_>,
-    granted: &Granted,
-    user: &UserId,
-    now: Timestamp,
-) -> ApiResult<RemovedMember> {
-    let granted = &recheck(tx, granted)?;
-    let tenant = granted.tenant_id();
-    let member = find_member(tx, tenant, user)?;
-    ensure_may_touch_owner(granted, member.role == Role::Owner)?;
-    if member.role == Role::Owner && owner_count(tx, tenant)? <= 1 {
+pub fn remove(w: &Write<'_, TeamWrite>, user: &UserId) -> ApiResult<RemovedMember> {
+    let (tenant, now) = (w.tenant(), w.now());
+    let member = find_member(w, tenant, user)?;
+    ensure_may_touch_owner(w, member.role == Role::Owner)?;
+    if member.role == Role::Owner && owner_count(w, tenant)? <= 1 {
         return Err(last_owner_error());
     }
-    tx.execute(
+    w.execute(
         "UPDATE users SET removed_at = ?2 WHERE id = ?1",
         rusqlite::params![user, now],
     )?;
-    let keys_revoked = key_store::revoke_all_of_user(tx, user, now)?;
+    let keys_revoked = key_store::revoke_all_of_user(w, user)?;
     audit::append(
-        tx,
-        granted.actor(),
+        w,
         &AuditEvent::success(
             "team.member.remove",
             "user",
             user.as_str(),
             json!({ "email": member.email, "role": member.role, "keysRevoked": keys_revoked }),
         ),
-        now,
     )?;
     Ok(RemovedMember {
         user_id: user.clone(),

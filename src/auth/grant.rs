@@ -1,0 +1,528 @@
+//! Authentication and the values a passed check yields: the [`Principal`] behind a key, the
+//! [`Grant`] a route's permission check makes of it, and the [`Write`] capability that every
+//! mutation demands, made only after the caller's key and role are re-read inside the
+//! mutation's own transaction.
+
+use std::marker::PhantomData;
+use std::ops::Deref;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use rusqlite::{Connection, OptionalExtension, Transaction};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::clock::{SharedClock, Timestamp};
+use crate::db::Db;
+use crate::error::{ApiError, ApiResult, Code};
+use crate::ids::{KeyId, TargetId, TenantId, UserId};
+use crate::state::AppState;
+
+use super::perm::{Access, Executions, Permission};
+use super::secret::{hash_secret, parse_api_key};
+use super::{Actor, Role, Scope, Scopes};
+
+/// `last_used_at` is refreshed at most this often, so authentication is a read, not a write.
+const TOUCH_INTERVAL_MS: i64 = 60_000;
+
+#[derive(Debug, Clone)]
+enum KeyKind {
+    /// A user's key. `None`: unrestricted, it may do whatever its user's role allows, now.
+    User { scopes: Option<Scopes> },
+    /// An agent access key: it works this `LOCAL_AGENT` target's execution queue and nothing else.
+    Agent { target: TargetId },
+}
+
+/// The live key behind a request and its user. Made only by authentication; checked into a
+/// [`Grant`] by a route's [`Permission`].
+#[derive(Debug, Clone)]
+pub struct Principal {
+    tenant_id: TenantId,
+    user_id: UserId,
+    key_id: KeyId,
+    role: Role,
+    kind: KeyKind,
+    request_id: Option<String>,
+}
+
+impl Principal {
+    fn actor(&self) -> Actor {
+        Actor {
+            tenant_id: self.tenant_id.clone(),
+            user_id: Some(self.user_id.clone()),
+            key_id: Some(self.key_id.clone()),
+            request_id: self.request_id.clone(),
+        }
+    }
+
+    /// What the key may do now: its scopes within what its user's role allows.
+    fn effective_scopes(&self) -> Scopes {
+        match &self.kind {
+            KeyKind::User { scopes } => {
+                let allowed = Scopes::allowed_for(self.role);
+                scopes.map_or(allowed, |s| s.intersect(allowed))
+            }
+            KeyKind::Agent { .. } => Scopes::only(Scope::Executions),
+        }
+    }
+
+    pub(super) fn check_user(&self, min: Role, scope: Scope) -> ApiResult<()> {
+        let KeyKind::User { scopes } = &self.kind else {
+            return Err(ApiError::new(
+                Code::AgentKeyForbidden,
+                "an agent access key works its agent's execution queue only",
+            ));
+        };
+        if !self.role.at_least(min) {
+            return Err(insufficient_role(min, self.role));
+        }
+        if scopes.is_some_and(|s| !s.contains(scope)) {
+            return Err(ApiError::new(
+                Code::InsufficientScope,
+                format!("this API key lacks the {} scope", scope.as_str()),
+            )
+            .with_details(json!({
+                "requiredScope": scope.as_str(),
+                "scopes": self.effective_scopes().names(),
+            })));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_agent(&self) -> ApiResult<TargetId> {
+        match &self.kind {
+            KeyKind::Agent { target } => Ok(target.clone()),
+            KeyKind::User { .. } => Err(ApiError::new(
+                Code::AgentKeyRequired,
+                "the execution queue is for agent access keys (POST /v1/keys with a targetId)",
+            )),
+        }
+    }
+}
+
+fn insufficient_role(min: Role, role: Role) -> ApiError {
+    ApiError::new(
+        Code::InsufficientRole,
+        format!("this action needs the {} role or higher", min.as_str()),
+    )
+    .with_details(json!({ "requiredRole": min.as_str(), "role": role.as_str() }))
+}
+
+/// Proof that the caller passed permission `P`'s check. Only the extractor makes one.
+pub struct Grant<P: Permission> {
+    principal: Principal,
+    bound: P::Bound,
+    now: Timestamp,
+    /// Expiry is re-checked against the clock when the mutation runs, not when it arrived.
+    clock: SharedClock,
+    _p: PhantomData<fn() -> P>,
+}
+
+impl<P: Permission> Clone for Grant<P> {
+    fn clone(&self) -> Self {
+        Grant {
+            principal: self.principal.clone(),
+            bound: self.bound.clone(),
+            now: self.now,
+            clock: self.clock.clone(),
+            _p: PhantomData,
+        }
+    }
+}
+
+impl<P: Permission> std::fmt::Debug for Grant<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("access", &P::ACCESS)
+            .field("key", &self.principal.key_id)
+            .finish()
+    }
+}
+
+impl<P: Permission> Grant<P> {
+    pub fn tenant(&self) -> &TenantId {
+        &self.principal.tenant_id
+    }
+
+    pub fn user(&self) -> &UserId {
+        &self.principal.user_id
+    }
+
+    pub fn key(&self) -> &KeyId {
+        &self.principal.key_id
+    }
+
+    pub fn role(&self) -> Role {
+        self.principal.role
+    }
+
+    /// When the request was authenticated; the time every effect of the request is stamped with.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    pub fn actor(&self) -> Actor {
+        self.principal.actor()
+    }
+
+    /// What the calling key may do now.
+    pub fn scopes(&self) -> Scopes {
+        self.principal.effective_scopes()
+    }
+
+    /// The calling key's own scope list; `None` when it follows its user's role.
+    pub fn key_scopes(&self) -> Option<Scopes> {
+        match &self.principal.kind {
+            KeyKind::User { scopes } => *scopes,
+            KeyKind::Agent { .. } => Some(Scopes::only(Scope::Executions)),
+        }
+    }
+
+    /// Checks another permission for the same caller (a request whose body asks for more,
+    /// such as a key bound to an agent).
+    pub fn also<Q: Permission>(&self) -> ApiResult<Grant<Q>> {
+        Ok(Grant {
+            bound: Q::bind(&self.principal)?,
+            principal: self.principal.clone(),
+            now: self.now,
+            clock: self.clock.clone(),
+            _p: PhantomData,
+        })
+    }
+
+    /// Runs `f` in one write transaction with the [`Write`] capability, after re-reading inside
+    /// that transaction that the key is still live and the role still suffices: a revocation
+    /// or demotion that committed first wins.
+    pub async fn write<T, F>(&self, db: &Db, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Write<'_, P>) -> ApiResult<T> + Send + 'static,
+    {
+        let grant = self.clone();
+        db.write(move |tx| {
+            let role = recheck(tx, &grant.principal, P::ACCESS, grant.clock.now())?;
+            let w = Write {
+                tx,
+                actor: grant.principal.actor(),
+                role,
+                now: grant.now,
+                bound: grant.bound,
+                _p: PhantomData,
+            };
+            f(&w)
+        })
+        .await
+    }
+}
+
+impl Grant<Executions> {
+    /// The `LOCAL_AGENT` target the agent key works for.
+    pub fn target(&self) -> &TargetId {
+        &self.bound
+    }
+}
+
+/// The capability to mutate under permission `P`: a write transaction, the actor it is
+/// attributed to and the role re-read inside it. Every mutating store function takes one; it is
+/// made only by [`Grant::write`] or, for the system itself, by [`Write::system`].
+pub struct Write<'t, P: Permission> {
+    tx: &'t Transaction<'t>,
+    actor: Actor,
+    role: Role,
+    now: Timestamp,
+    bound: P::Bound,
+    _p: PhantomData<fn() -> P>,
+}
+
+impl<'t, P: Permission> Deref for Write<'t, P> {
+    type Target = Transaction<'t>;
+
+    fn deref(&self) -> &Transaction<'t> {
+        self.tx
+    }
+}
+
+impl<'t, P: Permission> Write<'t, P> {
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    pub fn tenant(&self) -> &TenantId {
+        &self.actor.tenant_id
+    }
+
+    /// The acting user; `None` when the system acts.
+    pub fn user(&self) -> Option<&UserId> {
+        self.actor.user_id.as_ref()
+    }
+
+    /// The caller's role as re-read inside this transaction.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// The same transaction and actor under another permission, for a consequence the first
+    /// change entails (a governance change releasing the runs it unblocks, a removed member's
+    /// keys being revoked). Only a holder of a capability can derive one.
+    pub fn entails<Q: Permission<Bound = ()>>(&self) -> Write<'t, Q> {
+        Write {
+            tx: self.tx,
+            actor: self.actor.clone(),
+            role: self.role,
+            now: self.now,
+            bound: (),
+            _p: PhantomData,
+        }
+    }
+}
+
+impl<'t, P: Permission<Bound = ()>> Write<'t, P> {
+    /// The system acting on its own behalf in `tenant`: background jobs, bootstrap, and an
+    /// invitation being accepted (its token is the credential). Nothing a request controls
+    /// reaches this; the `system_capability_is_confined` test keeps it to those places.
+    pub(crate) fn system(tx: &'t Transaction<'t>, tenant: TenantId, now: Timestamp) -> Self {
+        Write {
+            tx,
+            actor: Actor::system(tenant),
+            role: Role::Owner,
+            now,
+            bound: (),
+            _p: PhantomData,
+        }
+    }
+}
+
+impl<'t, P: Permission<Bound = ()>> Write<'t, P> {
+    /// A new member acting through the invitation token they redeem (the token is the
+    /// credential); confined like [`Write::system`].
+    pub(crate) fn by_invitation(
+        tx: &'t Transaction<'t>,
+        tenant: TenantId,
+        user: UserId,
+        now: Timestamp,
+    ) -> Self {
+        let mut w = Write::system(tx, tenant, now);
+        w.actor.user_id = Some(user);
+        w.role = Role::Viewer;
+        w
+    }
+}
+
+impl Write<'_, Executions> {
+    pub fn target(&self) -> &TargetId {
+        &self.bound
+    }
+}
+
+/// Re-reads the key and its user inside a write transaction.
+fn recheck(
+    tx: &Transaction<'_>,
+    principal: &Principal,
+    access: Access,
+    now: Timestamp,
+) -> ApiResult<Role> {
+    /// Revoked, expires, removed, role.
+    type Live = (
+        Option<Timestamp>,
+        Option<Timestamp>,
+        Option<Timestamp>,
+        Role,
+    );
+    let row: Option<Live> = tx
+        .prepare_cached(
+            "SELECT k.revoked_at, k.expires_at, u.removed_at, u.role
+             FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = ?1",
+        )?
+        .query_row([&principal.key_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((revoked, expires, removed, role)) = row else {
+        return Err(ApiError::unauthorized("unknown or revoked API key"));
+    };
+    if revoked.is_some() || removed.is_some() {
+        return Err(ApiError::unauthorized(
+            "this API key was revoked while the request was in flight",
+        ));
+    }
+    if expires.is_some_and(|e| e <= now) {
+        return Err(key_expired(expires));
+    }
+    if let Access::User { role: min, .. } = access
+        && !role.at_least(min)
+    {
+        return Err(insufficient_role(min, role));
+    }
+    Ok(role)
+}
+
+fn key_expired(at: Option<Timestamp>) -> ApiError {
+    ApiError::new(
+        Code::KeyExpired,
+        "this API key has expired; create a new one",
+    )
+    .with_details(json!({ "expiredAt": at }))
+}
+
+/// The API key of a request: `x-api-key`, or `Authorization: Bearer`.
+fn presented_key(parts: &Parts) -> ApiResult<&str> {
+    if let Some(v) = parts.headers.get("x-api-key") {
+        return v
+            .to_str()
+            .map(str::trim)
+            .map_err(|_| ApiError::unauthorized("the x-api-key header is not valid text"));
+    }
+    if let Some(v) = parts.headers.get(AUTHORIZATION) {
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
+        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::unauthorized(
+                "the Authorization header must use the Bearer scheme",
+            ));
+        }
+        return Ok(token.trim());
+    }
+    Err(ApiError::unauthorized(
+        "missing API key: send it in x-api-key or Authorization: Bearer",
+    ))
+}
+
+/// A key found by its lookup handle whose hash matched, with when it was last marked used.
+struct Found {
+    principal: Principal,
+    last_used_at: Option<Timestamp>,
+    expires_at: Option<Timestamp>,
+}
+
+/// Finds the live key whose lookup handle and hash match `raw`, and its active user.
+fn lookup(conn: &Connection, lookup: &str, raw: &str) -> ApiResult<Option<Found>> {
+    type Row = (
+        KeyId,
+        Vec<u8>,
+        Option<Timestamp>,
+        Option<Timestamp>,
+        Option<String>,
+        Option<TargetId>,
+        UserId,
+        TenantId,
+        Role,
+    );
+    let row: Option<Row> = conn
+        .prepare_cached(
+            "SELECT k.id, k.hash, k.last_used_at, k.expires_at, k.scopes, k.target_id,
+                    u.id, u.tenant_id, u.role
+             FROM api_keys k JOIN users u ON u.id = k.user_id
+             WHERE k.lookup = ?1 AND k.revoked_at IS NULL AND u.removed_at IS NULL",
+        )?
+        .query_row([lookup], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })
+        .optional()?;
+    let Some((key_id, stored, last_used_at, expires_at, scopes, target, user_id, tenant_id, role)) =
+        row
+    else {
+        return Ok(None);
+    };
+    if !bool::from(stored.as_slice().ct_eq(&hash_secret(raw))) {
+        return Ok(None);
+    }
+    let kind = match (target, scopes) {
+        (Some(target), _) => KeyKind::Agent { target },
+        (None, None) => KeyKind::User { scopes: None },
+        (None, Some(s)) => KeyKind::User {
+            scopes: Some(Scopes::from_column(&s).ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!("api_keys row {key_id}: bad scopes {s:?}"))
+            })?),
+        },
+    };
+    Ok(Some(Found {
+        principal: Principal {
+            tenant_id,
+            user_id,
+            key_id,
+            role,
+            kind,
+            request_id: None,
+        },
+        last_used_at,
+        expires_at,
+    }))
+}
+
+fn touch(tx: &Transaction<'_>, key_id: &KeyId, now: Timestamp) -> ApiResult<()> {
+    tx.execute(
+        "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1",
+        rusqlite::params![key_id, now],
+    )?;
+    Ok(())
+}
+
+pub fn request_id(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Authenticates the request's key: 401 `unauthorized` for a missing, malformed, unknown or
+/// revoked key, 401 `key_expired` for an expired one.
+async fn authenticate(parts: &Parts, state: &AppState, now: Timestamp) -> ApiResult<Principal> {
+    let raw = presented_key(parts)?;
+    let Some(parsed) = parse_api_key(raw) else {
+        return Err(ApiError::unauthorized("malformed API key"));
+    };
+    let (raw, handle) = (parsed.raw.to_owned(), parsed.lookup.to_owned());
+    let found = state
+        .db
+        .read(move |conn| lookup(conn, &handle, &raw))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
+    if found.expires_at.is_some_and(|e| e <= now) {
+        return Err(key_expired(found.expires_at));
+    }
+    if found
+        .last_used_at
+        .is_none_or(|t| now.millis() - t.millis() >= TOUCH_INTERVAL_MS)
+    {
+        let key_id = found.principal.key_id.clone();
+        state.db.write(move |tx| touch(tx, &key_id, now)).await?;
+    }
+    Ok(Principal {
+        request_id: request_id(parts),
+        ..found.principal
+    })
+}
+
+impl<P: Permission> FromRequestParts<AppState> for Grant<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let now = state.clock.now();
+        let principal = authenticate(parts, state, now).await?;
+        Ok(Grant {
+            bound: P::bind(&principal)?,
+            principal,
+            now,
+            clock: state.clock.clone(),
+            _p: PhantomData,
+        })
+    }
+}

@@ -1,0 +1,558 @@
+//! Retrieval: similarity search, filtered semantic/keyword/hybrid query, batch search and
+//! token-budgeted context windows, all within the caller's own memories. [`Search::new`] is the
+//! one validator of a query's text and result limit.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Value, json};
+
+use crate::db::run_blocking;
+use crate::embed::tokens::LlmTokenizer;
+use crate::error::{ApiError, ApiResult};
+use crate::http::extract::{Paging, limit_within, parse_value};
+use crate::index::{Hit, RowId};
+use crate::state::AppState;
+
+use super::model::{
+    BatchSearchBody, ContextWindowBody, Explain, MAX_BATCH_QUERIES, MAX_CONTENT_CHARS, Memory,
+    MemoryFilter, Mode, QueryBody, QueryResult, SearchBody, SearchResult, Space, validate_tag,
+};
+use super::ranking::{self, fuse};
+use super::store::{self, Owner};
+use super::write::embedding_failed;
+
+/// Results per search unless asked otherwise, and at most.
+pub const DEFAULT_LIMIT: u32 = 10;
+pub const MAX_LIMIT: u32 = 100;
+/// How deep each side is ranked before a hybrid fusion.
+const HYBRID_DEPTH: usize = 100;
+/// Candidates a context window chooses from.
+const CONTEXT_CANDIDATES: usize = 100;
+/// Largest budget accepted (far beyond any model's window; stops absurd requests).
+const MAX_TOKEN_BUDGET: i64 = 2_000_000;
+
+/// A validated search: its text, the spaces it is limited to and how many results it wants.
+pub struct Search {
+    pub query: String,
+    pub spaces: Vec<Space>,
+    pub limit: usize,
+}
+
+impl Search {
+    pub fn new(query: &str, spaces: &[String], limit: Option<u32>) -> ApiResult<Search> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Err(ApiError::field("query", "must not be empty"));
+        }
+        if query.chars().count() > MAX_CONTENT_CHARS {
+            return Err(ApiError::field(
+                "query",
+                format!("must be at most {MAX_CONTENT_CHARS} characters"),
+            ));
+        }
+        Ok(Search {
+            query: query.to_owned(),
+            spaces: Space::parse_list("spaces", spaces)?,
+            limit: limit_within(limit, DEFAULT_LIMIT, MAX_LIMIT)? as usize,
+        })
+    }
+}
+
+/// Embeds one text (a query).
+async fn embed_one(state: &AppState, text: String) -> ApiResult<Vec<f32>> {
+    let mut out = state
+        .memory
+        .embedder
+        .embed(vec![text])
+        .await
+        .map_err(embedding_failed)?;
+    out.pop()
+        .map(|e| e.vector)
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the model returned no vector")))
+}
+
+/// The rows of the owner's memories that pass `filter`; `None` (no restriction) when it is empty.
+async fn allowed_rows(
+    state: &AppState,
+    owner: &Owner,
+    filter: MemoryFilter,
+) -> ApiResult<Option<HashSet<RowId>>> {
+    if filter.is_empty() {
+        return Ok(None);
+    }
+    let o = owner.clone();
+    let rows = state
+        .db
+        .read(move |c| store::filtered_rows(c, &o, &filter))
+        .await?;
+    Ok(Some(rows))
+}
+
+/// The owner's memories behind index rows. A memory deleted since the index answered is
+/// missing from the map: SQLite has the last word.
+async fn load_memories(
+    state: &AppState,
+    owner: &Owner,
+    rows: Vec<RowId>,
+) -> ApiResult<HashMap<RowId, Memory>> {
+    let (o, model) = (owner.clone(), state.memory.model_id().to_owned());
+    state
+        .db
+        .read(move |c| store::by_rows(c, &o, &rows, &model))
+        .await
+}
+
+/// Searches the owner's index partition on the blocking pool.
+async fn nearest(
+    state: &AppState,
+    owner: &Owner,
+    vector: Vec<f32>,
+    k: usize,
+    allow: Option<HashSet<RowId>>,
+) -> ApiResult<Vec<Hit>> {
+    let (index, key) = (state.memory.index.clone(), owner.key());
+    run_blocking(move || Ok(index.search(&key, &vector, k, allow.as_ref()))).await
+}
+
+/// `GET`/`POST /memory/search`: the most similar memories, best first.
+pub async fn search(state: &AppState, owner: &Owner, s: Search) -> ApiResult<Value> {
+    let vector = embed_one(state, s.query.clone()).await?;
+    let allow = allowed_rows(state, owner, MemoryFilter::spaces_only(s.spaces)).await?;
+    let hits = if allow.as_ref().is_some_and(HashSet::is_empty) {
+        Vec::new()
+    } else {
+        nearest(state, owner, vector, s.limit, allow).await?
+    };
+    let mut found = load_memories(state, owner, hits.iter().map(|h| h.row).collect()).await?;
+    let results: Vec<SearchResult> = hits
+        .into_iter()
+        .filter_map(|h| {
+            let memory = found.remove(&h.row)?;
+            Some(SearchResult {
+                score: h.score,
+                memory,
+            })
+        })
+        .collect();
+    Ok(json!({ "query": s.query, "count": results.len(), "results": results }))
+}
+
+fn filter_from(body: &mut QueryBody) -> ApiResult<MemoryFilter> {
+    let tags = body
+        .tags
+        .iter()
+        .flatten()
+        .map(|t| validate_tag("tags", t))
+        .collect::<ApiResult<Vec<_>>>()?;
+    if let (Some(a), Some(b)) = (body.created_after, body.created_before)
+        && a >= b
+    {
+        return Err(ApiError::field(
+            "createdAfter",
+            "must be before createdBefore",
+        ));
+    }
+    let source = match body.source.as_deref().map(str::trim) {
+        Some("") | None => None,
+        Some(s) if s.chars().count() > super::model::MAX_SOURCE_CHARS => {
+            return Err(ApiError::field("source", "must be at most 256 characters"));
+        }
+        Some(s) => Some(s.to_owned()),
+    };
+    Ok(MemoryFilter {
+        spaces: Space::parse_list("spaces", body.spaces.as_deref().unwrap_or_default())?,
+        tags,
+        tag_mode: body.tag_mode.unwrap_or_default(),
+        created_after: body.created_after,
+        created_before: body.created_before,
+        sensitivity: body
+            .sensitivity
+            .take()
+            .map(|s| s.into_vec())
+            .unwrap_or_default(),
+        source,
+    })
+}
+
+/// A checked `/memory/query`.
+struct Query {
+    text: String,
+    mode: Mode,
+    paging: Paging,
+    threshold: Option<f32>,
+    filter: MemoryFilter,
+    explain: bool,
+}
+
+impl Query {
+    fn new(mut body: QueryBody) -> ApiResult<Query> {
+        let search = Search::new(&body.query, &[], None)?;
+        let paging = Paging::new(body.limit, body.offset, DEFAULT_LIMIT, MAX_LIMIT)?;
+        let mode = body.mode.unwrap_or_default();
+        if let Some(t) = body.similarity_threshold {
+            if !(-1.0..=1.0).contains(&t) {
+                return Err(ApiError::field(
+                    "similarityThreshold",
+                    "must be from -1 to 1",
+                ));
+            }
+            if mode != Mode::Semantic {
+                return Err(ApiError::field(
+                    "similarityThreshold",
+                    "applies to mode \"semantic\" only",
+                ));
+            }
+        }
+        Ok(Query {
+            text: search.query,
+            mode,
+            paging,
+            threshold: body.similarity_threshold,
+            filter: filter_from(&mut body)?,
+            explain: body.explain.unwrap_or(false),
+        })
+    }
+}
+
+/// Ranked rows with their score and how they ranked.
+type Ranked = Vec<(RowId, f64, Explain)>;
+
+/// The exact semantic ranking of the owner's filtered memories, `k` deep, and how many pass.
+async fn semantic(
+    state: &AppState,
+    owner: &Owner,
+    q: &Query,
+    allow: Option<HashSet<RowId>>,
+    k: usize,
+    threshold: Option<f32>,
+) -> ApiResult<(Vec<Hit>, usize)> {
+    let vector = embed_one(state, q.text.clone()).await?;
+    let (index, key) = (state.memory.index.clone(), owner.key());
+    run_blocking(move || Ok(index.scan(&key, &vector, k, allow.as_ref(), threshold))).await
+}
+
+/// The BM25 ranking of the owner's filtered memories, `k` deep, and how many match.
+async fn keyword(
+    state: &AppState,
+    owner: &Owner,
+    q: &Query,
+    k: usize,
+) -> ApiResult<(Vec<(RowId, f64)>, usize)> {
+    let Some(fts) = store::fts_query(&q.text) else {
+        return Ok((Vec::new(), 0));
+    };
+    let (o, f) = (owner.clone(), q.filter.clone());
+    state
+        .db
+        .read(move |c| store::keyword_search(c, &o, &fts, &f, k))
+        .await
+}
+
+/// Ranks by the query's mode, `depth` deep; returns the ranking and the total that matched.
+async fn rank(
+    state: &AppState,
+    owner: &Owner,
+    q: &Query,
+    allow: Option<HashSet<RowId>>,
+    depth: usize,
+) -> ApiResult<(Ranked, usize)> {
+    match q.mode {
+        Mode::Semantic => {
+            let (hits, total) = semantic(state, owner, q, allow, depth, q.threshold).await?;
+            let ranked = hits.iter().enumerate().map(|(i, h)| {
+                let e = Explain {
+                    semantic_rank: Some(i + 1),
+                    semantic_score: Some(h.score),
+                    ..Default::default()
+                };
+                (h.row, f64::from(h.score), e)
+            });
+            Ok((ranked.collect(), total))
+        }
+        Mode::Keyword => {
+            let (hits, total) = keyword(state, owner, q, depth).await?;
+            let ranked = hits.iter().enumerate().map(|(i, (row, score))| {
+                let e = Explain {
+                    keyword_rank: Some(i + 1),
+                    keyword_score: Some(*score),
+                    ..Default::default()
+                };
+                (*row, *score, e)
+            });
+            Ok((ranked.collect(), total))
+        }
+        Mode::Hybrid => {
+            let d = depth.max(HYBRID_DEPTH);
+            let ((sem, total), (kw, _)) = tokio::try_join!(
+                semantic(state, owner, q, allow, d, None),
+                keyword(state, owner, q, d)
+            )?;
+            let fused = fuse(&sem, &kw).into_iter();
+            Ok((fused.map(|f| (f.row, f.score, f.explain)).collect(), total))
+        }
+    }
+}
+
+/// `POST /memory/query`: semantic, keyword or hybrid retrieval under tag, time, space,
+/// sensitivity and source filters, with a similarity floor and offset paging.
+pub async fn query(state: &AppState, owner: &Owner, body: QueryBody) -> ApiResult<Value> {
+    let q = Query::new(body)?;
+    let allow = allowed_rows(state, owner, q.filter.clone()).await?;
+    let (offset, limit) = (q.paging.offset as usize, q.paging.limit as usize);
+    let (ranked, total) = rank(state, owner, &q, allow, offset + limit).await?;
+    let page: Ranked = ranked.into_iter().skip(offset).take(limit).collect();
+    let mut found = load_memories(state, owner, page.iter().map(|(r, _, _)| *r).collect()).await?;
+    let results: Vec<QueryResult> = page
+        .into_iter()
+        .filter_map(|(row, score, e)| {
+            let memory = found.remove(&row)?;
+            Some(QueryResult {
+                score,
+                memory,
+                explain: q.explain.then_some(e),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "query": q.text,
+        "mode": q.mode,
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "count": results.len(),
+        "results": results,
+    }))
+}
+
+/// Names a nested field's error after its place in the batch (`queries[3].limit`).
+fn prefix_field(mut e: ApiError, prefix: &str) -> ApiError {
+    if let Some(field) = e
+        .details
+        .as_ref()
+        .and_then(|d| d["field"].as_str())
+        .map(str::to_owned)
+        && !field.starts_with(prefix)
+    {
+        e.message = format!("{prefix}{}", e.message);
+        e.details = Some(json!({ "field": format!("{prefix}{field}") }));
+    }
+    e
+}
+
+fn batch_queries(queries: Vec<Value>) -> ApiResult<Vec<Search>> {
+    let n = queries.len();
+    if n == 0 || n > MAX_BATCH_QUERIES {
+        return Err(ApiError::field(
+            "queries",
+            format!("a batch holds 1 to {MAX_BATCH_QUERIES} queries; got {n}"),
+        ));
+    }
+    let mut searches = Vec::with_capacity(n);
+    for (i, q) in queries.into_iter().enumerate() {
+        let prefix = format!("queries[{i}].");
+        let s = match q {
+            Value::String(text) => Search::new(&text, &[], None),
+            Value::Object(_) => {
+                let b: SearchBody = parse_value(q, &prefix)?;
+                Search::new(&b.query, &b.spaces.unwrap_or_default(), b.limit)
+            }
+            _ => {
+                return Err(ApiError::field(
+                    &format!("queries[{i}]"),
+                    "must be a string or an object {query, spaces?, limit?}",
+                ));
+            }
+        }
+        .map_err(|e| prefix_field(e, &prefix))?;
+        searches.push(s);
+    }
+    Ok(searches)
+}
+
+/// Runs every search of a batch on the blocking pool, spread over the cores.
+async fn search_all(
+    state: &AppState,
+    owner: &Owner,
+    vectors: Vec<Vec<f32>>,
+    allows: Vec<Option<HashSet<RowId>>>,
+    depths: Vec<usize>,
+) -> ApiResult<Vec<Vec<Hit>>> {
+    let (index, key) = (state.memory.index.clone(), owner.key());
+    let n = vectors.len();
+    run_blocking(move || {
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let chunk = n.div_ceil(threads).max(1);
+        let jobs: Vec<(usize, Vec<f32>)> = vectors.into_iter().enumerate().collect();
+        let mut out: Vec<Vec<Hit>> = vec![Vec::new(); n];
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .chunks(chunk)
+                .map(|part| {
+                    let (index, key, allows, depths) = (&index, &key, &allows, &depths);
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(i, v)| {
+                                (*i, index.search(key, v, depths[*i], allows[*i].as_ref()))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                for (i, hits) in h.join().unwrap_or_default() {
+                    out[i] = hits;
+                }
+            }
+        });
+        Ok(out)
+    })
+    .await
+}
+
+/// `POST /memory/batch/search`: up to 50 searches, embedded in one model call and run in
+/// parallel; with `deduplicate`, each memory appears once, under the query it matched best.
+pub async fn batch_search(
+    state: &AppState,
+    owner: &Owner,
+    body: BatchSearchBody,
+) -> ApiResult<Value> {
+    let searches = batch_queries(body.queries)?;
+    let deduplicate = body.deduplicate.unwrap_or(false);
+    let texts: Vec<String> = searches.iter().map(|s| s.query.clone()).collect();
+    let vectors = state
+        .memory
+        .embedder
+        .embed(texts)
+        .await
+        .map_err(embedding_failed)?
+        .into_iter()
+        .map(|e| e.vector)
+        .collect();
+    let mut allows = Vec::with_capacity(searches.len());
+    for s in &searches {
+        let filter = MemoryFilter::spaces_only(s.spaces.clone());
+        allows.push(allowed_rows(state, owner, filter).await?);
+    }
+    let limits: Vec<usize> = searches.iter().map(|s| s.limit).collect();
+    let sum: usize = limits.iter().sum();
+    let depths = limits
+        .iter()
+        .map(|l| if deduplicate { sum } else { *l })
+        .collect();
+    let mut per_query = search_all(state, owner, vectors, allows, depths).await?;
+    if deduplicate {
+        per_query = ranking::dedupe(per_query, &limits);
+    }
+    let rows: Vec<RowId> = per_query.iter().flatten().map(|h| h.row).collect();
+    let found = load_memories(state, owner, rows).await?;
+    let results: Vec<Value> = searches
+        .iter()
+        .zip(per_query)
+        .map(|(s, hits)| {
+            let results: Vec<SearchResult> = hits
+                .into_iter()
+                .filter_map(|h| {
+                    let memory = found.get(&h.row)?.clone();
+                    Some(SearchResult {
+                        score: h.score,
+                        memory,
+                    })
+                })
+                .collect();
+            json!({ "query": s.query, "count": results.len(), "results": results })
+        })
+        .collect();
+    Ok(json!({ "deduplicated": deduplicate, "results": results }))
+}
+
+/// A checked context-window request.
+struct Window {
+    search: Search,
+    budget: usize,
+    tokenizer: LlmTokenizer,
+    min_score: f32,
+}
+
+impl Window {
+    fn new(body: ContextWindowBody) -> ApiResult<Window> {
+        let search = Search::new(&body.query, &body.spaces.unwrap_or_default(), None)?;
+        if body.token_budget <= 0 || body.token_budget > MAX_TOKEN_BUDGET {
+            return Err(ApiError::field(
+                "tokenBudget",
+                format!("must be from 1 to {MAX_TOKEN_BUDGET}"),
+            ));
+        }
+        let tokenizer = match body.tokenizer.as_deref() {
+            None => LlmTokenizer::Cl100k,
+            Some(name) => LlmTokenizer::parse(name).ok_or_else(|| {
+                ApiError::field(
+                    "tokenizer",
+                    format!("must be one of {}", LlmTokenizer::NAMES),
+                )
+            })?,
+        };
+        let min_score = body.min_score.unwrap_or(0.0);
+        if !(-1.0..=1.0).contains(&min_score) {
+            return Err(ApiError::field("minScore", "must be from -1 to 1"));
+        }
+        Ok(Window {
+            search,
+            budget: body.token_budget as usize,
+            tokenizer,
+            min_score,
+        })
+    }
+}
+
+/// `POST /memory/context-window`: the most relevant memories whose rendered text fits the
+/// token budget, most relevant first, never over budget.
+pub async fn context_window(
+    state: &AppState,
+    owner: &Owner,
+    body: ContextWindowBody,
+) -> ApiResult<Value> {
+    let Window {
+        search,
+        budget,
+        tokenizer,
+        min_score,
+    } = Window::new(body)?;
+    let vector = embed_one(state, search.query.clone()).await?;
+    let allow = allowed_rows(state, owner, MemoryFilter::spaces_only(search.spaces)).await?;
+    let hits: Vec<Hit> = nearest(state, owner, vector, CONTEXT_CANDIDATES, allow)
+        .await?
+        .into_iter()
+        .filter(|h| h.score >= min_score)
+        .collect();
+    let mut found = load_memories(state, owner, hits.iter().map(|h| h.row).collect()).await?;
+    let candidates: Vec<(f32, Memory)> = hits
+        .into_iter()
+        .filter_map(|h| found.remove(&h.row).map(|m| (h.score, m)))
+        .collect();
+    let (fitted, candidates) = run_blocking(move || {
+        let texts: Vec<&str> = candidates.iter().map(|(_, m)| m.content.trim()).collect();
+        let fitted = ranking::fit_budget(&texts, budget, |t| tokenizer.count(t));
+        Ok((fitted, candidates))
+    })
+    .await?;
+    let chosen: Vec<SearchResult> = fitted
+        .chosen
+        .iter()
+        .map(|&i| SearchResult {
+            score: candidates[i].0,
+            memory: candidates[i].1.clone(),
+        })
+        .collect();
+    Ok(json!({
+        "query": search.query,
+        "tokenizer": tokenizer.name(),
+        "tokenBudget": budget,
+        "tokensUsed": fitted.tokens,
+        "order": "relevance",
+        "separator": ranking::SEPARATOR,
+        "context": fitted.context,
+        "memories": chosen,
+        "candidates": candidates.len(),
+        "omitted": candidates.len() - chosen.len(),
+    }))
+}

@@ -1,0 +1,440 @@
+//! Moving memories in bulk: the streamed export (Server-Sent Events, resumable) and the streamed
+//! import of such an export or of JSON lines, exact to the ids, timestamps and embeddings.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::sse::Event;
+use base64::Engine;
+use futures_util::{Stream, StreamExt};
+use serde_json::{Value, json};
+
+use crate::auth::Grant;
+use crate::auth::perm::MemoryWrite;
+use crate::clock::Timestamp;
+use crate::embed::Embedding;
+use crate::embed::tokens::llm_tokens;
+use crate::error::{ApiError, ApiResult, Code};
+use crate::http::extract::parse_value;
+use crate::ids::MemoryId;
+use crate::index::RowId;
+use crate::state::AppState;
+
+use super::model::{ExportRecord, NewMemory, Space, WriteRequest};
+use super::store::{self, Owner, Prepared};
+use super::write::embedding_failed;
+
+/// Memories per export page (one short read each).
+const EXPORT_PAGE: usize = 1000;
+/// Records per import transaction.
+const IMPORT_CHUNK: usize = 256;
+/// Largest import body.
+const MAX_IMPORT_BYTES: usize = 1 << 30;
+/// Per-record errors reported in an import response at most.
+const MAX_IMPORT_ERRORS: usize = 100;
+
+/// Where an export resumes: after the `Last-Event-ID` header's cursor, or `?after=`.
+pub fn resume_point(headers: &HeaderMap, param: Option<&str>) -> ApiResult<RowId> {
+    let raw = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(param);
+    match raw {
+        None => Ok(0),
+        Some(s) => s
+            .trim()
+            .parse::<RowId>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                ApiError::field("Last-Event-ID", "must be an event id from this export")
+            }),
+    }
+}
+
+/// Where an export stream is.
+struct Cursor {
+    state: AppState,
+    owner: Owner,
+    spaces: Vec<Space>,
+    after: RowId,
+    sent: usize,
+    finished: bool,
+}
+
+impl Cursor {
+    /// The next page of records, serialised on the blocking pool with the read.
+    async fn next_page(&self) -> ApiResult<Vec<(RowId, String)>> {
+        let (o, s, after) = (self.owner.clone(), self.spaces.clone(), self.after);
+        let model = self.state.memory.model_id().to_owned();
+        self.state
+            .db
+            .read(move |conn| {
+                let records = store::export_page(conn, &o, &s, after, EXPORT_PAGE, &model)?;
+                records
+                    .into_iter()
+                    .map(|(row, r)| {
+                        Ok((row, serde_json::to_string(&r).map_err(ApiError::internal)?))
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// The events of one step of the stream: a page of `memory` events, or the final `done`
+    /// (or `error`, with the same error body as a response; its cause is logged).
+    async fn step(&mut self) -> Vec<Event> {
+        match self.next_page().await {
+            Ok(records) if records.is_empty() => {
+                self.finished = true;
+                let done = json!({ "count": self.sent }).to_string();
+                vec![Event::default().event("done").data(done)]
+            }
+            Ok(records) => {
+                self.sent += records.len();
+                if let Some((last, _)) = records.last() {
+                    self.after = *last;
+                }
+                records
+                    .into_iter()
+                    .map(|(row, json)| {
+                        Event::default()
+                            .id(row.to_string())
+                            .event("memory")
+                            .data(json)
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                self.finished = true;
+                vec![Event::default().event("error").data(e.body().to_string())]
+            }
+        }
+    }
+}
+
+/// Every memory of `owner` in `spaces` after `after`, oldest first, one page at a time (constant
+/// memory, no lock held between pages); each event's `id:` is a cursor to resume after.
+pub fn export(
+    state: AppState,
+    owner: Owner,
+    spaces: Vec<Space>,
+    after: RowId,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let start = Cursor {
+        state,
+        owner,
+        spaces,
+        after,
+        sent: 0,
+        finished: false,
+    };
+    futures_util::stream::unfold(start, |mut c| async move {
+        if c.finished {
+            return None;
+        }
+        let events = c.step().await;
+        Some((futures_util::stream::iter(events.into_iter().map(Ok)), c))
+    })
+    .flatten()
+}
+
+/// Splits an import body into records: JSON lines, or the `data:` of `memory` events of an
+/// exported SSE stream.
+struct RecordReader {
+    sse: bool,
+    buffer: Vec<u8>,
+    line: usize,
+    event: Option<String>,
+    data: String,
+}
+
+impl RecordReader {
+    fn new(sse: bool) -> RecordReader {
+        RecordReader {
+            sse,
+            buffer: Vec::new(),
+            line: 0,
+            event: None,
+            data: String::new(),
+        }
+    }
+
+    /// Feeds bytes; returns the complete records (with their line numbers) they finish.
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<(usize, String)>) {
+        self.buffer.extend_from_slice(bytes);
+        while let Some(nl) = self.buffer.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = self.buffer.drain(..=nl).collect();
+            self.line += 1;
+            let text = String::from_utf8_lossy(&raw);
+            self.take_line(text.trim_end_matches(['\r', '\n']), out);
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<(usize, String)>) {
+        if !self.buffer.is_empty() {
+            let raw = std::mem::take(&mut self.buffer);
+            self.line += 1;
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            self.take_line(text.trim_end_matches('\r'), out);
+        }
+        self.take_line("", out);
+    }
+
+    fn take_line(&mut self, line: &str, out: &mut Vec<(usize, String)>) {
+        if !self.sse {
+            if !line.trim().is_empty() {
+                out.push((self.line, line.to_owned()));
+            }
+            return;
+        }
+        if line.is_empty() {
+            let event = self.event.take();
+            let data = std::mem::take(&mut self.data);
+            if !data.is_empty() && event.as_deref().is_none_or(|e| e == "memory") {
+                out.push((self.line, data));
+            }
+        } else if let Some(v) = line.strip_prefix("event:") {
+            self.event = Some(v.trim().to_owned());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if !self.data.is_empty() {
+                self.data.push('\n');
+            }
+            self.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+}
+
+/// A record checked and ready to restore (its embedding may still be missing).
+struct Incoming {
+    line: usize,
+    id: MemoryId,
+    created_at: Timestamp,
+    memory: NewMemory,
+    vector: Option<Vec<f32>>,
+}
+
+fn check_record(line: usize, raw: &str, model: &str, dim: usize) -> ApiResult<Incoming> {
+    let value: Value = serde_json::from_str(raw)
+        .map_err(|e| ApiError::new(Code::MalformedJson, format!("line {line}: {e}")))?;
+    let r: ExportRecord = parse_value(value, "")?;
+    let id = MemoryId::parse(&r.id)
+        .ok_or_else(|| ApiError::field("id", "is not a memory id (mem_…)"))?;
+    let memory = WriteRequest {
+        content: r.content,
+        space: Some(r.space),
+        summary: r.summary,
+        tags: Some(r.tags),
+        sensitivity: Some(r.sensitivity),
+        source: r.source,
+    }
+    .validate("")?;
+    let vector = match (r.embedding_model.as_deref(), r.embedding) {
+        (Some(m), Some(b64)) if m == model => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| ApiError::field("embedding", "is not base64"))?;
+            let v = store::blob_to_vector(&bytes);
+            if v.len() != dim || v.iter().any(|x| !x.is_finite()) {
+                return Err(ApiError::field(
+                    "embedding",
+                    format!("must hold {dim} finite floats"),
+                ));
+            }
+            Some(v)
+        }
+        _ => None,
+    };
+    Ok(Incoming {
+        line,
+        id,
+        created_at: r.created_at,
+        memory,
+        vector,
+    })
+}
+
+/// What an import did, record by record.
+#[derive(Default)]
+struct ImportTally {
+    imported: usize,
+    skipped: usize,
+    failed: usize,
+    errors: Vec<Value>,
+}
+
+impl ImportTally {
+    /// A record that failed: counted, and reported with the same error body as a response.
+    fn fail(&mut self, line: usize, e: &ApiError) {
+        self.failed += 1;
+        if self.errors.len() < MAX_IMPORT_ERRORS {
+            self.errors
+                .push(json!({ "line": line, "error": e.error_object() }));
+        }
+    }
+
+    fn report(&self) -> Value {
+        json!({
+            "imported": self.imported,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "errors": self.errors,
+        })
+    }
+}
+
+/// Gives every checked record its embedding: the exported one when it came from this model,
+/// else a fresh one from the model.
+async fn embed_missing(
+    state: &AppState,
+    ready: Vec<Incoming>,
+) -> ApiResult<Vec<(Incoming, Prepared)>> {
+    let missing: Vec<String> = ready
+        .iter()
+        .filter(|r| r.vector.is_none())
+        .map(|r| r.memory.content.clone())
+        .collect();
+    let mut embedded = if missing.is_empty() {
+        Vec::new()
+    } else {
+        state
+            .memory
+            .embedder
+            .embed(missing)
+            .await
+            .map_err(embedding_failed)?
+    }
+    .into_iter();
+    let mut prepared = Vec::with_capacity(ready.len());
+    for mut r in ready {
+        let embedding = match r.vector.take() {
+            Some(vector) => Embedding {
+                tokens: 0,
+                truncated: false,
+                vector,
+            },
+            None => embedded.next().ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!("the model returned too few vectors"))
+            })?,
+        };
+        let item = Prepared {
+            token_count: llm_tokens(&r.memory.content),
+            memory: r.memory.clone(),
+            embedding,
+        };
+        prepared.push((r, item));
+    }
+    Ok(prepared)
+}
+
+/// Restores one chunk in one transaction. An id the caller already has is skipped (imports can
+/// be repeated); an id that belongs to someone else is refused.
+async fn import_chunk(
+    state: &AppState,
+    grant: &Grant<MemoryWrite>,
+    records: Vec<(usize, String)>,
+    tally: &mut ImportTally,
+) -> ApiResult<()> {
+    let model = state.memory.model_id().to_owned();
+    let dim = state.memory.embedder.info().dim;
+    let mut ready = Vec::new();
+    for (line, raw) in records {
+        match check_record(line, &raw, &model, dim) {
+            Ok(r) => ready.push(r),
+            Err(e) => tally.fail(line, &e),
+        }
+    }
+    let prepared = embed_missing(state, ready).await?;
+    let owner = Owner::of(grant);
+    let index = state.memory.index.clone();
+    let outcomes = grant
+        .write(&state.db, move |w| {
+            let mut outcomes = Vec::new();
+            let mut entries: Vec<(RowId, i64, &[f32])> = Vec::new();
+            for (incoming, item) in &prepared {
+                let outcome = match store::id_owner(w, &incoming.id)? {
+                    Some((t, u)) if t == owner.tenant && u == owner.user => Ok(false),
+                    Some(_) => Err(ApiError::new(
+                        Code::MemoryIdTaken,
+                        "this memory id is already taken",
+                    )),
+                    None => {
+                        let row =
+                            store::insert_imported(w, &incoming.id, item, incoming.created_at)?;
+                        let vector = item.embedding.vector.as_slice();
+                        entries.push((row, incoming.created_at.millis(), vector));
+                        Ok(true)
+                    }
+                };
+                outcomes.push((incoming.line, outcome));
+            }
+            index.insert(&owner.key(), &entries);
+            Ok(outcomes)
+        })
+        .await?;
+    for (line, outcome) in outcomes {
+        match outcome {
+            Ok(true) => tally.imported += 1,
+            Ok(false) => tally.skipped += 1,
+            Err(e) => tally.fail(line, &e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether an import body is an SSE export (true) or JSON lines, by its content type.
+fn is_event_stream(headers: &HeaderMap) -> ApiResult<bool> {
+    let mime = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match mime.as_str() {
+        "text/event-stream" => Ok(true),
+        "application/x-ndjson" | "application/jsonl" | "application/json-lines" => Ok(false),
+        _ => Err(ApiError::new(
+            Code::UnsupportedMediaType,
+            "send JSON lines (application/x-ndjson) or an export stream (text/event-stream)",
+        )),
+    }
+}
+
+/// Restores exported memories (JSON lines, or the SSE stream itself) with their ids, metadata
+/// and timestamps. The body is read as a stream, a chunk at a time.
+pub async fn import(
+    state: &AppState,
+    grant: &Grant<MemoryWrite>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Value> {
+    let mut reader = RecordReader::new(is_event_stream(headers)?);
+    let mut tally = ImportTally::default();
+    let mut pending: Vec<(usize, String)> = Vec::new();
+    let mut received = 0usize;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::new(Code::MalformedJson, format!("reading body: {e}")))?;
+        received += chunk.len();
+        if received > MAX_IMPORT_BYTES {
+            return Err(ApiError::new(
+                Code::PayloadTooLarge,
+                "imports are limited to 1 GiB; split the file",
+            ));
+        }
+        reader.feed(&chunk, &mut pending);
+        while pending.len() >= IMPORT_CHUNK {
+            let rest = pending.split_off(IMPORT_CHUNK);
+            let chunk = std::mem::replace(&mut pending, rest);
+            import_chunk(state, grant, chunk, &mut tally).await?;
+        }
+    }
+    reader.finish(&mut pending);
+    if !pending.is_empty() {
+        import_chunk(state, grant, pending, &mut tally).await?;
+    }
+    Ok(tally.report())
+}

@@ -1,0 +1,423 @@
+//! The one place runs and their executions change state. Every transition writes the run's new
+//! state, an event on its timeline and an audit row in the caller's transaction; dispatching a
+//! run to a local target enqueues its execution in the same transaction.
+//!
+//! ```text
+//! queued ─▶ awaiting_approval ─▶ (approved) ─┬─▶ blocked ─(policy lifts)─┐
+//!    └──────────────────────────────────────┴─▶ dispatched ◀───────────┘
+//! dispatched ─claim─▶ running ─complete─▶ succeeded
+//!                        ├─cancel─▶ cancel_requested ─ack/lease lapse─▶ canceled
+//!                        └─lease lapse─▶ dispatched (next attempt) │ failed (attempts spent)
+//! awaiting_approval ─reject─▶ rejected;   anything unfinished and unclaimed ─cancel─▶ canceled
+//! ```
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::agents::governance::{self, Change};
+use crate::agents::policy::Policy;
+use crate::agents::store::{self as targets, Target};
+use crate::audit::{self, AuditEvent};
+use crate::auth::perm::{Executions, RunsAdmin, RunsWrite};
+use crate::auth::{Permission, Write};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::ids::{ApprovalId, ExecutionId, RunId, TargetId};
+
+use super::model::{ApprovalState, Execution, ExecutionState, Run, RunState};
+use super::store::{self, Ending, ExpiredLease};
+
+/// Moves a run to `to`, appends the event and the audit row.
+fn transition<P: Permission>(
+    w: &Write<'_, P>,
+    run: &mut Run,
+    to: RunState,
+    event: &str,
+    detail: Value,
+) -> ApiResult<()> {
+    let from = run.state;
+    run.state = to;
+    run.updated_at = w.now();
+    store::save_run(w, run)?;
+    store::append_event(w, &run.id, event, &detail)?;
+    audit::append(
+        w,
+        &AuditEvent::success(
+            "orchestrator.run.transition",
+            "run",
+            run.id.as_str(),
+            json!({ "from": from, "to": to, "event": event }),
+        ),
+    )
+}
+
+/// Opens a pending approval and parks the run until it is decided.
+fn await_approval<P: Permission>(w: &Write<'_, P>, run: &mut Run) -> ApiResult<()> {
+    let approval = store::insert_approval(w, &run.id)?;
+    run.block_reason = None;
+    transition(
+        w,
+        run,
+        RunState::AwaitingApproval,
+        "awaiting_approval",
+        json!({ "approvalId": approval }),
+    )
+}
+
+/// Sends an approved (or approval-free) run on: blocked while the target's policy blocks,
+/// else into the target's queue.
+fn dispatch_or_block<P: Permission>(
+    w: &Write<'_, P>,
+    run: &mut Run,
+    policy: Policy,
+    reasons: &[String],
+) -> ApiResult<()> {
+    if policy == Policy::Blocked {
+        run.block_reason = Some(reasons.join(","));
+        return transition(
+            w,
+            run,
+            RunState::Blocked,
+            "blocked",
+            json!({ "reasons": reasons }),
+        );
+    }
+    run.block_reason = None;
+    let execution = store::enqueue(w, run)?;
+    transition(
+        w,
+        run,
+        RunState::Dispatched,
+        "dispatched",
+        json!({ "executionId": execution }),
+    )
+}
+
+/// Creates a run on `target`, or returns the run an earlier request with the same idempotency
+/// key created (`false`). A reused key with another target or input is refused.
+pub fn create(
+    w: &Write<'_, RunsWrite>,
+    target: &Target,
+    input: &Value,
+    asked_approval: bool,
+    idempotency_key: Option<&str>,
+) -> ApiResult<(Run, bool)> {
+    if let Some(key) = idempotency_key
+        && let Some(id) = store::run_by_key(w, w.tenant(), key)?
+    {
+        let run = store::load_run(w, w.tenant(), &id)?;
+        if run.target_id != target.id || &run.input != input {
+            return Err(ApiError::new(
+                Code::IdempotencyKeyReused,
+                "this idempotency key was used for a run with another target or input",
+            ));
+        }
+        return Ok((run, false));
+    }
+    let requires = asked_approval || target.runtime.policy == Policy::RequireApproval;
+    let id = store::insert_run(w, &target.id, target.kind, input, idempotency_key, requires)?;
+    store::append_event(w, &id, "created", &json!({ "requiresApproval": requires }))?;
+    let mut run = store::load_run(w, w.tenant(), &id)?;
+    if requires {
+        await_approval(w, &mut run)?;
+    } else {
+        dispatch_or_block(w, &mut run, target.runtime.policy, &target.runtime.reasons)?;
+    }
+    Ok((run, true))
+}
+
+/// Applies a governance change to a target; if it lifts the target's block, the runs it held
+/// back move on in the same transaction.
+pub fn govern<P: Permission>(
+    w: &Write<'_, P>,
+    id: &TargetId,
+    expected: Option<crate::clock::Timestamp>,
+    change: Change,
+) -> ApiResult<Target> {
+    governance::apply(w, id, expected, change, |w, rt| {
+        release_blocked(w, id, rt.policy, &rt.reasons)
+    })
+}
+
+/// A target's policy stopped blocking: its blocked runs move on (into approval if the new policy
+/// demands one they lack, else into the queue). Returns how many moved.
+fn release_blocked<P: Permission>(
+    w: &Write<'_, P>,
+    target: &TargetId,
+    policy: Policy,
+    reasons: &[String],
+) -> ApiResult<usize> {
+    let ids = store::blocked_on(w, w.tenant(), target)?;
+    for id in &ids {
+        let mut run = store::load_run(w, w.tenant(), id)?;
+        if policy == Policy::RequireApproval && !store::has_approval(w, id)? {
+            await_approval(w, &mut run)?;
+        } else {
+            dispatch_or_block(w, &mut run, policy, reasons)?;
+        }
+    }
+    Ok(ids.len())
+}
+
+/// Approves or rejects a pending approval. The requester may not decide on their own run.
+pub fn decide(
+    w: &Write<'_, RunsAdmin>,
+    run_id: &RunId,
+    approval_id: &ApprovalId,
+    approve: bool,
+    note: Option<&str>,
+) -> ApiResult<Run> {
+    let mut run = store::load_run(w, w.tenant(), run_id)?;
+    let Some(state) = store::approval_state(w, run_id, approval_id)? else {
+        return Err(ApiError::not_found("approval"));
+    };
+    if w.user() == Some(&run.requested_by) {
+        return Err(ApiError::new(
+            Code::SelfReviewBlocked,
+            "the requester of a run may not decide its approval",
+        ));
+    }
+    if state != ApprovalState::Pending || run.state != RunState::AwaitingApproval {
+        return Err(ApiError::new(
+            Code::ApprovalDecided,
+            "this approval was already decided",
+        ));
+    }
+    let decision = if approve {
+        ApprovalState::Approved
+    } else {
+        ApprovalState::Rejected
+    };
+    store::decide_approval(w, approval_id, decision, note)?;
+    if approve {
+        let detail = json!({ "approvalId": approval_id, "by": w.user() });
+        store::append_event(w, run_id, "approved", &detail)?;
+        let target = targets::load(w, w.tenant(), &run.target_id)?;
+        dispatch_or_block(w, &mut run, target.runtime.policy, &target.runtime.reasons)?;
+    } else {
+        let detail = json!({ "approvalId": approval_id, "note": note });
+        transition(w, &mut run, RunState::Rejected, "rejected", detail)?;
+    }
+    Ok(run)
+}
+
+/// Asks for cancellation: immediate when no worker holds the run, else the worker is told
+/// through its heartbeat and the run waits for its acknowledgement. The requester may cancel
+/// their own run; `any` (OWNER, ADMIN) lets the caller cancel anyone's.
+pub fn cancel(w: &Write<'_, RunsWrite>, run_id: &RunId, any: bool) -> ApiResult<Run> {
+    let mut run = store::load_run(w, w.tenant(), run_id)?;
+    if !any && w.user() != Some(&run.requested_by) {
+        return Err(ApiError::new(
+            Code::InsufficientRole,
+            "only the requester or an OWNER or ADMIN may cancel this run",
+        ));
+    }
+    match run.state {
+        s if s.is_terminal() => Err(ApiError::new(
+            Code::InvalidRunState,
+            "the run has already finished",
+        )),
+        RunState::CancelRequested => Ok(run),
+        RunState::Running => {
+            store::request_cancel(w, run_id)?;
+            transition(
+                w,
+                &mut run,
+                RunState::CancelRequested,
+                "cancel_requested",
+                json!({}),
+            )?;
+            Ok(run)
+        }
+        _ => {
+            store::cancel_pending(w, run_id)?;
+            store::reject_pending_approvals(w, run_id, "run canceled")?;
+            let detail = json!({ "before": "dispatch" });
+            transition(w, &mut run, RunState::Canceled, "canceled", detail)?;
+            Ok(run)
+        }
+    }
+}
+
+/// An agent's worker and the execution it acts on with its claim token.
+pub struct Hold<'a> {
+    pub id: &'a ExecutionId,
+    pub token: &'a str,
+}
+
+fn load(w: &Write<'_, Executions>, id: &ExecutionId) -> ApiResult<Execution> {
+    store::load_execution(w, w.tenant(), w.target(), id)
+}
+
+/// Claims with the worker's token: one guarded statement, so exactly one claimant wins. The
+/// same token claiming again gets its claim back; any other token gets 409.
+pub fn claim(
+    w: &Write<'_, Executions>,
+    h: Hold<'_>,
+    worker: Option<&str>,
+    lease_ms: i64,
+) -> ApiResult<Execution> {
+    let lease = w.now().plus_ms(lease_ms);
+    let won = store::claim_pending(w, h.id, h.token, worker, lease)?;
+    let e = load(w, h.id)?;
+    if !won {
+        return match (e.state, e.claim_token.as_deref()) {
+            (ExecutionState::Claimed, Some(t)) if t == h.token => Ok(e),
+            (ExecutionState::Claimed, _) => Err(ApiError::new(
+                Code::DuplicateClaim,
+                "another claim token holds this execution",
+            )),
+            (state, _) => Err(ApiError::new(
+                Code::ExecutionNotClaimable,
+                format!("the execution is {}", state.as_str()),
+            )),
+        };
+    }
+    let mut run = store::load_run(w, w.tenant(), &e.run_id)?;
+    let detail = json!({ "executionId": h.id, "workerId": worker, "attempt": e.attempt,
+                         "leaseExpiresAt": lease });
+    transition(w, &mut run, RunState::Running, "claimed", detail)?;
+    Ok(e)
+}
+
+/// The execution as the token holds it; 409 `lease_lost` when it no longer does.
+fn held(w: &Write<'_, Executions>, h: &Hold<'_>) -> ApiResult<Execution> {
+    let e = load(w, h.id)?;
+    if e.state != ExecutionState::Claimed || e.claim_token.as_deref() != Some(h.token) {
+        return Err(ApiError::new(
+            Code::LeaseLost,
+            "this claim token no longer holds the execution (its lease expired and it was recovered, or it finished); stop working on it",
+        )
+        .with_details(json!({ "state": e.state })));
+    }
+    Ok(e)
+}
+
+/// Extends the lease while the token holds it; records progress on the run's timeline.
+pub fn heartbeat(
+    w: &Write<'_, Executions>,
+    h: Hold<'_>,
+    progress: Option<&str>,
+    lease_ms: i64,
+) -> ApiResult<Execution> {
+    if !store::extend_lease(w, h.id, h.token, w.now().plus_ms(lease_ms))? {
+        held(w, &h)?;
+    }
+    let e = load(w, h.id)?;
+    if let Some(message) = progress {
+        let detail = json!({ "message": message, "executionId": h.id });
+        store::append_event(w, &e.run_id, "progress", &detail)?;
+    }
+    Ok(e)
+}
+
+fn payload_hash(result: Option<&Value>) -> String {
+    let bytes = result.map(Value::to_string).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes.as_bytes()))
+}
+
+/// Completes the execution the token holds. A replay with the same idempotency key returns the
+/// original outcome; the same key with another result is 409. Completion wins over a pending
+/// cancellation.
+pub fn complete(
+    w: &Write<'_, Executions>,
+    h: Hold<'_>,
+    result: Option<Value>,
+    key: Option<&str>,
+) -> ApiResult<Execution> {
+    let hash = payload_hash(result.as_ref());
+    let current = load(w, h.id)?;
+    if current.state == ExecutionState::Completed
+        && let (Some(k), Some(stored)) = (key, current.completion_key.as_deref())
+        && k == stored
+    {
+        if current.completion_hash.as_deref() == Some(hash.as_str()) {
+            return Ok(current);
+        }
+        return Err(ApiError::new(
+            Code::IdempotencyKeyReused,
+            "this idempotency key completed the execution with another result",
+        ));
+    }
+    let ending = Ending::Completed {
+        result: result.as_ref(),
+        key,
+        hash: &hash,
+    };
+    if !store::finish_held(w, h.id, h.token, ending)? {
+        held(w, &h)?;
+    }
+    let e = load(w, h.id)?;
+    let mut run = store::load_run(w, w.tenant(), &e.run_id)?;
+    run.result = result;
+    let detail = json!({ "executionId": h.id, "cancelWasRequested": e.cancel_requested });
+    transition(w, &mut run, RunState::Succeeded, "completed", detail)?;
+    Ok(e)
+}
+
+/// Confirms a requested cancellation: the execution and its run are canceled.
+pub fn ack_cancel(
+    w: &Write<'_, Executions>,
+    h: Hold<'_>,
+    note: Option<&str>,
+) -> ApiResult<Execution> {
+    let e = held(w, &h)?;
+    if !e.cancel_requested {
+        return Err(ApiError::new(
+            Code::CancelNotRequested,
+            "no cancellation was requested for this execution",
+        ));
+    }
+    store::finish_held(w, h.id, h.token, Ending::Canceled)?;
+    let mut run = store::load_run(w, w.tenant(), &e.run_id)?;
+    let detail = json!({ "executionId": h.id, "note": note });
+    transition(w, &mut run, RunState::Canceled, "canceled", detail)?;
+    load(w, h.id)
+}
+
+/// Ends one expired claim of the capability's tenant (the sweeper acts as the system): back to
+/// the queue with the next attempt, or the run fails once it has had `max_attempts`; a run whose
+/// cancellation was requested is canceled instead, since the worker that vanished cannot
+/// acknowledge it. True if the claim was recovered (a completion or heartbeat may have won).
+pub fn recover_lease<P: Permission>(
+    w: &Write<'_, P>,
+    lease: &ExpiredLease,
+    max_attempts: i64,
+) -> ApiResult<bool> {
+    let mut run = store::load_run(w, w.tenant(), &lease.run_id)?;
+    let exhausted = lease.attempt >= max_attempts;
+    let (into, to, event) = if run.state == RunState::CancelRequested {
+        (
+            ExecutionState::Canceled,
+            RunState::Canceled,
+            "lease_expired_canceled",
+        )
+    } else if exhausted {
+        (
+            ExecutionState::Failed,
+            RunState::Failed,
+            "lease_expired_final",
+        )
+    } else {
+        (
+            ExecutionState::Pending,
+            RunState::Dispatched,
+            "lease_expired_requeued",
+        )
+    };
+    if !store::recover_lease(w, lease, into)? {
+        return Ok(false);
+    }
+    let detail = json!({ "executionId": lease.id, "attempt": lease.attempt,
+                         "maxAttempts": max_attempts });
+    transition(w, &mut run, to, event, detail)?;
+    audit::append(
+        w,
+        &AuditEvent::success(
+            "executions.lease.recover",
+            "execution",
+            lease.id.as_str(),
+            json!({ "attempt": lease.attempt, "exhausted": exhausted }),
+        ),
+    )?;
+    Ok(true)
+}
