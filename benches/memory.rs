@@ -10,30 +10,27 @@
 //! (about five minutes) and cached under target/bench-cache/.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use memesh::bootstrap::{self, TenantSpec};
 use memesh::clock::{Clock, SystemClock};
 use memesh::db::Db;
 use memesh::embed::{EmbedBackend, Embedding, MODEL_DIM, ModelFiles, OnnxBackend, RuntimeLibrary};
 use memesh::ids::{TenantId, UserId};
 use memesh::index::{IndexConfig, OwnerKey, VectorIndex};
-use memesh::memory::engine::{EngineConfig, MemoryEngine};
 use memesh::memory::store::{self, Owner};
-use memesh::state::{AppState, Settings};
 use serde_json::{Value, json};
+
+mod common;
+
+use common::{InProcess, percentile, root};
 
 const CORPUS: usize = 100_000;
 const SMALL_OWNER: usize = CORPUS / 100;
 const QUERIES: usize = 300;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// A deterministic xorshift picker: each call returns an index below its argument.
 fn picker(seed: u64) -> impl FnMut(usize) -> usize {
@@ -222,68 +219,6 @@ fn cached_embeddings(name: &str, texts: &[String], backend: &mut OnnxBackend) ->
         .collect();
     std::fs::write(&path, bytes).unwrap();
     out
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// A memesh server in this process on `dir` (initialized with one tenant): its base URL, the
-/// owner's tenant, and what stops it.
-struct InProcess {
-    base: String,
-    tenant: memesh::bootstrap::NewTenant,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl InProcess {
-    async fn start(dir: &Path, owner_email: &str) -> InProcess {
-        let db = Db::open(&dir.join("memesh.db")).unwrap();
-        let spec = TenantSpec {
-            name: "bench",
-            owner_email,
-            owner_key: None,
-        };
-        let tenant = bootstrap::initialize(&db, &spec, SystemClock.now())
-            .unwrap()
-            .unwrap();
-        let (embedder, _worker) = memesh::embed::load_bundled(
-            Some(&root().join("models/all-minilm-l6-v2-int8")),
-            Some(&root().join("runtime/libonnxruntime.so.1.31.1")),
-            2,
-        )
-        .unwrap();
-        let engine = MemoryEngine::open(
-            &db,
-            memesh::embed::MODEL_ID,
-            || Ok(embedder),
-            EngineConfig {
-                index: IndexConfig::new(MODEL_DIM),
-                snapshot_dir: dir.join("index"),
-                snapshot_interval: Duration::from_secs(3600),
-            },
-        )
-        .unwrap();
-        let state = AppState::new(db, Arc::new(SystemClock), Settings::default(), engine);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(memesh::serve(listener, state, async {
-            let _ = stopped.await;
-        }));
-        InProcess {
-            base,
-            tenant,
-            stop,
-            server,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.server.await.unwrap().unwrap();
-    }
 }
 
 /// Raw model throughput vs. HTTP batch writes of the same texts.

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use memesh::bootstrap::{self, TenantSpec};
-use memesh::clock::{Clock, SystemClock};
-use memesh::db::{Db, Durability};
+use memesh::db::Durability;
 use memesh::ids::TargetId;
-use memesh::index::IndexConfig;
-use memesh::memory::engine::{EngineConfig, MemoryEngine};
-use memesh::state::{AppState, Settings};
+use memesh::state::Settings;
 use serde_json::{Value, json};
+
+mod common;
+
+use common::InProcess;
 
 const WORKERS: usize = 8;
 
@@ -33,49 +33,17 @@ fn main() {
 }
 
 async fn bench(total: usize) {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let durability = match std::env::var("MEMESH_BENCH_DURABILITY").as_deref() {
         Ok("normal") => Durability::Normal,
         _ => Durability::Full,
     };
-    let db = Db::open_with(&dir.path().join("memesh.db"), durability).unwrap();
-    let spec = TenantSpec {
-        name: "bench",
-        owner_email: "bench@localhost",
-        owner_key: None,
-    };
-    let owner = bootstrap::initialize(&db, &spec, SystemClock.now())
-        .unwrap()
-        .unwrap();
-    let (embedder, _worker) = memesh::embed::load_bundled(
-        Some(&root.join("models/all-minilm-l6-v2-int8")),
-        Some(&root.join("runtime/libonnxruntime.so.1.31.1")),
-        2,
-    )
-    .unwrap();
-    let engine = MemoryEngine::open(
-        &db,
-        memesh::embed::MODEL_ID,
-        || Ok(embedder),
-        EngineConfig {
-            index: IndexConfig::new(memesh::embed::MODEL_DIM),
-            snapshot_dir: dir.path().join("index"),
-            snapshot_interval: Duration::from_secs(3600),
-        },
-    )
-    .unwrap();
     let settings = Settings {
         execution_lease: Duration::from_secs(600),
         ..Settings::default()
     };
-    let state = AppState::new(db.clone(), Arc::new(SystemClock), settings, engine);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(memesh::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let server = InProcess::start_with(dir.path(), "bench@localhost", settings, durability).await;
+    let (base, db, owner) = (server.base.clone(), server.db.clone(), &server.tenant);
     let client = reqwest::Client::new();
     let key = owner.key.clone();
     let target: Value = client
@@ -232,6 +200,5 @@ async fn bench(total: usize) {
     println!("| executions completed in the database | {completed} |");
     assert_eq!(all.len(), distinct.len(), "an execution was claimed twice");
     assert_eq!(completed as usize, total);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -1,7 +1,7 @@
 //! Creating tenants and their first OWNER: on the first start of an empty data directory, by
 //! `memesh init`, and by the operator command `memesh tenant create`.
 
-use rusqlite::Transaction;
+use crate::db::Tx;
 use serde_json::json;
 
 use crate::audit::{self, AuditEvent};
@@ -42,11 +42,7 @@ fn validate_name(raw: &str) -> ApiResult<String> {
     Ok(name.to_owned())
 }
 
-fn insert_tenant(
-    tx: &Transaction<'_>,
-    spec: &TenantSpec<'_>,
-    now: Timestamp,
-) -> ApiResult<NewTenant> {
+fn insert_tenant(tx: &Tx<'_>, spec: &TenantSpec<'_>, now: Timestamp) -> ApiResult<NewTenant> {
     let name = validate_name(spec.name)?;
     let email = Email::parse(spec.owner_email)?;
     let tenant_id = TenantId::generate();

@@ -152,6 +152,14 @@ pub struct ServeArgs {
     #[arg(long, env = "MEMESH_MAX_ATTEMPTS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
+    /// Largest result an agent may complete an execution with, in bytes of JSON (413 beyond).
+    #[arg(long, env = "MEMESH_MAX_RESULT_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=256 * 1024 * 1024))]
+    pub max_result_bytes: u64,
+    /// Let Agent Card URLs, agent endpoints and probes reach loopback, private and link-local
+    /// addresses (for labs and tests; refused by default).
+    #[arg(long, env = "MEMESH_ALLOW_PRIVATE_AGENT_URLS")]
+    pub allow_private_agent_urls: bool,
     #[command(flatten)]
     pub owner: OwnerArgs,
     #[command(flatten)]
@@ -170,6 +178,8 @@ impl ServeArgs {
             probe_failure_threshold: self.probe_failure_threshold,
             execution_lease: Duration::from_secs(self.execution_lease_secs),
             max_attempts: self.max_attempts,
+            max_result_bytes: usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX),
+            allow_private_agent_urls: self.allow_private_agent_urls,
             sweep_interval: Duration::from_secs(1),
         }
     }
@@ -177,6 +187,14 @@ impl ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
+    /// Largest result an agent may complete an execution with, in bytes of JSON (413 beyond).
+    #[arg(long, env = "MEMESH_MAX_RESULT_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=256 * 1024 * 1024))]
+    pub max_result_bytes: u64,
+    /// Let Agent Card URLs, agent endpoints and probes reach loopback, private and link-local
+    /// addresses (for labs and tests; refused by default).
+    #[arg(long, env = "MEMESH_ALLOW_PRIVATE_AGENT_URLS")]
+    pub allow_private_agent_urls: bool,
     #[command(flatten)]
     pub owner: OwnerArgs,
 }
@@ -196,6 +214,8 @@ pub enum TenantCommand {
 pub enum AuditCommand {
     /// Check every tenant's hash chain and report the first broken link.
     Verify,
+    /// Print the newest sequence and hash of every tenant's chain, to keep outside memesh.
+    Head,
 }
 
 impl GlobalArgs {

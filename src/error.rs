@@ -26,6 +26,7 @@ pub enum Code {
     InvitationPending,
     InvitationUsed,
     InvitationExpired,
+    InvitationRevoked,
     LastOwner,
     KeyExists,
     InvalidAgentCard,
@@ -42,6 +43,7 @@ pub enum Code {
     NoOpenIncident,
     NothingToReview,
     TargetHasActiveRuns,
+    TargetBlocked,
     MemoryIdTaken,
     IdempotencyKeyReused,
     InvalidRunState,
@@ -52,6 +54,7 @@ pub enum Code {
     ExecutionNotClaimable,
     CancelNotRequested,
     RateLimited,
+    Overloaded,
     Internal,
     Unavailable,
 }
@@ -85,6 +88,7 @@ impl Code {
             | Code::NoOpenIncident
             | Code::NothingToReview
             | Code::TargetHasActiveRuns
+            | Code::TargetBlocked
             | Code::MemoryIdTaken => StatusCode::CONFLICT,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,10 +102,10 @@ impl Code {
             | Code::InvitationUsed
             | Code::LastOwner
             | Code::KeyExists => StatusCode::CONFLICT,
-            Code::InvitationExpired => StatusCode::GONE,
+            Code::InvitationExpired | Code::InvitationRevoked => StatusCode::GONE,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable | Code::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -124,6 +128,7 @@ impl Code {
             Code::InvitationPending => "invitation_pending",
             Code::InvitationUsed => "invitation_used",
             Code::InvitationExpired => "invitation_expired",
+            Code::InvitationRevoked => "invitation_revoked",
             Code::LastOwner => "last_owner",
             Code::KeyExists => "key_exists",
             Code::InvalidAgentCard => "invalid_agent_card",
@@ -140,6 +145,7 @@ impl Code {
             Code::NoOpenIncident => "no_open_incident",
             Code::NothingToReview => "nothing_to_review",
             Code::TargetHasActiveRuns => "target_has_active_runs",
+            Code::TargetBlocked => "target_blocked",
             Code::MemoryIdTaken => "memory_id_taken",
             Code::IdempotencyKeyReused => "idempotency_key_reused",
             Code::InvalidRunState => "invalid_run_state",
@@ -152,6 +158,7 @@ impl Code {
             Code::RateLimited => "rate_limited",
             Code::Internal => "internal_error",
             Code::Unavailable => "unavailable",
+            Code::Overloaded => "overloaded",
         }
     }
 
@@ -283,7 +290,7 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"memesh\""),
             );
         }
-        if self.code == Code::RateLimited {
+        if matches!(self.code, Code::RateLimited | Code::Overloaded) {
             let retry = self
                 .details
                 .as_ref()

@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod keys;
 pub mod memory;
 pub mod orchestrator;
+pub mod outbound;
 pub mod state;
 pub mod team;
 

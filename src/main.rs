@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             create_tenant(&cli.global, &name, &owner_email)
         }
         Some(Command::Audit(AuditCommand::Verify)) => verify_audit(&cli.global),
+        Some(Command::Audit(AuditCommand::Head)) => audit_heads(&cli.global),
         Some(Command::Reindex(model)) => reindex(&cli.global, &model),
     };
     match result {
@@ -127,6 +128,16 @@ fn verify_audit(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// One line per tenant: `tenant sequence hash`. Kept somewhere memesh cannot write (a ticket, a
+/// log shipper, a printout), a head proves later that no row up to it was changed or dropped.
+fn audit_heads(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let db = open_db(global)?;
+    for (tenant, seq, hash) in db.read_blocking(memesh::audit::store::heads)? {
+        println!("{tenant} {seq} {hash}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -9,6 +9,7 @@ use crate::clock::SharedClock;
 use crate::db::Db;
 use crate::jobs::JobBoard;
 use crate::memory::MemoryEngine;
+use crate::outbound::Outbound;
 
 /// Settings the running server needs (the CLI's `serve` flags, validated).
 #[derive(Debug, Clone)]
@@ -24,6 +25,11 @@ pub struct Settings {
     pub execution_lease: Duration,
     /// Claims an execution gets before its run fails.
     pub max_attempts: u32,
+    /// Lets Agent Card URLs, agent endpoints and probes reach loopback and private addresses
+    /// (labs, tests); refused by default.
+    pub allow_private_agent_urls: bool,
+    /// Largest result an agent may complete an execution with, as JSON text.
+    pub max_result_bytes: usize,
     /// How often expired holds and leases are looked for (the snapshot interval is the memory
     /// engine's).
     pub sweep_interval: Duration,
@@ -39,6 +45,8 @@ impl Default for Settings {
             probe_failure_threshold: 3,
             execution_lease: Duration::from_secs(30),
             max_attempts: 3,
+            max_result_bytes: 1024 * 1024,
+            allow_private_agent_urls: false,
             sweep_interval: Duration::from_secs(1),
         }
     }
@@ -49,8 +57,8 @@ pub struct App {
     pub clock: SharedClock,
     pub settings: Settings,
     pub memory: MemoryEngine,
-    /// Outbound HTTP (Agent Cards, probes).
-    pub http: reqwest::Client,
+    /// Requests made on a user's behalf (Agent Cards, probes), guarded.
+    pub outbound: Outbound,
     /// How the background jobs are doing.
     pub jobs: Arc<JobBoard>,
 }
@@ -60,12 +68,13 @@ pub struct AppState(Arc<App>);
 
 impl AppState {
     pub fn new(db: Db, clock: SharedClock, settings: Settings, memory: MemoryEngine) -> Self {
+        let outbound = Outbound::new(settings.allow_private_agent_urls);
         AppState(Arc::new(App {
             db,
             clock,
             settings,
             memory,
-            http: reqwest::Client::new(),
+            outbound,
             jobs: Arc::new(JobBoard::default()),
         }))
     }

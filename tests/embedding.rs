@@ -10,11 +10,14 @@ async fn reproduces_reference_vectors() {
     let e = common::embedder();
     assert_eq!(e.info().dim, 384);
     let out = e
-        .embed(vec![
-            "The cat sits on the mat.".into(),
-            "A feline is resting on a rug.".into(),
-            "Quarterly revenue grew by 12 percent.".into(),
-        ])
+        .embed(
+            "test",
+            vec![
+                "The cat sits on the mat.".into(),
+                "A feline is resting on a rug.".into(),
+                "Quarterly revenue grew by 12 percent.".into(),
+            ],
+        )
         .await
         .unwrap();
     let expected = [
@@ -45,8 +48,8 @@ async fn batched_and_single_embeddings_agree() {
     let texts: Vec<String> = (0..40)
         .map(|i| format!("memory number {i} about topic {}", i % 7))
         .collect();
-    let batch = e.embed(texts.clone()).await.unwrap();
-    let single = e.embed(vec![texts[17].clone()]).await.unwrap();
+    let batch = e.embed("test", texts.clone()).await.unwrap();
+    let single = e.embed("test", vec![texts[17].clone()]).await.unwrap();
     assert!(dot(&batch[17].vector, &single[0].vector) > 0.9999);
 }
 
@@ -54,7 +57,7 @@ async fn batched_and_single_embeddings_agree() {
 async fn long_text_is_truncated_and_flagged() {
     let e = common::embedder();
     let long = "word ".repeat(400);
-    let out = e.embed(vec![long, "short".into()]).await.unwrap();
+    let out = e.embed("test", vec![long, "short".into()]).await.unwrap();
     assert!(out[0].truncated);
     assert_eq!(out[0].tokens, 256);
     assert!(!out[1].truncated);

@@ -14,19 +14,9 @@ use axum::Router;
 use axum::http::StatusCode as AxumStatus;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use common::{TestServer, code};
+use common::{TestServer, card, code};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn card(url: &str) -> Value {
-    json!({
-        "name": "Echo", "description": "echoes text", "version": "1.0.0",
-        "supportedInterfaces": [{ "url": url, "protocolBinding": "JSONRPC", "protocolVersion": "1.0" }],
-        "capabilities": { "streaming": false }, "defaultInputModes": ["text/plain"],
-        "defaultOutputModes": ["text/plain"],
-        "skills": [{ "id": "echo", "name": "Echo", "description": "echo back", "tags": ["demo"] }]
-    })
-}
 
 /// A real agent-card server on loopback, which can be told to start failing.
 async fn card_server() -> (String, Arc<AtomicBool>) {

@@ -551,9 +551,22 @@ async fn the_sweeper_never_overwrites_a_completion() {
         t.exec(&exe, "claim", json!({ "claimToken": format!("t{i}") }))
             .await;
         t.s.clock.advance_ms(31_000);
-        // The worker completes just as its lease runs out, racing the sweeper.
-        let complete = t.exec(&exe, "complete", json!({ "claimToken": format!("t{i}") }));
-        let sweep = t.sweep();
+        // The worker completes just as its lease runs out, racing the sweeper; each side is
+        // given a head start of a few milliseconds in turn, so both orders happen.
+        let head_start = |mine: bool| async move {
+            if mine {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        let complete = async {
+            head_start(i % 2 == 0).await;
+            t.exec(&exe, "complete", json!({ "claimToken": format!("t{i}") }))
+                .await
+        };
+        let sweep = async {
+            head_start(i % 2 == 1).await;
+            t.sweep().await
+        };
         let ((st, _), _) = tokio::join!(complete, sweep);
         let r = t.get_run(&run).await;
         if st == StatusCode::OK {
@@ -574,7 +587,11 @@ async fn the_sweeper_never_overwrites_a_completion() {
         }
         assert_eq!(t.sweep().await, 0, "nothing left to recover");
     }
-    assert!(!outcomes.is_empty());
+    assert_eq!(
+        outcomes,
+        HashSet::from(["completed", "recovered"]),
+        "both orders of the race were seen"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

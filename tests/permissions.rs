@@ -21,6 +21,7 @@ const ABSENT_USER: &str = "usr_00000000000000000000000000000000";
 const ABSENT_TARGET: &str = "tgt_00000000000000000000000000000000";
 const ABSENT_RUN: &str = "run_00000000000000000000000000000000";
 const ABSENT_MEMORY: &str = "mem_00000000000000000000000000000000";
+const ABSENT_INVITATION: &str = "inv_00000000000000000000000000000000";
 
 /// One route: where it is, who may call it, the request an authorized caller sends (which must
 /// not change anything) with the status it gets, and, for routes that name a tenant's resource,
@@ -135,6 +136,20 @@ fn rows() -> Vec<Row> {
             user(Admin, TeamWrite),
             ("/v1/team/members/{absent_user}", None, 404),
             Some(("/v1/team/members/{viewer_user}", None)),
+        ),
+        row(
+            M::GET,
+            "/v1/team/invitations",
+            user(Admin, TeamRead),
+            ("/v1/team/invitations", None, 200),
+            None,
+        ),
+        row(
+            M::DELETE,
+            "/v1/team/invitations/{id}",
+            user(Admin, TeamWrite),
+            ("/v1/team/invitations/{absent_invitation}", None, 404),
+            Some(("/v1/team/invitations/{invitation}", None)),
         ),
         row(
             M::POST,
@@ -584,6 +599,14 @@ async fn fixture() -> Fixture {
         )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{memory}");
+    let (st, invitation) = s
+        .post(
+            "/v1/team/members/invite",
+            &owner,
+            json!({ "email": "pending@alpha.test" }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{invitation}");
     let key = |body: Value| {
         let s = &s;
         let owner = owner.clone();
@@ -667,6 +690,11 @@ async fn fixture() -> Fixture {
         ("absent_target", ABSENT_TARGET.to_owned()),
         ("absent_run", ABSENT_RUN.to_owned()),
         ("absent_memory", ABSENT_MEMORY.to_owned()),
+        (
+            "invitation",
+            invitation["invitation"]["id"].as_str().unwrap().to_owned(),
+        ),
+        ("absent_invitation", ABSENT_INVITATION.to_owned()),
     ]);
     let keys = Keys {
         owner,

@@ -735,21 +735,30 @@ async fn another_users_memories_never_appear() {
         )
         .await;
         assert_eq!(r["total"], 0);
-        let (_, b) = s
+        let (st, b) = s
             .post(
                 "/v1/memory/batch/search",
                 key,
                 json!({ "queries": ["launch code swordfish"] }),
             )
             .await;
-        assert!(!b["results"][0]["results"].to_string().contains("swordfish"));
-        let (_, c) = s
+        assert_eq!(st, StatusCode::OK, "{b}");
+        let found = b["results"][0]["results"]
+            .as_array()
+            .expect("a result list");
+        assert!(
+            !found.iter().any(|r| r.to_string().contains("swordfish")),
+            "{b}"
+        );
+        let (st, c) = s
             .post(
                 "/v1/memory/context-window",
                 key,
                 json!({ "query": "launch code", "tokenBudget": 1000 }),
             )
             .await;
+        assert_eq!(st, StatusCode::OK, "{c}");
+        assert!(c["context"].is_string() && c["memories"].is_array(), "{c}");
         assert!(!c.to_string().contains("swordfish"));
         let e = export(&s, key, "", None).await;
         assert!(!e.contains("swordfish"));

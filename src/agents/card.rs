@@ -8,11 +8,13 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult, Code};
+use crate::outbound::{Outbound, OutboundError};
 
 /// Bindings over HTTP that memesh can speak to (gRPC is valid A2A but not usable here).
 const HTTP_BINDINGS: [&str; 2] = ["JSONRPC", "HTTP+JSON"];
 const KNOWN_BINDINGS: [&str; 3] = ["JSONRPC", "HTTP+JSON", "GRPC"];
 pub const WELL_KNOWN_PATH: &str = "/.well-known/agent-card.json";
+/// The whole fetch of a card (connect, answer, body) ends within this.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CARD_BYTES: usize = 256 * 1024;
 
@@ -298,34 +300,23 @@ pub fn card_location(url: &str) -> String {
 }
 
 /// Fetches the card at `url` (or its well-known path).
-pub async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
-    let location = card_location(url);
-    let resp = client
-        .get(&location)
-        .timeout(FETCH_TIMEOUT)
-        .header("accept", "application/json")
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        anyhow::bail!("{location} answered {}", resp.status());
-    }
-    let bytes = resp.bytes().await?;
-    if bytes.len() > MAX_CARD_BYTES {
-        anyhow::bail!("{location} returned more than {MAX_CARD_BYTES} bytes");
-    }
-    Ok(serde_json::from_slice(&bytes)?)
+/// Fetches the card at `url` (see [`card_location`]) through the outbound guard.
+pub async fn fetch(outbound: &Outbound, url: &str) -> Result<Value, OutboundError> {
+    outbound
+        .get_json(&card_location(url), MAX_CARD_BYTES, FETCH_TIMEOUT)
+        .await
 }
 
-/// Fetches and validates, mapping failures to 400s.
-pub async fn fetch_valid(client: &reqwest::Client, url: &str) -> ApiResult<(Value, CardFacts)> {
+pub async fn fetch_valid(outbound: &Outbound, url: &str) -> ApiResult<(Value, CardFacts)> {
     if !is_http_url(url) {
         return Err(ApiError::field("cardUrl", "must be an http(s) URL"));
     }
-    let card = fetch(client, url).await.map_err(|e| {
+    let card = fetch(outbound, url).await.map_err(|e| {
         ApiError::new(
             Code::AgentCardUnreachable,
-            format!("could not fetch the Agent Card: {e:#}"),
+            format!("could not fetch the Agent Card: {e}"),
         )
+        .with_details(json!({ "field": "cardUrl" }))
     })?;
     let facts = validate(&card)?;
     Ok((card, facts))

@@ -45,7 +45,7 @@ async fn resolve_card(
             Ok((card, facts, None))
         }
         (None, Some(url)) => {
-            let (card, facts) = card::fetch_valid(&state.http, url.trim()).await?;
+            let (card, facts) = card::fetch_valid(&state.outbound, url.trim()).await?;
             Ok((card, facts, Some(url.trim().to_owned())))
         }
         (None, None) => Err(ApiError::field(

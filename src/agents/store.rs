@@ -156,11 +156,16 @@ pub fn insert<P: Permission>(w: &Write<'_, P>, new: &NewTarget) -> ApiResult<Tar
 
 /// One of the tenant's targets; another tenant's does not exist.
 pub fn load(conn: &Connection, tenant: &TenantId, id: &TargetId) -> ApiResult<Target> {
+    find(conn, tenant, id)?.ok_or_else(|| ApiError::not_found("dispatch target"))
+}
+
+/// One of the tenant's targets, if it still exists.
+pub fn find(conn: &Connection, tenant: &TenantId, id: &TargetId) -> ApiResult<Option<Target>> {
     let sql = format!("SELECT {COLUMNS} FROM dispatch_targets WHERE id = ?1 AND tenant_id = ?2");
-    conn.prepare_cached(&sql)?
+    Ok(conn
+        .prepare_cached(&sql)?
         .query_row(rusqlite::params![id, tenant], target_from_row)
-        .optional()?
-        .ok_or_else(|| ApiError::not_found("dispatch target"))
+        .optional()?)
 }
 
 pub fn ensure_local_agent(conn: &Connection, tenant: &TenantId, id: &TargetId) -> ApiResult<()> {

@@ -31,6 +31,19 @@ impl AuditEvent {
             detail,
         }
     }
+
+    /// An attempt that was refused (401 with a known key, 403).
+    pub fn denied(
+        action: &'static str,
+        resource_type: &'static str,
+        resource_id: impl Into<String>,
+        detail: Value,
+    ) -> Self {
+        AuditEvent {
+            outcome: "denied",
+            ..AuditEvent::success(action, resource_type, resource_id, detail)
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

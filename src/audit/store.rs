@@ -5,8 +5,10 @@ use rusqlite::{Connection, OptionalExtension, Transaction, named_params};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::auth::perm::KeysWrite;
 use crate::auth::{Actor, Permission, Write};
 use crate::clock::Timestamp;
+use crate::db::Tx;
 use crate::error::ApiResult;
 use crate::ids::{AuditId, KeyId, TenantId, UserId};
 
@@ -105,6 +107,35 @@ pub fn append<P: Permission>(w: &Write<'_, P>, event: &AuditEvent) -> ApiResult<
         },
     )?;
     Ok(())
+}
+
+/// Records that `actor` was refused `route` (a mutation) with error `code`, in a transaction of
+/// its own: the log answers "who tried", not only "who did".
+pub fn record_refusal(
+    tx: &Tx<'_>,
+    actor: Actor,
+    route: &str,
+    code: &str,
+    now: Timestamp,
+) -> ApiResult<()> {
+    let w = Write::<KeysWrite>::recording_refusal(tx, actor, now);
+    append(
+        &w,
+        &AuditEvent::denied("auth.denied", "route", route, json!({ "code": code })),
+    )
+}
+
+/// The newest row of each tenant's chain: its sequence and hash. Written down somewhere memesh
+/// cannot reach, these anchor the chain: rows rewritten later no longer lead to them.
+pub fn heads(conn: &Connection) -> ApiResult<Vec<(TenantId, i64, String)>> {
+    Ok(conn
+        .prepare(
+            "SELECT a.tenant_id, a.seq, a.hash FROM audit_log a
+             WHERE a.seq = (SELECT MAX(b.seq) FROM audit_log b WHERE b.tenant_id = a.tenant_id)
+             ORDER BY a.tenant_id",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?)
 }
 
 /// One page of a tenant's log, newest first. Fetches one row more than asked to know whether

@@ -14,7 +14,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::clock::{SharedClock, Timestamp};
-use crate::db::Db;
+use crate::db::{Db, Tx};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::ids::{KeyId, TargetId, TenantId, UserId};
 use crate::state::AppState;
@@ -227,7 +227,7 @@ impl Grant<Executions> {
 /// attributed to and the role re-read inside it. Every mutating store function takes one; it is
 /// made only by [`Grant::write`] or, for the system itself, by [`Write::system`].
 pub struct Write<'t, P: Permission> {
-    tx: &'t Transaction<'t>,
+    tx: &'t Tx<'t>,
     actor: Actor,
     role: Role,
     now: Timestamp,
@@ -240,6 +240,13 @@ impl<'t, P: Permission> Deref for Write<'t, P> {
 
     fn deref(&self) -> &Transaction<'t> {
         self.tx
+    }
+}
+
+impl<P: Permission> Write<'_, P> {
+    /// Runs `effect` once this mutation has committed, in commit order (see [`Tx::after_commit`]).
+    pub fn after_commit(&self, effect: impl FnOnce() + Send + 'static) {
+        self.tx.after_commit(effect);
     }
 }
 
@@ -285,7 +292,7 @@ impl<'t, P: Permission<Bound = ()>> Write<'t, P> {
     /// The system acting on its own behalf in `tenant`: background jobs, bootstrap, and an
     /// invitation being accepted (its token is the credential). Nothing a request controls
     /// reaches this; the `system_capability_is_confined` test keeps it to those places.
-    pub(crate) fn system(tx: &'t Transaction<'t>, tenant: TenantId, now: Timestamp) -> Self {
+    pub(crate) fn system(tx: &'t Tx<'t>, tenant: TenantId, now: Timestamp) -> Self {
         Write {
             tx,
             actor: Actor::system(tenant),
@@ -301,13 +308,23 @@ impl<'t, P: Permission<Bound = ()>> Write<'t, P> {
     /// A new member acting through the invitation token they redeem (the token is the
     /// credential); confined like [`Write::system`].
     pub(crate) fn by_invitation(
-        tx: &'t Transaction<'t>,
+        tx: &'t Tx<'t>,
         tenant: TenantId,
         user: UserId,
         now: Timestamp,
     ) -> Self {
         let mut w = Write::system(tx, tenant, now);
         w.actor.user_id = Some(user);
+        w.role = Role::Viewer;
+        w
+    }
+}
+
+impl<'t, P: Permission<Bound = ()>> Write<'t, P> {
+    /// The capability to record that `actor` was refused: confined like [`Write::system`].
+    pub(crate) fn recording_refusal(tx: &'t Tx<'t>, actor: Actor, now: Timestamp) -> Self {
+        let mut w = Write::system(tx, actor.tenant_id.clone(), now);
+        w.actor = actor;
         w.role = Role::Viewer;
         w
     }
@@ -399,6 +416,8 @@ struct Found {
     principal: Principal,
     last_used_at: Option<Timestamp>,
     expires_at: Option<Timestamp>,
+    /// False for a revoked key, or one whose user has left: known, but refused.
+    live: bool,
 }
 
 /// Finds the live key whose lookup handle and hash match `raw`, and its active user.
@@ -413,13 +432,15 @@ fn lookup(conn: &Connection, lookup: &str, raw: &str) -> ApiResult<Option<Found>
         UserId,
         TenantId,
         Role,
+        bool,
     );
     let row: Option<Row> = conn
         .prepare_cached(
             "SELECT k.id, k.hash, k.last_used_at, k.expires_at, k.scopes, k.target_id,
-                    u.id, u.tenant_id, u.role
+                    u.id, u.tenant_id, u.role,
+                    k.revoked_at IS NULL AND u.removed_at IS NULL
              FROM api_keys k JOIN users u ON u.id = k.user_id
-             WHERE k.lookup = ?1 AND k.revoked_at IS NULL AND u.removed_at IS NULL",
+             WHERE k.lookup = ?1",
         )?
         .query_row([lookup], |r| {
             Ok((
@@ -432,11 +453,22 @@ fn lookup(conn: &Connection, lookup: &str, raw: &str) -> ApiResult<Option<Found>
                 r.get(6)?,
                 r.get(7)?,
                 r.get(8)?,
+                r.get(9)?,
             ))
         })
         .optional()?;
-    let Some((key_id, stored, last_used_at, expires_at, scopes, target, user_id, tenant_id, role)) =
-        row
+    let Some((
+        key_id,
+        stored,
+        last_used_at,
+        expires_at,
+        scopes,
+        target,
+        user_id,
+        tenant_id,
+        role,
+        live,
+    )) = row
     else {
         return Ok(None);
     };
@@ -463,6 +495,7 @@ fn lookup(conn: &Connection, lookup: &str, raw: &str) -> ApiResult<Option<Found>
         },
         last_used_at,
         expires_at,
+        live,
     }))
 }
 
@@ -482,12 +515,51 @@ pub fn request_id(parts: &Parts) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A refused request, and who made it when the key they presented is known (even revoked or
+/// expired), so the refusal can be audited.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: ApiError,
+    pub by: Option<Actor>,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Refusal { error, by: None }
+    }
+}
+
+/// Who was refused and why, carried on the response for the layer that audits refused
+/// mutations.
+#[derive(Debug, Clone)]
+pub struct RefusedCaller {
+    pub actor: Actor,
+    pub code: &'static str,
+}
+
+impl axum::response::IntoResponse for Refusal {
+    fn into_response(self) -> axum::response::Response {
+        let code = self.error.code.as_str();
+        let mut response = self.error.into_response();
+        if let Some(actor) = self.by {
+            response
+                .extensions_mut()
+                .insert(RefusedCaller { actor, code });
+        }
+        response
+    }
+}
+
 /// Authenticates the request's key: 401 `unauthorized` for a missing, malformed, unknown or
 /// revoked key, 401 `key_expired` for an expired one.
-async fn authenticate(parts: &Parts, state: &AppState, now: Timestamp) -> ApiResult<Principal> {
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    now: Timestamp,
+) -> Result<Principal, Refusal> {
     let raw = presented_key(parts)?;
     let Some(parsed) = parse_api_key(raw) else {
-        return Err(ApiError::unauthorized("malformed API key"));
+        return Err(ApiError::unauthorized("malformed API key").into());
     };
     let (raw, handle) = (parsed.raw.to_owned(), parsed.lookup.to_owned());
     let found = state
@@ -495,30 +567,42 @@ async fn authenticate(parts: &Parts, state: &AppState, now: Timestamp) -> ApiRes
         .read(move |conn| lookup(conn, &handle, &raw))
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
+    let principal = Principal {
+        request_id: request_id(parts),
+        ..found.principal
+    };
+    let refuse = |error: ApiError| Refusal {
+        error,
+        by: Some(principal.actor()),
+    };
+    if !found.live {
+        return Err(refuse(ApiError::unauthorized("unknown or revoked API key")));
+    }
     if found.expires_at.is_some_and(|e| e <= now) {
-        return Err(key_expired(found.expires_at));
+        return Err(refuse(key_expired(found.expires_at)));
     }
     if found
         .last_used_at
         .is_none_or(|t| now.millis() - t.millis() >= TOUCH_INTERVAL_MS)
     {
-        let key_id = found.principal.key_id.clone();
+        let key_id = principal.key_id.clone();
         state.db.write(move |tx| touch(tx, &key_id, now)).await?;
     }
-    Ok(Principal {
-        request_id: request_id(parts),
-        ..found.principal
-    })
+    Ok(principal)
 }
 
 impl<P: Permission> FromRequestParts<AppState> for Grant<P> {
-    type Rejection = ApiError;
+    type Rejection = Refusal;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Refusal> {
         let now = state.clock.now();
         let principal = authenticate(parts, state, now).await?;
+        let bound = P::bind(&principal).map_err(|error| Refusal {
+            error,
+            by: Some(principal.actor()),
+        })?;
         Ok(Grant {
-            bound: P::bind(&principal)?,
+            bound,
             principal,
             now,
             clock: state.clock.clone(),

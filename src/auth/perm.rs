@@ -95,8 +95,12 @@ user_permission!(
     TeamRead: Viewer, TeamRead
 );
 user_permission!(
-    /// Invite, change roles, remove members.
+    /// Invite, change roles, remove members, revoke invitations.
     TeamWrite: Admin, TeamWrite
+);
+user_permission!(
+    /// See the invitations waiting to be accepted (who was invited, by whom).
+    TeamInvitations: Admin, TeamRead
 );
 user_permission!(
     /// Read the audit log.
@@ -138,6 +142,7 @@ mod tests {
             RunsAdmin::ACCESS,
             TeamRead::ACCESS,
             TeamWrite::ACCESS,
+            TeamInvitations::ACCESS,
             AuditRead::ACCESS,
             KeysWrite::ACCESS,
         ];

@@ -78,6 +78,9 @@ impl Scope {
     }
 }
 
+/// Scope names one request may list.
+const MAX_REQUESTED: usize = 32;
+
 /// A set of scopes, stored as their names separated by spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Scopes(u16);
@@ -137,7 +140,13 @@ impl Scopes {
         names: impl IntoIterator<Item = &'a str>,
     ) -> ApiResult<Scopes> {
         let mut set = Scopes::EMPTY;
-        for name in names {
+        for (i, name) in names.into_iter().enumerate() {
+            if i >= MAX_REQUESTED {
+                return Err(ApiError::field(
+                    field,
+                    format!("at most {MAX_REQUESTED} scope names are accepted"),
+                ));
+            }
             let name = name.trim();
             let matched: Vec<Scope> = match name.strip_suffix(":*") {
                 Some(area) => Scope::ALL

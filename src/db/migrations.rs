@@ -246,6 +246,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
     UPDATE api_keys SET scopes = 'executions' WHERE target_id IS NOT NULL;
     "#,
+    // 7: idempotency keys of memory writes: a retry with the same key gets the first answer.
+    r#"
+    CREATE TABLE memory_requests (
+        tenant_id     TEXT NOT NULL,
+        user_id       TEXT NOT NULL,
+        key           TEXT NOT NULL,
+        request_hash  TEXT NOT NULL,
+        response      TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, user_id, key)
+    ) WITHOUT ROWID;
+
+    -- Invitations can be revoked (by an OWNER or ADMIN, or when their inviter leaves).
+    ALTER TABLE invitations ADD COLUMN revoked_at INTEGER;
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

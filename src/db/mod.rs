@@ -4,7 +4,10 @@
 mod decode;
 mod migrations;
 
+use std::cell::RefCell;
+use std::ops::Deref;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,6 +26,36 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Db {
     pool: Pool<SqliteConnectionManager>,
+    /// Held from `BEGIN IMMEDIATE` until a transaction's after-commit effects have run, so the
+    /// effects (index changes) apply in commit order. SQLite admits one writer at a time anyway;
+    /// waiting here instead of in its busy handler costs nothing and sleeps no one.
+    writer: Arc<Mutex<()>>,
+}
+
+/// Something to do once the transaction that asked for it has committed (and never if it did
+/// not): an in-memory structure kept in step with what SQLite now holds.
+type Effect = Box<dyn FnOnce() + Send>;
+
+/// A write transaction and the effects that follow its commit.
+pub struct Tx<'c> {
+    tx: Transaction<'c>,
+    effects: RefCell<Vec<Effect>>,
+}
+
+impl<'c> Deref for Tx<'c> {
+    type Target = Transaction<'c>;
+
+    fn deref(&self) -> &Transaction<'c> {
+        &self.tx
+    }
+}
+
+impl Tx<'_> {
+    /// Runs `effect` after this transaction commits, in commit order with every other
+    /// transaction's effects; if it rolls back, `effect` is dropped unrun.
+    pub fn after_commit(&self, effect: impl FnOnce() + Send + 'static) {
+        self.effects.borrow_mut().push(Box::new(effect));
+    }
 }
 
 /// How hard a commit is pushed to the disk.
@@ -80,7 +113,10 @@ impl Db {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .context("building the database connection pool")?;
-        Ok(Db { pool })
+        Ok(Db {
+            pool,
+            writer: Arc::new(Mutex::new(())),
+        })
     }
 
     fn conn(&self) -> ApiResult<r2d2::PooledConnection<SqliteConnectionManager>> {
@@ -101,12 +137,13 @@ impl Db {
     }
 
     /// Runs `f` inside one `BEGIN IMMEDIATE` transaction, on the blocking pool; commits if `f`
-    /// returns `Ok`, rolls back otherwise. Everything a mutation writes (its rows and its audit
-    /// row) goes through one call, so it is all or nothing.
+    /// returns `Ok`, rolls back otherwise, then runs the effects `f` registered. Everything a
+    /// mutation writes (its rows and its audit row) goes through one call, so it is all or
+    /// nothing.
     pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> ApiResult<T> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> ApiResult<T> + Send + 'static,
     {
         let db = self.clone();
         run_blocking(move || db.write_blocking(f)).await
@@ -117,25 +154,25 @@ impl Db {
         f(&conn)
     }
 
-    pub fn write_blocking<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>,
-    ) -> ApiResult<T> {
+    pub fn write_blocking<T>(&self, f: impl FnOnce(&Tx<'_>) -> ApiResult<T>) -> ApiResult<T> {
         let mut conn = self.conn()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(busy_or_internal)?;
+        let _order = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = Tx {
+            tx: conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(busy_or_internal)?,
+            effects: RefCell::new(Vec::new()),
+        };
         let value = f(&tx)?;
+        let Tx { tx, effects } = tx;
         tx.commit().map_err(busy_or_internal)?;
+        for effect in effects.into_inner() {
+            effect();
+        }
         Ok(value)
-    }
-
-    /// True when the database answers and its schema is the one this binary expects.
-    pub fn is_ready(&self) -> bool {
-        self.read_blocking(|c| {
-            Ok(c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?)
-        })
-        .is_ok_and(|v| v == latest_version())
     }
 
     /// Folds the WAL back into the main file; called on clean shutdown.
@@ -178,7 +215,47 @@ pub fn unique_violation_as(e: rusqlite::Error, code: Code, message: &str) -> Api
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+
+    /// Effects run after their transaction commits, in commit order, and never for one that
+    /// rolled back or whose commit failed.
+    #[test]
+    fn effects_follow_commits_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("effects.db")).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        for n in 0..3 {
+            let seen = seen.clone();
+            db.write_blocking(|tx| {
+                tx.after_commit(move || seen.lock().unwrap().push(n));
+                Ok(())
+            })
+            .unwrap();
+        }
+        let rolled_back = Arc::new(AtomicUsize::new(0));
+        let r = rolled_back.clone();
+        let failed: ApiResult<()> = db.write_blocking(|tx| {
+            tx.after_commit(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            });
+            Err(ApiError::new(Code::InvalidField, "the mutation is refused"))
+        });
+        assert!(failed.is_err());
+        // A commit that SQLite refuses (a commit hook turning it into a rollback).
+        let r = rolled_back.clone();
+        let refused = db.write_blocking(|tx| {
+            tx.commit_hook(Some(|| true))?;
+            tx.after_commit(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            });
+            Ok(())
+        });
+        assert!(refused.is_err(), "the commit failed");
+        assert_eq!(rolled_back.load(Ordering::SeqCst), 0);
+        assert_eq!(*seen.lock().unwrap(), [0, 1, 2]);
+    }
 
     #[test]
     fn durability_chooses_synchronous_on_every_connection() {
@@ -190,7 +267,6 @@ mod tests {
                 .read_blocking(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
                 .unwrap();
             assert_eq!(synchronous, expected, "{durability:?}");
-            assert!(db.is_ready());
         }
     }
 }

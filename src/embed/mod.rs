@@ -1,11 +1,13 @@
 //! Local text embeddings: the [`Embedder`] handle that request handlers call, and the single
-//! worker thread that owns the model and gathers concurrent requests into micro-batches.
+//! worker thread that owns the model and gathers concurrent requests into micro-batches, served
+//! fairly across tenants, bounded, and restarted if the model panics.
 
 mod onnx;
 pub mod tokens;
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
@@ -39,16 +41,170 @@ pub struct ModelInfo {
     pub max_tokens: usize,
 }
 
-struct Job {
-    texts: Vec<String>,
-    reply: oneshot::Sender<anyhow::Result<Vec<Embedding>>>,
+/// Texts that may wait for the model at once, across all callers; more is refused with
+/// [`EmbedError::Overloaded`] rather than queued without bound.
+pub const MAX_QUEUED_TEXTS: usize = 4096;
+/// The lane of work that belongs to no tenant (operator commands).
+pub const SYSTEM_LANE: &str = "system";
+
+/// Why texts were not embedded.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The queue is full; try again after about this many seconds.
+    #[error("the embedding queue is full; retry in {retry_after_secs} s")]
+    Overloaded { retry_after_secs: u64 },
+    #[error("embedding failed: {0:#}")]
+    Failed(anyhow::Error),
+    #[error("the embedding worker has stopped")]
+    Stopped,
 }
 
-/// A cheap, cloneable handle to the embedding worker.
+/// One caller's texts, embedded a slice at a time.
+struct Job {
+    texts: Vec<String>,
+    done: Vec<Embedding>,
+    reply: oneshot::Sender<Result<Vec<Embedding>, EmbedError>>,
+}
+
+/// The queue: one lane per tenant, served in turn, so one tenant's import cannot starve
+/// another's search.
+#[derive(Default)]
+struct Queue {
+    lanes: HashMap<String, VecDeque<Job>>,
+    /// Lanes with work, in the order they are served next.
+    turn: VecDeque<String>,
+    /// Texts waiting (not yet embedded) over all lanes.
+    waiting: usize,
+    stopped: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn submit(
+        &self,
+        lane: &str,
+        texts: Vec<String>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Embedding>, EmbedError>>, EmbedError> {
+        let (reply, rx) = oneshot::channel();
+        let mut q = self.lock();
+        if q.stopped {
+            return Err(EmbedError::Stopped);
+        }
+        if q.waiting > 0 && q.waiting + texts.len() > MAX_QUEUED_TEXTS {
+            // At the model's ~200 texts/s on two cores, plus a second.
+            let retry_after_secs = (q.waiting as u64 / 200 + 1).clamp(1, 60);
+            return Err(EmbedError::Overloaded { retry_after_secs });
+        }
+        q.waiting += texts.len();
+        let lane = lane.to_owned();
+        // A lane is in the turn order once, while it has (or just had) work.
+        if !q.turn.contains(&lane) {
+            q.turn.push_back(lane.clone());
+        }
+        q.lanes.entry(lane).or_default().push_back(Job {
+            texts,
+            done: Vec::new(),
+            reply,
+        });
+        drop(q);
+        self.ready.notify_one();
+        Ok(rx)
+    }
+
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.ready.notify_all();
+    }
+
+    /// Waits for work, then takes up to [`MAX_MICRO_BATCH`] texts, a slice from each lane in
+    /// turn; jobs whose caller has gone are dropped unembedded. `None` once stopped and drained.
+    fn next_batch(&self) -> Option<Vec<(String, usize)>> {
+        let mut q = self.lock();
+        loop {
+            while q.turn.is_empty() {
+                if q.stopped {
+                    return None;
+                }
+                q = self
+                    .ready
+                    .wait(q)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            let mut batch: Vec<(String, usize)> = Vec::new();
+            let mut taken = 0;
+            let mut visited = 0;
+            // Each lane with work gets an equal share of the call.
+            let share = (MAX_MICRO_BATCH / q.turn.len().max(1)).max(1);
+            while taken < MAX_MICRO_BATCH && visited < q.turn.len() {
+                let Some(lane) = q.turn.front().cloned() else {
+                    break;
+                };
+                q.drop_abandoned(&lane);
+                let left = q.lanes.get(&lane).and_then(|l| l.front()).map(Job::left);
+                match left {
+                    None => {
+                        q.turn.pop_front();
+                        q.lanes.remove(&lane);
+                    }
+                    Some(left) => {
+                        let n = left.min(share).min(MAX_MICRO_BATCH - taken);
+                        batch.push((lane.clone(), n));
+                        taken += n;
+                        q.turn.rotate_left(1);
+                        visited += 1;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+        }
+    }
+}
+
+impl Job {
+    fn left(&self) -> usize {
+        self.texts.len() - self.done.len()
+    }
+}
+
+impl Queue {
+    fn drop_abandoned(&mut self, lane: &str) {
+        let mut dropped = 0;
+        if let Some(jobs) = self.lanes.get_mut(lane) {
+            while jobs.front().is_some_and(|j| j.reply.is_closed()) {
+                if let Some(j) = jobs.pop_front() {
+                    dropped += j.left();
+                }
+            }
+        }
+        self.waiting -= dropped;
+    }
+}
+
+/// A cheap, cloneable handle to the embedding worker; the worker stops when the last is dropped.
 #[derive(Clone)]
 pub struct Embedder {
-    jobs: mpsc::Sender<Job>,
+    handle: Arc<Handle>,
     info: ModelInfo,
+}
+
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 /// The worker thread; joined after every [`Embedder`] handle is dropped.
@@ -65,46 +221,60 @@ impl EmbedWorker {
 }
 
 impl Embedder {
-    /// Starts the worker thread that owns `backend`.
-    pub fn spawn(backend: impl EmbedBackend, info: ModelInfo) -> (Embedder, EmbedWorker) {
-        let (tx, rx) = mpsc::channel::<Job>();
+    /// Starts the worker thread that owns `backend`; after a panic in the model the worker
+    /// starts again with a fresh backend from `restart`.
+    pub fn spawn<B: EmbedBackend>(
+        backend: B,
+        info: ModelInfo,
+        restart: impl FnMut() -> anyhow::Result<B> + Send + 'static,
+    ) -> (Embedder, EmbedWorker) {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+        });
+        let worker = shared.clone();
         let handle = std::thread::Builder::new()
             .name("memesh-embed".into())
-            .spawn(move || run_worker(backend, rx))
+            .spawn(move || run_worker(backend, restart, &worker))
             .expect("spawning the embedding thread");
-        (Embedder { jobs: tx, info }, EmbedWorker { handle })
+        let embedder = Embedder {
+            handle: Arc::new(Handle(shared)),
+            info,
+        };
+        (embedder, EmbedWorker { handle })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
 
-    /// Embeds `texts`, in order. Concurrent callers share model calls.
-    pub async fn embed(&self, texts: Vec<String>) -> anyhow::Result<Vec<Embedding>> {
+    /// Embeds `texts`, in order, in `lane` (the caller's tenant). Concurrent callers share model
+    /// calls; lanes are served in turn. If the caller goes away before its turn, its texts are
+    /// never embedded.
+    pub async fn embed(
+        &self,
+        lane: &str,
+        texts: Vec<String>,
+    ) -> Result<Vec<Embedding>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(Job { texts, reply })
-            .map_err(|_| anyhow::anyhow!("the embedding worker has stopped"))?;
-        rx.await
-            .map_err(|_| anyhow::anyhow!("the embedding worker dropped the request"))?
+        let rx = self.handle.0.submit(lane, texts)?;
+        rx.await.map_err(|_| EmbedError::Stopped)?
     }
 
     /// The blocking form, for operator commands that run outside the async runtime.
-    pub fn embed_blocking(&self, texts: Vec<String>) -> anyhow::Result<Vec<Embedding>> {
-        let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(Job { texts, reply })
-            .map_err(|_| anyhow::anyhow!("the embedding worker has stopped"))?;
-        rx.blocking_recv()
-            .map_err(|_| anyhow::anyhow!("the embedding worker dropped the request"))?
+    pub fn embed_blocking(&self, texts: Vec<String>) -> Result<Vec<Embedding>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rx = self.handle.0.submit(SYSTEM_LANE, texts)?;
+        rx.blocking_recv().map_err(|_| EmbedError::Stopped)?
     }
 }
 
 /// Locates and verifies the bundled model and the ONNX Runtime library, loads the model, and
-/// starts its worker thread.
+/// starts its worker thread (which reloads the model if it ever panics).
 pub fn load_bundled(
     model_dir: Option<&Path>,
     ort_lib: Option<&Path>,
@@ -114,54 +284,139 @@ pub fn load_bundled(
     let runtime = RuntimeLibrary::locate(ort_lib)?;
     let (backend, info) = OnnxBackend::load(&files, &runtime, threads)?;
     tokens::warm_up();
-    Ok(Embedder::spawn(backend, info))
+    let reload = move || OnnxBackend::load(&files, &runtime, threads).map(|(b, _)| b);
+    Ok(Embedder::spawn(backend, info, reload))
 }
 
-/// Takes a job, then whatever else is already queued (up to [`MAX_MICRO_BATCH`] texts), and
-/// embeds them in one model call: under concurrent load, many small requests cost one call.
-fn run_worker(mut backend: impl EmbedBackend, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        let mut total = jobs[0].texts.len();
-        while total < MAX_MICRO_BATCH {
-            match rx.try_recv() {
-                Ok(job) => {
-                    total += job.texts.len();
-                    jobs.push(job);
+/// Embeds one batch of slices; `Err` when the model failed, returned too few vectors, or
+/// panicked (then `panicked` is set).
+fn embed_batch<B: EmbedBackend>(
+    backend: &mut B,
+    texts: &[String],
+    panicked: &mut bool,
+) -> anyhow::Result<Vec<Embedding>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.embed(texts))) {
+        Ok(Ok(out)) if out.len() == texts.len() => Ok(out),
+        Ok(Ok(out)) => anyhow::bail!(
+            "the model returned {} vectors for {} texts",
+            out.len(),
+            texts.len()
+        ),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            *panicked = true;
+            anyhow::bail!("the model panicked")
+        }
+    }
+}
+
+/// Hands each job its slice of a model call's vectors; answers the jobs that are complete, or
+/// that the call failed.
+fn answer(
+    shared: &Shared,
+    batch: &[(String, usize)],
+    texts: &[String],
+    outcome: anyhow::Result<Vec<Embedding>>,
+) {
+    let mut q = shared.lock();
+    q.waiting -= texts.len();
+    let mut out = outcome.as_ref().ok().map(|v| v.iter().cloned());
+    for (lane, n) in batch {
+        let Some(jobs) = q.lanes.get_mut(lane) else {
+            continue;
+        };
+        let Some(job) = jobs.front_mut() else {
+            continue;
+        };
+        let finished = match (&outcome, out.as_mut()) {
+            (Ok(_), Some(vectors)) => {
+                job.done.extend(vectors.by_ref().take(*n));
+                job.left() == 0
+            }
+            _ => true,
+        };
+        if finished && let Some(job) = jobs.pop_front() {
+            // A failed job's texts beyond this slice will not be embedded either.
+            q.waiting -= job
+                .left()
+                .saturating_sub(if outcome.is_ok() { 0 } else { *n });
+            let reply = match &outcome {
+                Ok(_) => Ok(job.done),
+                Err(e) => Err(EmbedError::Failed(anyhow::anyhow!("{e:#}"))),
+            };
+            let _ = job.reply.send(reply);
+        }
+    }
+}
+
+/// Serves batches until stopped: each batch is one model call over slices of several jobs; a
+/// job is answered when all its texts are embedded, or with the error of the call that failed it.
+fn run_worker<B: EmbedBackend>(
+    mut backend: B,
+    mut restart: impl FnMut() -> anyhow::Result<B>,
+    shared: &Shared,
+) {
+    while let Some(batch) = shared.next_batch() {
+        let texts: Vec<String> = {
+            let q = shared.lock();
+            batch
+                .iter()
+                .flat_map(|(lane, n)| {
+                    let job = &q.lanes[lane][0];
+                    job.texts[job.done.len()..job.done.len() + n].to_vec()
+                })
+                .collect()
+        };
+        let mut panicked = false;
+        let outcome = embed_batch(&mut backend, &texts, &mut panicked);
+        if let Err(e) = &outcome {
+            tracing::error!(error = %format!("{e:#}"), texts = texts.len(), "embedding failed");
+        }
+        if panicked {
+            // Before anyone is answered, so the next request meets a sound model.
+            tracing::error!("the embedding model panicked; restarting it");
+            match restart() {
+                Ok(fresh) => backend = fresh,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "restarting the model failed; keeping the old one")
                 }
-                Err(_) => break,
             }
         }
-        let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
-        match backend.embed(&texts) {
-            Ok(mut all) => {
-                for job in jobs.into_iter().rev() {
-                    let mine = all.split_off(all.len() - job.texts.len());
-                    let _ = job.reply.send(Ok(mine));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), texts = texts.len(), "embedding failed");
-                for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(anyhow::anyhow!("embedding failed: {e:#}")));
-                }
-            }
-        }
+        answer(shared, &batch, &texts, outcome);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
     use super::*;
 
-    /// Embeds a text as its length, so the test can check that replies go to the right caller.
-    struct LengthBackend;
+    /// Embeds a text as its length and records every model call; a text "panic" makes the model
+    /// panic and "short" makes it return too few vectors; with a gate, every call first waits
+    /// for a go-ahead.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        calls: Arc<Mutex<Vec<Vec<String>>>>,
+        gate: Option<Arc<Mutex<mpsc::Receiver<()>>>>,
+        /// Told when a call has started (and is waiting at the gate).
+        entered: Option<mpsc::Sender<()>>,
+    }
 
-    impl EmbedBackend for LengthBackend {
+    impl EmbedBackend for Recorder {
         fn embed(&mut self, texts: &[String]) -> anyhow::Result<Vec<Embedding>> {
-            Ok(texts
+            if let Some(entered) = &self.entered {
+                let _ = entered.send(());
+            }
+            if let Some(gate) = &self.gate {
+                let _ = gate.lock().unwrap().recv();
+            }
+            self.calls.lock().unwrap().push(texts.to_vec());
+            if texts.iter().any(|t| t == "panic") {
+                panic!("the model blew up");
+            }
+            let n = texts.len() - usize::from(texts.iter().any(|t| t == "short"));
+            Ok(texts[..n]
                 .iter()
                 .map(|t| Embedding {
                     vector: vec![t.len() as f32],
@@ -172,30 +427,182 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_callers_get_their_own_vectors_in_order() {
-        let info = ModelInfo {
+    fn info() -> ModelInfo {
+        ModelInfo {
             id: "len".into(),
             dim: 1,
             max_tokens: 8,
-        };
-        let (embedder, worker) = Embedder::spawn(LengthBackend, info);
+        }
+    }
+
+    fn spawn(backend: Recorder) -> (Embedder, EmbedWorker, Arc<std::sync::atomic::AtomicUsize>) {
+        let restarts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, fresh) = (restarts.clone(), backend.clone());
+        let (e, w) = Embedder::spawn(backend, info(), move || {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(fresh.clone())
+        });
+        (e, w, restarts)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_get_their_own_vectors_in_order() {
+        let (embedder, worker, _) = spawn(Recorder::default());
         let mut tasks = Vec::new();
         for i in 1..=40usize {
             let e = embedder.clone();
             tasks.push(tokio::spawn(async move {
-                let texts: Vec<String> = (0..i).map(|j| "x".repeat(i * 100 + j)).collect();
-                let out = e.embed(texts).await.unwrap();
+                let texts: Vec<String> = (0..i * 5).map(|j| "x".repeat(i * 1000 + j)).collect();
+                let out = e.embed(&format!("tenant{}", i % 3), texts).await.unwrap();
                 (i, out)
             }));
         }
         for t in tasks {
             let (i, out) = t.await.unwrap();
-            assert_eq!(out.len(), i);
+            assert_eq!(out.len(), i * 5);
             for (j, emb) in out.iter().enumerate() {
-                assert_eq!(emb.vector[0] as usize, i * 100 + j);
+                assert_eq!(emb.vector[0] as usize, i * 1000 + j);
             }
         }
+        drop(embedder);
+        worker.join();
+    }
+
+    /// A lane that ran dry and gets work again is served once per turn, and the count of
+    /// waiting texts comes back to zero.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_comes_back_without_being_served_twice() {
+        let backend = Recorder::default();
+        let calls = backend.calls.clone();
+        let (embedder, worker, _) = spawn(backend);
+        for text in ["one", "two", "three"] {
+            let out = embedder.embed("a", vec![text.into()]).await.unwrap();
+            assert_eq!(out.len(), 1);
+        }
+        assert_eq!(calls.lock().unwrap().concat(), ["one", "two", "three"]);
+        assert_eq!(embedder.handle.0.lock().waiting, 0);
+        drop(embedder);
+        worker.join();
+    }
+
+    /// A tenant with a thousand texts queued does not keep another tenant's one text waiting
+    /// behind all of them: lanes take turns, a slice at a time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tenants_take_turns() {
+        let (go, gate) = mpsc::channel();
+        let backend = Recorder {
+            gate: Some(Arc::new(Mutex::new(gate))),
+            ..Recorder::default()
+        };
+        let calls = backend.calls.clone();
+        let (embedder, worker, _) = spawn(backend);
+        let (e1, e2) = (embedder.clone(), embedder.clone());
+        let bulk = tokio::spawn(async move {
+            e1.embed("importer", (0..1000).map(|i| format!("bulk {i}")).collect())
+                .await
+        });
+        // The first model call holds the gate while the second tenant queues its search.
+        while embedder.handle.0.lock().waiting < 1000 {
+            tokio::task::yield_now().await;
+        }
+        let search = tokio::spawn(async move { e2.embed("searcher", vec!["needle".into()]).await });
+        while embedder.handle.0.lock().waiting < 1001 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..3 {
+            let _ = go.send(());
+        }
+        assert_eq!(search.await.unwrap().unwrap().len(), 1);
+        drop(go);
+        let position = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .position(|c| c.contains(&"needle".to_owned()))
+            .unwrap();
+        assert!(
+            position <= 1,
+            "the search was embedded in model call {position}"
+        );
+        assert_eq!(bulk.await.unwrap().unwrap().len(), 1000);
+        drop(embedder);
+        worker.join();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_and_a_gone_caller_is_never_embedded() {
+        let (go, gate) = mpsc::channel();
+        let (entered, started) = mpsc::channel();
+        let backend = Recorder {
+            gate: Some(Arc::new(Mutex::new(gate))),
+            entered: Some(entered),
+            ..Recorder::default()
+        };
+        let calls = backend.calls.clone();
+        let (embedder, worker, _) = spawn(backend);
+        let e = embedder.clone();
+        let first = tokio::spawn(async move { e.embed("a", vec!["first".into()]).await });
+        while started.try_recv().is_err() {
+            tokio::task::yield_now().await;
+        }
+        // While the model is busy, fill the queue to the brim with a caller that then leaves.
+        let e = embedder.clone();
+        let filler: Vec<String> = (0..MAX_QUEUED_TEXTS - 1)
+            .map(|i| format!("gone {i}"))
+            .collect();
+        let gone = tokio::spawn(async move { e.embed("b", filler).await });
+        while embedder.handle.0.lock().waiting < MAX_QUEUED_TEXTS {
+            tokio::task::yield_now().await;
+        }
+        match embedder.embed("c", vec!["one too many".into()]).await {
+            Err(EmbedError::Overloaded { retry_after_secs }) => assert!(retry_after_secs >= 1),
+            other => panic!("expected overloaded, got {other:?}"),
+        }
+        gone.abort();
+        let _ = gone.await;
+        for _ in 0..4 {
+            let _ = go.send(());
+        }
+        assert_eq!(first.await.unwrap().unwrap().len(), 1);
+        let after = tokio::spawn({
+            let e = embedder.clone();
+            async move { e.embed("c", vec!["later".into()]).await }
+        });
+        let _ = go.send(());
+        assert_eq!(after.await.unwrap().unwrap().len(), 1);
+        let seen = calls.lock().unwrap().concat();
+        assert!(
+            !seen.iter().any(|t| t.starts_with("gone")),
+            "an abandoned job was embedded"
+        );
+        drop(embedder);
+        drop(go);
+        worker.join();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_or_a_short_result_fails_the_batch_and_the_model_restarts() {
+        let (embedder, worker, restarts) = spawn(Recorder::default());
+        match embedder.embed("a", vec!["panic".into()]).await {
+            Err(EmbedError::Failed(e)) => assert!(e.to_string().contains("panicked"), "{e}"),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert_eq!(restarts.load(std::sync::atomic::Ordering::SeqCst), 1);
+        match embedder
+            .embed("a", vec!["fine".into(), "short".into()])
+            .await
+        {
+            Err(EmbedError::Failed(e)) => assert!(e.to_string().contains("vectors"), "{e}"),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert_eq!(
+            embedder
+                .embed("a", vec!["fine".into()])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         drop(embedder);
         worker.join();
     }

@@ -17,7 +17,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{Access, Grant, Permission};
+use crate::auth::{Access, Grant, Permission, RefusedCaller};
 use crate::error::{Code, error_body};
 use crate::state::AppState;
 use crate::{agents, audit, keys, memory, orchestrator, team};
@@ -116,6 +116,8 @@ fn v1() -> Table {
         .on(M::POST, "/team/members/invite", TeamWrite, team::handlers::invite)
         .on(M::PATCH, "/team/members/{user_id}/role", TeamWrite, team::handlers::change_role)
         .on(M::DELETE, "/team/members/{user_id}", TeamWrite, team::handlers::remove)
+        .on(M::GET, "/team/invitations", TeamInvitations, team::handlers::list_invitations)
+        .on(M::DELETE, "/team/invitations/{id}", TeamWrite, team::handlers::revoke_invitation)
         .public(M::POST, "/team/invitations/{token}/accept", team::handlers::accept)
         // Audit
         .on(M::GET, "/audit/logs", AuditRead, audit::handlers::list)
@@ -187,11 +189,67 @@ pub fn route_table() -> Vec<RouteSpec> {
         .collect()
 }
 
+/// A body announced by `Content-Length` above the limit is refused at once, before a byte of it
+/// is read (rather than after the client has sent it all, or the request timed out).
+async fn refuse_oversized(
+    State(state): State<AppState>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = state.settings.max_body_bytes as u64;
+    if announced.is_some_and(|n| n > limit) {
+        let message = format!("the body is larger than the limit of {limit} bytes");
+        return crate::error::ApiError::new(Code::PayloadTooLarge, message)
+            .with_details(serde_json::json!({ "limit": limit }))
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// A refused mutation by a caller whose key is known (401 for a revoked or expired key, 403) is
+/// audited with its outcome, after the response is made.
+async fn audit_refusals(
+    State(state): State<AppState>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    let mutation = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let route = format!("{} {path}", req.method());
+    let response = next.run(req).await;
+    let refused = response.extensions().get::<RefusedCaller>().cloned();
+    if let (true, Some(RefusedCaller { actor, code })) = (mutation, refused) {
+        let now = state.clock.now();
+        let recorded = state
+            .db
+            .write(move |tx| audit::store::record_refusal(tx, actor, &route, code, now))
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "could not audit a refused request");
+        }
+    }
+    response
+}
+
 pub fn router(state: AppState) -> Router {
-    let timed = v1().router.layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        state.settings.request_timeout,
-    ));
+    let timed = v1()
+        .router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.settings.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_oversized,
+        ));
     let settings = &state.settings;
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -201,9 +259,15 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes));
 
+    let v1 = timed
+        .merge(v1_streams().router)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit_refusals,
+        ));
     probes()
         .router
-        .nest("/v1", timed.merge(v1_streams().router))
+        .nest("/v1", v1)
         .fallback(not_found)
         .layer(layers)
         .with_state(state)
@@ -253,27 +317,18 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok", "jobs": state.jobs.snapshot() }))
 }
 
-/// Ready when the database answers with the expected schema and the index holds exactly the
-/// memories SQLite holds.
+/// Ready when the index holds exactly the memories SQLite holds: two counters kept up to date
+/// by the commits themselves, so this is cheap enough to poll (the schema was checked at start).
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let s = state.clone();
-    let checked = tokio::task::spawn_blocking(move || {
-        let stored = s.db.read_blocking(crate::memory::store::count_all).ok()?;
-        Some((s.db.is_ready(), stored, s.memory.index.stats()))
-    })
-    .await
-    .ok()
-    .flatten();
-    match checked {
-        Some((true, stored, index)) if stored as usize == index.vectors => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({
-                "status": "ready",
-                "memories": stored,
-                "index": index,
-            })),
-        )
-            .into_response(),
-        _ => crate::error::ApiError::new(Code::Unavailable, "not ready").into_response(),
+    let (consistent, stored, indexed) = state.memory.is_consistent();
+    if !consistent {
+        let message = format!("the index holds {indexed} vectors, SQLite {stored} memories");
+        return crate::error::ApiError::new(Code::Unavailable, message).into_response();
     }
+    axum::Json(serde_json::json!({
+        "status": "ready",
+        "memories": stored,
+        "index": { "vectors": indexed },
+    }))
+    .into_response()
 }

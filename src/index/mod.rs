@@ -231,9 +231,10 @@ impl Partition {
         &self.vectors[i * dim..(i + 1) * dim]
     }
 
-    fn insert(&mut self, row: RowId, created_at: i64, vector: &[f32]) {
+    /// Adds a row; false if the partition already holds it.
+    fn insert(&mut self, row: RowId, created_at: i64, vector: &[f32]) -> bool {
         if self.pos.contains_key(&row) {
-            return;
+            return false;
         }
         self.pos.insert(row, self.rows.len());
         self.rows.push(row);
@@ -243,6 +244,7 @@ impl Partition {
             self.pending.insert(row);
         }
         // A row the graph still holds as deleted cannot come back: rowids are never reused.
+        true
     }
 
     fn remove(&mut self, row: RowId, dim: usize) -> bool {
@@ -406,6 +408,7 @@ pub struct VectorIndex {
     partitions: RwLock<HashMap<OwnerKey, Arc<RwLock<Partition>>>>,
     /// Bumped whenever a graph changes, so snapshots are written only when there is news.
     graph_changes: std::sync::atomic::AtomicU64,
+    len: std::sync::atomic::AtomicUsize,
     /// Held by whoever changes or dumps graphs (the upkeep thread, `maintain_now`, snapshots),
     /// so two of them never feed the same rows to a graph or dump one mid-change.
     upkeep: std::sync::Mutex<()>,
@@ -434,6 +437,7 @@ impl VectorIndex {
             config,
             partitions: RwLock::new(HashMap::new()),
             graph_changes: std::sync::atomic::AtomicU64::new(0),
+            len: std::sync::atomic::AtomicUsize::new(0),
             upkeep: std::sync::Mutex::new(()),
         }
     }
@@ -473,18 +477,34 @@ impl VectorIndex {
     pub fn insert(&self, owner: &OwnerKey, items: &[(RowId, i64, &[f32])]) {
         let part = self.partition_or_create(owner);
         let mut p = write(&part);
+        let mut added = 0;
         for (row, created_at, vector) in items {
             debug_assert_eq!(vector.len(), self.config.dim);
-            p.insert(*row, *created_at, vector);
+            added += usize::from(p.insert(*row, *created_at, vector));
         }
+        self.len
+            .fetch_add(added, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many vectors the index holds, kept as they come and go (no walk of the partitions).
+    pub fn len(&self) -> usize {
+        self.len.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Removes a row; from then on no search returns it.
     pub fn remove(&self, owner: &OwnerKey, row: RowId) -> bool {
-        match self.partition(owner) {
+        let removed = match self.partition(owner) {
             Some(part) => write(&part).remove(row, self.config.dim),
             None => false,
+        };
+        if removed {
+            self.len.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
+        removed
     }
 
     /// The `k` most similar of `owner`'s vectors, best first, optionally only among `allow`.

@@ -3,7 +3,7 @@
 //! thread; and stopping it cleanly, with a final snapshot.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use anyhow::bail;
 
 use crate::db::Db;
 use crate::embed::Embedder;
-use crate::index::{self, IndexConfig, Maintainer, VectorIndex};
+use crate::index::{self, IndexConfig, Maintainer, OwnerKey, RowId, VectorIndex};
 
 use super::store;
 
@@ -32,7 +32,15 @@ pub struct MemoryEngine {
     snapshotted: AtomicU64,
     /// One snapshot at a time (the job and shutdown may meet).
     snapshotting: Mutex<()>,
+    /// Memories SQLite holds, counted at start and kept by the commits' effects, so readiness is
+    /// two loads, not a count of the table.
+    stored: AtomicI64,
+    /// Index searches a batch may run at once, across all requests: one per core.
+    search_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// A committed memory to index: its rowid, creation time and vector.
+pub type Indexed = (RowId, i64, Vec<f32>);
 
 impl MemoryEngine {
     /// Opens the engine for vectors of model `model_id`. The model is loaded by `load_embedder`
@@ -45,7 +53,7 @@ impl MemoryEngine {
         config: EngineConfig,
     ) -> anyhow::Result<MemoryEngine> {
         let started = Instant::now();
-        ensure_model(db, model_id)?;
+        let stored = ensure_model(db, model_id)?;
         let index = Arc::new(VectorIndex::new(config.index));
         let dim = index.config().dim;
         let (embedder, snapshot, fill_ms) = std::thread::scope(|scope| {
@@ -99,7 +107,39 @@ impl MemoryEngine {
             snapshot_interval: config.snapshot_interval,
             snapshotted,
             snapshotting: Mutex::new(()),
+            stored: AtomicI64::new(stored),
+            search_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            )),
         })
+    }
+
+    /// Indexes memories whose insert has committed (call it from the commit's effect).
+    pub fn committed_inserts(&self, owner: &OwnerKey, items: &[Indexed]) {
+        let refs: Vec<(RowId, i64, &[f32])> = items
+            .iter()
+            .map(|(row, at, v)| (*row, *at, v.as_slice()))
+            .collect();
+        self.index.insert(owner, &refs);
+        self.stored.fetch_add(items.len() as i64, Ordering::Relaxed);
+    }
+
+    /// Drops a memory whose delete has committed from the index.
+    pub fn committed_delete(&self, owner: &OwnerKey, row: RowId) {
+        self.index.remove(owner, row);
+        self.stored.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Ready: the index holds exactly the memories SQLite holds.
+    pub fn is_consistent(&self) -> (bool, i64, usize) {
+        let stored = self.stored.load(Ordering::Relaxed);
+        let indexed = self.index.len();
+        (usize::try_from(stored) == Ok(indexed), stored, indexed)
+    }
+
+    /// The shared, bounded slots batch searches run in.
+    pub fn search_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.search_slots.clone()
     }
 
     /// How often the snapshot job runs.
@@ -153,19 +193,19 @@ fn joined<T>(r: std::thread::Result<anyhow::Result<T>>) -> anyhow::Result<T> {
 }
 
 /// Vectors of two models must never be compared: a database written with another model is
-/// refused until `memesh reindex` has re-embedded it.
-fn ensure_model(db: &Db, model: &str) -> anyhow::Result<()> {
+/// refused until `memesh reindex` has re-embedded it. Returns how many memories are stored.
+fn ensure_model(db: &Db, model: &str) -> anyhow::Result<i64> {
     let (stored, count) =
         db.read_blocking(|c| Ok((store::stored_model(c)?, store::count_all(c)?)))?;
     match stored {
-        Some(s) if s == model => Ok(()),
+        Some(s) if s == model => Ok(count),
         Some(s) if count > 0 => bail!(
             "this database's {count} memories were embedded with model {s:?}, but this memesh \
              uses {model:?}; stop the server and run `memesh reindex` to re-embed them"
         ),
         _ => {
             db.write_blocking(|tx| store::set_model(tx, model))?;
-            Ok(())
+            Ok(count)
         }
     }
 }

@@ -11,9 +11,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde_json::{Value, json};
 
+use crate::audit::{self, AuditEvent};
 use crate::auth::Grant;
 use crate::auth::perm::{MemoryRead, MemoryWrite};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::http::extract::{Ids, Json, Query, query_number};
 use crate::ids::MemoryId;
 use crate::state::AppState;
@@ -24,19 +25,21 @@ use super::model::{
 };
 use super::search::{self, MAX_LIMIT, Search};
 use super::store::{self, Owner};
+use super::write::{Answer, Idempotency};
 use super::{transfer, write};
 
 pub async fn write(
     grant: Grant<MemoryWrite>,
     State(state): State<AppState>,
     Json(body): Json<WriteRequest>,
-) -> ApiResult<(StatusCode, axum::Json<Memory>)> {
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let idempotency = Idempotency::new(body.idempotency_key.clone(), &body)?;
     let memory = body.validate("")?;
-    let mut stored = write::store_memories(&state, &grant, vec![memory]).await?;
-    let memory = stored
-        .pop()
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("nothing stored")))?;
-    Ok((StatusCode::CREATED, axum::Json(memory)))
+    let respond = |mut stored: Vec<Memory>| json!(stored.pop());
+    match write::store_memories(&state, &grant, vec![memory], idempotency, respond).await? {
+        Answer::Created(memory) => Ok((StatusCode::CREATED, axum::Json(memory))),
+        Answer::Replayed(memory) => Ok((StatusCode::OK, axum::Json(memory))),
+    }
 }
 
 pub async fn batch(
@@ -162,6 +165,18 @@ pub async fn export(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let spaces = Space::parse_list("spaces", &listed(params.spaces))?;
     let after = transfer::resume_point(&headers, params.after.as_deref())?;
+    // Who took a copy of their memories, and which, is on the record.
+    let detail = json!({
+        "spaces": spaces.iter().map(Space::as_str).collect::<Vec<_>>(),
+        "after": after,
+    });
+    let user = grant.user().clone();
+    grant
+        .write(&state.db, move |w| {
+            let event = AuditEvent::success("memory.export", "user", user.as_str(), detail);
+            audit::append(w, &event)
+        })
+        .await?;
     let events = transfer::export(state, Owner::of(&grant), spaces, after);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

@@ -14,6 +14,10 @@ pub const MAX_TAGS: usize = 32;
 pub const MAX_TAG_CHARS: usize = 64;
 pub const MAX_SPACE_CHARS: usize = 64;
 pub const MAX_BATCH: usize = 100;
+/// Spaces one request may name (a search, a query's filter, an export).
+pub const MAX_SPACES: usize = 32;
+/// Sensitivity levels a query may name (there are four).
+pub const MAX_SENSITIVITIES: usize = 4;
 pub const DEFAULT_SPACE: &str = "default";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,8 +87,10 @@ impl Space {
         &self.0
     }
 
-    /// `a,b` from a query string, or a JSON list; empty entries are ignored.
+    /// `a,b` from a query string, or a JSON list; empty entries are ignored. At most
+    /// [`MAX_SPACES`].
     pub fn parse_list(field: &str, raw: &[String]) -> ApiResult<Vec<Space>> {
+        check_list_len(field, raw.len(), MAX_SPACES)?;
         raw.iter()
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
@@ -93,7 +99,7 @@ impl Space {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WriteRequest {
     pub content: String,
@@ -102,6 +108,9 @@ pub struct WriteRequest {
     pub tags: Option<Vec<String>>,
     pub sensitivity: Option<Sensitivity>,
     pub source: Option<String>,
+    /// A retry with the same key gets the first answer; not part of what is stored.
+    #[serde(skip_serializing)]
+    pub idempotency_key: Option<String>,
 }
 
 /// A memory about to be stored, every field checked.
@@ -113,6 +122,18 @@ pub struct NewMemory {
     pub tags: Vec<String>,
     pub sensitivity: Sensitivity,
     pub source: Option<String>,
+}
+
+/// A list in a request longer than `max` is refused (400 naming the field and the limit), so no
+/// request can make the server do unbounded work for it.
+pub fn check_list_len(field: &str, len: usize, max: usize) -> ApiResult<()> {
+    if len > max {
+        return Err(ApiError::field(
+            field,
+            format!("holds {len} entries; at most {max} are accepted"),
+        ));
+    }
+    Ok(())
 }
 
 /// A tag: 1 to 64 characters (trimmed) without spaces, commas or control characters.
@@ -165,12 +186,7 @@ impl WriteRequest {
             Some(s) => Space::parse(&f("space"), s)?,
         };
         let raw_tags = self.tags.unwrap_or_default();
-        if raw_tags.len() > MAX_TAGS {
-            return Err(ApiError::field(
-                &f("tags"),
-                format!("at most {MAX_TAGS} tags"),
-            ));
-        }
+        check_list_len(&f("tags"), raw_tags.len(), MAX_TAGS)?;
         let mut tags: Vec<String> = Vec::with_capacity(raw_tags.len());
         for tag in raw_tags {
             let tag = validate_tag(&f("tags"), &tag)?;
@@ -214,11 +230,13 @@ pub struct Memory {
     pub created_at: Timestamp,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BatchRequest {
     pub memories: Vec<Value>,
     pub transactional: Option<bool>,
+    #[serde(skip_serializing)]
+    pub idempotency_key: Option<String>,
 }
 
 /// One item of a non-transactional batch.

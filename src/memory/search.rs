@@ -14,8 +14,9 @@ use crate::index::{Hit, RowId};
 use crate::state::AppState;
 
 use super::model::{
-    BatchSearchBody, ContextWindowBody, Explain, MAX_BATCH_QUERIES, MAX_CONTENT_CHARS, Memory,
-    MemoryFilter, Mode, QueryBody, QueryResult, SearchBody, SearchResult, Space, validate_tag,
+    BatchSearchBody, ContextWindowBody, Explain, MAX_BATCH_QUERIES, MAX_CONTENT_CHARS,
+    MAX_SENSITIVITIES, MAX_TAGS, Memory, MemoryFilter, Mode, QueryBody, QueryResult, SearchBody,
+    SearchResult, Space, check_list_len, validate_tag,
 };
 use super::ranking::{self, fuse};
 use super::store::{self, Owner};
@@ -59,11 +60,11 @@ impl Search {
 }
 
 /// Embeds one text (a query).
-async fn embed_one(state: &AppState, text: String) -> ApiResult<Vec<f32>> {
+async fn embed_one(state: &AppState, owner: &Owner, text: String) -> ApiResult<Vec<f32>> {
     let mut out = state
         .memory
         .embedder
-        .embed(vec![text])
+        .embed(owner.tenant.as_str(), vec![text])
         .await
         .map_err(embedding_failed)?;
     out.pop()
@@ -116,7 +117,7 @@ async fn nearest(
 
 /// `GET`/`POST /memory/search`: the most similar memories, best first.
 pub async fn search(state: &AppState, owner: &Owner, s: Search) -> ApiResult<Value> {
-    let vector = embed_one(state, s.query.clone()).await?;
+    let vector = embed_one(state, owner, s.query.clone()).await?;
     let allow = allowed_rows(state, owner, MemoryFilter::spaces_only(s.spaces)).await?;
     let hits = if allow.as_ref().is_some_and(HashSet::is_empty) {
         Vec::new()
@@ -138,6 +139,13 @@ pub async fn search(state: &AppState, owner: &Owner, s: Search) -> ApiResult<Val
 }
 
 fn filter_from(body: &mut QueryBody) -> ApiResult<MemoryFilter> {
+    check_list_len("tags", body.tags.as_ref().map_or(0, Vec::len), MAX_TAGS)?;
+    let sensitivity = body
+        .sensitivity
+        .take()
+        .map(|s| s.into_vec())
+        .unwrap_or_default();
+    check_list_len("sensitivity", sensitivity.len(), MAX_SENSITIVITIES)?;
     let tags = body
         .tags
         .iter()
@@ -165,11 +173,7 @@ fn filter_from(body: &mut QueryBody) -> ApiResult<MemoryFilter> {
         tag_mode: body.tag_mode.unwrap_or_default(),
         created_after: body.created_after,
         created_before: body.created_before,
-        sensitivity: body
-            .sensitivity
-            .take()
-            .map(|s| s.into_vec())
-            .unwrap_or_default(),
+        sensitivity,
         source,
     })
 }
@@ -226,7 +230,7 @@ async fn semantic(
     k: usize,
     threshold: Option<f32>,
 ) -> ApiResult<(Vec<Hit>, usize)> {
-    let vector = embed_one(state, q.text.clone()).await?;
+    let vector = embed_one(state, owner, q.text.clone()).await?;
     let (index, key) = (state.memory.index.clone(), owner.key());
     run_blocking(move || Ok(index.scan(&key, &vector, k, allow.as_ref(), threshold))).await
 }
@@ -369,7 +373,8 @@ fn batch_queries(queries: Vec<Value>) -> ApiResult<Vec<Search>> {
     Ok(searches)
 }
 
-/// Runs every search of a batch on the blocking pool, spread over the cores.
+/// Runs every search of a batch on the blocking pool, at most one per core at a time across all
+/// requests (the engine's search slots); a search that panics fails the request.
 async fn search_all(
     state: &AppState,
     owner: &Owner,
@@ -377,36 +382,26 @@ async fn search_all(
     allows: Vec<Option<HashSet<RowId>>>,
     depths: Vec<usize>,
 ) -> ApiResult<Vec<Vec<Hit>>> {
-    let (index, key) = (state.memory.index.clone(), owner.key());
-    let n = vectors.len();
-    run_blocking(move || {
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        let chunk = n.div_ceil(threads).max(1);
-        let jobs: Vec<(usize, Vec<f32>)> = vectors.into_iter().enumerate().collect();
-        let mut out: Vec<Vec<Hit>> = vec![Vec::new(); n];
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .chunks(chunk)
-                .map(|part| {
-                    let (index, key, allows, depths) = (&index, &key, &allows, &depths);
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|(i, v)| {
-                                (*i, index.search(key, v, depths[*i], allows[*i].as_ref()))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for h in handles {
-                for (i, hits) in h.join().unwrap_or_default() {
-                    out[i] = hits;
-                }
+    let key = owner.key();
+    let searches = vectors
+        .into_iter()
+        .zip(allows)
+        .zip(depths)
+        .map(|((v, allow), k)| {
+            let (index, key, slots) = (
+                state.memory.index.clone(),
+                key.clone(),
+                state.memory.search_slots(),
+            );
+            async move {
+                let _slot = slots
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| ApiError::internal(anyhow::anyhow!("search slots closed: {e}")))?;
+                run_blocking(move || Ok(index.search(&key, &v, k, allow.as_ref()))).await
             }
         });
-        Ok(out)
-    })
-    .await
+    futures_util::future::try_join_all(searches).await
 }
 
 /// `POST /memory/batch/search`: up to 50 searches, embedded in one model call and run in
@@ -422,7 +417,7 @@ pub async fn batch_search(
     let vectors = state
         .memory
         .embedder
-        .embed(texts)
+        .embed(owner.tenant.as_str(), texts)
         .await
         .map_err(embedding_failed)?
         .into_iter()
@@ -517,7 +512,7 @@ pub async fn context_window(
         tokenizer,
         min_score,
     } = Window::new(body)?;
-    let vector = embed_one(state, search.query.clone()).await?;
+    let vector = embed_one(state, owner, search.query.clone()).await?;
     let allow = allowed_rows(state, owner, MemoryFilter::spaces_only(search.spaces)).await?;
     let hits: Vec<Hit> = nearest(state, owner, vector, CONTEXT_CANDIDATES, allow)
         .await?

@@ -554,3 +554,49 @@ pub fn insert_imported(
     )?;
     Ok(row)
 }
+
+/// The first answer to a memory write sent with an idempotency key.
+pub struct Replay {
+    pub request_hash: String,
+    pub response: serde_json::Value,
+}
+
+/// The answer recorded for the owner's idempotency key, if any.
+pub fn replay(conn: &Connection, owner: &Owner, key: &str) -> ApiResult<Option<Replay>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT key, request_hash, response FROM memory_requests
+             WHERE tenant_id = ?1 AND user_id = ?2 AND key = ?3",
+        )?
+        .query_row(rusqlite::params![owner.tenant, owner.user, key], |r| {
+            let d = Decoded::new(r, "memory_requests", 0)?;
+            Ok(Replay {
+                request_hash: d.get(1)?,
+                response: d.json(2)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Records the answer to a write sent with an idempotency key, in the write's transaction.
+pub fn remember(
+    w: &Write<'_, MemoryWrite>,
+    key: &str,
+    request_hash: &str,
+    response: &serde_json::Value,
+) -> ApiResult<()> {
+    let owner = Owner::writing(w)?;
+    w.execute(
+        "INSERT INTO memory_requests (tenant_id, user_id, key, request_hash, response, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![
+            owner.tenant,
+            owner.user,
+            key,
+            request_hash,
+            response.to_string(),
+            w.now()
+        ],
+    )?;
+    Ok(())
+}

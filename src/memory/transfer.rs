@@ -14,12 +14,14 @@ use serde_json::{Value, json};
 use crate::auth::Grant;
 use crate::auth::perm::MemoryWrite;
 use crate::clock::Timestamp;
+use crate::db::run_blocking;
 use crate::embed::Embedding;
 use crate::embed::tokens::llm_tokens;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::http::extract::parse_value;
 use crate::ids::MemoryId;
 use crate::index::RowId;
+use crate::memory::engine::Indexed;
 use crate::state::AppState;
 
 use super::model::{ExportRecord, NewMemory, Space, WriteRequest};
@@ -141,11 +143,22 @@ pub fn export(
     .flatten()
 }
 
+/// Longest line an import accepts (a record with the longest content and its embedding takes
+/// well under a tenth of it); a longer line is reported as failed and skipped.
+const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// A record read from an import body, or why its line could not be one.
+type RawRecord = (usize, Result<String, ApiError>);
+
 /// Splits an import body into records: JSON lines, or the `data:` of `memory` events of an
-/// exported SSE stream.
+/// exported SSE stream. Each byte is looked at once, and no line is held beyond the limit.
 struct RecordReader {
     sse: bool,
     buffer: Vec<u8>,
+    /// Bytes of `buffer` already known to hold no newline.
+    scanned: usize,
+    /// The current line passed the limit: its bytes are being skipped until its end.
+    skipping: bool,
     line: usize,
     event: Option<String>,
     data: String,
@@ -156,25 +169,44 @@ impl RecordReader {
         RecordReader {
             sse,
             buffer: Vec::new(),
+            scanned: 0,
+            skipping: false,
             line: 0,
             event: None,
             data: String::new(),
         }
     }
 
-    /// Feeds bytes; returns the complete records (with their line numbers) they finish.
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<(usize, String)>) {
+    /// Feeds bytes; appends the records (with their line numbers) they complete.
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<RawRecord>) {
         self.buffer.extend_from_slice(bytes);
-        while let Some(nl) = self.buffer.iter().position(|b| *b == b'\n') {
-            let raw: Vec<u8> = self.buffer.drain(..=nl).collect();
+        let mut start = 0;
+        while let Some(pos) = self.buffer[self.scanned..].iter().position(|b| *b == b'\n') {
+            let end = self.scanned + pos;
             self.line += 1;
-            let text = String::from_utf8_lossy(&raw);
-            self.take_line(text.trim_end_matches(['\r', '\n']), out);
+            if std::mem::take(&mut self.skipping) {
+                out.push((self.line, Err(line_too_long())));
+            } else {
+                let text = String::from_utf8_lossy(&self.buffer[start..end]).into_owned();
+                self.take_line(text.trim_end_matches('\r'), out);
+            }
+            start = end + 1;
+            self.scanned = start;
+        }
+        self.buffer.drain(..start);
+        self.scanned = self.buffer.len();
+        if self.buffer.len() > MAX_LINE_BYTES {
+            self.skipping = true;
+            self.buffer.clear();
+            self.scanned = 0;
         }
     }
 
-    fn finish(&mut self, out: &mut Vec<(usize, String)>) {
-        if !self.buffer.is_empty() {
+    fn finish(&mut self, out: &mut Vec<RawRecord>) {
+        if self.skipping {
+            self.line += 1;
+            out.push((self.line, Err(line_too_long())));
+        } else if !self.buffer.is_empty() {
             let raw = std::mem::take(&mut self.buffer);
             self.line += 1;
             let text = String::from_utf8_lossy(&raw).into_owned();
@@ -183,10 +215,10 @@ impl RecordReader {
         self.take_line("", out);
     }
 
-    fn take_line(&mut self, line: &str, out: &mut Vec<(usize, String)>) {
+    fn take_line(&mut self, line: &str, out: &mut Vec<RawRecord>) {
         if !self.sse {
             if !line.trim().is_empty() {
-                out.push((self.line, line.to_owned()));
+                out.push((self.line, Ok(line.to_owned())));
             }
             return;
         }
@@ -194,7 +226,7 @@ impl RecordReader {
             let event = self.event.take();
             let data = std::mem::take(&mut self.data);
             if !data.is_empty() && event.as_deref().is_none_or(|e| e == "memory") {
-                out.push((self.line, data));
+                out.push((self.line, Ok(data)));
             }
         } else if let Some(v) = line.strip_prefix("event:") {
             self.event = Some(v.trim().to_owned());
@@ -207,6 +239,13 @@ impl RecordReader {
     }
 }
 
+fn line_too_long() -> ApiError {
+    ApiError::new(
+        Code::PayloadTooLarge,
+        format!("the line is longer than {MAX_LINE_BYTES} bytes; it was skipped"),
+    )
+}
+
 /// A record checked and ready to restore (its embedding may still be missing).
 struct Incoming {
     line: usize,
@@ -214,6 +253,7 @@ struct Incoming {
     created_at: Timestamp,
     memory: NewMemory,
     vector: Option<Vec<f32>>,
+    token_count: usize,
 }
 
 fn check_record(line: usize, raw: &str, model: &str, dim: usize) -> ApiResult<Incoming> {
@@ -229,6 +269,7 @@ fn check_record(line: usize, raw: &str, model: &str, dim: usize) -> ApiResult<In
         tags: Some(r.tags),
         sensitivity: Some(r.sensitivity),
         source: r.source,
+        idempotency_key: None,
     }
     .validate("")?;
     let vector = match (r.embedding_model.as_deref(), r.embedding) {
@@ -251,6 +292,7 @@ fn check_record(line: usize, raw: &str, model: &str, dim: usize) -> ApiResult<In
         line,
         id,
         created_at: r.created_at,
+        token_count: llm_tokens(&memory.content),
         memory,
         vector,
     })
@@ -289,6 +331,7 @@ impl ImportTally {
 /// else a fresh one from the model.
 async fn embed_missing(
     state: &AppState,
+    lane: &str,
     ready: Vec<Incoming>,
 ) -> ApiResult<Vec<(Incoming, Prepared)>> {
     let missing: Vec<String> = ready
@@ -302,7 +345,7 @@ async fn embed_missing(
         state
             .memory
             .embedder
-            .embed(missing)
+            .embed(lane, missing)
             .await
             .map_err(embedding_failed)?
     }
@@ -320,7 +363,7 @@ async fn embed_missing(
             })?,
         };
         let item = Prepared {
-            token_count: llm_tokens(&r.memory.content),
+            token_count: r.token_count,
             memory: r.memory.clone(),
             embedding,
         };
@@ -334,26 +377,34 @@ async fn embed_missing(
 async fn import_chunk(
     state: &AppState,
     grant: &Grant<MemoryWrite>,
-    records: Vec<(usize, String)>,
+    records: Vec<RawRecord>,
     tally: &mut ImportTally,
 ) -> ApiResult<()> {
     let model = state.memory.model_id().to_owned();
     let dim = state.memory.embedder.info().dim;
+    // Parsing, decoding and token counting are CPU work: off the async workers.
+    let checked = run_blocking(move || {
+        Ok(records
+            .into_iter()
+            .map(|(line, raw)| (line, raw.and_then(|r| check_record(line, &r, &model, dim))))
+            .collect::<Vec<_>>())
+    })
+    .await?;
     let mut ready = Vec::new();
-    for (line, raw) in records {
-        match check_record(line, &raw, &model, dim) {
+    for (line, record) in checked {
+        match record {
             Ok(r) => ready.push(r),
             Err(e) => tally.fail(line, &e),
         }
     }
-    let prepared = embed_missing(state, ready).await?;
+    let prepared = embed_missing(state, grant.tenant().as_str(), ready).await?;
     let owner = Owner::of(grant);
-    let index = state.memory.index.clone();
+    let s = state.clone();
     let outcomes = grant
         .write(&state.db, move |w| {
             let mut outcomes = Vec::new();
-            let mut entries: Vec<(RowId, i64, &[f32])> = Vec::new();
-            for (incoming, item) in &prepared {
+            let mut entries: Vec<Indexed> = Vec::new();
+            for (incoming, item) in prepared {
                 let outcome = match store::id_owner(w, &incoming.id)? {
                     Some((t, u)) if t == owner.tenant && u == owner.user => Ok(false),
                     Some(_) => Err(ApiError::new(
@@ -362,15 +413,16 @@ async fn import_chunk(
                     )),
                     None => {
                         let row =
-                            store::insert_imported(w, &incoming.id, item, incoming.created_at)?;
-                        let vector = item.embedding.vector.as_slice();
-                        entries.push((row, incoming.created_at.millis(), vector));
+                            store::insert_imported(w, &incoming.id, &item, incoming.created_at)?;
+                        let at = incoming.created_at.millis();
+                        entries.push((row, at, item.embedding.vector));
                         Ok(true)
                     }
                 };
                 outcomes.push((incoming.line, outcome));
             }
-            index.insert(&owner.key(), &entries);
+            let key = owner.key();
+            w.after_commit(move || s.memory.committed_inserts(&key, &entries));
             Ok(outcomes)
         })
         .await?;
@@ -382,6 +434,13 @@ async fn import_chunk(
         }
     }
     Ok(())
+}
+
+fn too_large_import() -> ApiError {
+    ApiError::new(
+        Code::PayloadTooLarge,
+        "imports are limited to 1 GiB; split the file",
+    )
 }
 
 /// Whether an import body is an SSE export (true) or JSON lines, by its content type.
@@ -410,9 +469,16 @@ pub async fn import(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Value> {
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_IMPORT_BYTES as u64) {
+        return Err(too_large_import());
+    }
     let mut reader = RecordReader::new(is_event_stream(headers)?);
     let mut tally = ImportTally::default();
-    let mut pending: Vec<(usize, String)> = Vec::new();
+    let mut pending: Vec<RawRecord> = Vec::new();
     let mut received = 0usize;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
@@ -420,10 +486,7 @@ pub async fn import(
             chunk.map_err(|e| ApiError::new(Code::MalformedJson, format!("reading body: {e}")))?;
         received += chunk.len();
         if received > MAX_IMPORT_BYTES {
-            return Err(ApiError::new(
-                Code::PayloadTooLarge,
-                "imports are limited to 1 GiB; split the file",
-            ));
+            return Err(too_large_import());
         }
         reader.feed(&chunk, &mut pending);
         while pending.len() >= IMPORT_CHUNK {

@@ -4,38 +4,46 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::auth::Grant;
 use crate::auth::perm::MemoryWrite;
 use crate::db::run_blocking;
+use crate::embed::EmbedError;
 use crate::embed::tokens::llm_tokens;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::http::extract::parse_value;
+use crate::http::extract::{parse_value, required_text};
 use crate::ids::MemoryId;
-use crate::index::RowId;
+use crate::memory::engine::Indexed;
 use crate::state::AppState;
 
 use super::model::{BatchItem, BatchRequest, MAX_BATCH, Memory, NewMemory, WriteRequest};
 use super::store::{self, Owner, Prepared};
 
-/// An embedding failure as clients see it (the cause goes to the log).
-pub(super) fn embedding_failed(e: anyhow::Error) -> ApiError {
-    tracing::error!(error = %format!("{e:#}"), "embedding failed");
-    ApiError::new(
-        Code::Unavailable,
-        "the embedding model could not process the request",
-    )
+/// An embedding failure as clients see it: a full queue is 503 `overloaded` with
+/// `Retry-After`; a failed or panicked model call is a 500 (its cause goes to the log).
+pub(super) fn embedding_failed(e: EmbedError) -> ApiError {
+    match e {
+        EmbedError::Overloaded { retry_after_secs } => ApiError::new(
+            Code::Overloaded,
+            "the embedding model is busy; retry shortly",
+        )
+        .with_details(json!({ "retryAfterSeconds": retry_after_secs })),
+        EmbedError::Failed(e) => ApiError::internal(e),
+        EmbedError::Stopped => ApiError::new(Code::Unavailable, "the embedding model has stopped"),
+    }
 }
 
 /// Embeds `items` and counts their tokens (both off the async workers, concurrently).
-async fn prepare(state: &AppState, items: Vec<NewMemory>) -> ApiResult<Vec<Prepared>> {
+async fn prepare(state: &AppState, lane: &str, items: Vec<NewMemory>) -> ApiResult<Vec<Prepared>> {
     let texts: Vec<String> = items.iter().map(|m| m.content.clone()).collect();
     let counts = {
         let texts = texts.clone();
         run_blocking(move || Ok(texts.iter().map(|t| llm_tokens(t)).collect::<Vec<_>>()))
     };
-    let (embeddings, counts) = tokio::join!(state.memory.embedder.embed(texts), counts);
+    let (embeddings, counts) = tokio::join!(state.memory.embedder.embed(lane, texts), counts);
     let embeddings = embeddings.map_err(embedding_failed)?;
     Ok(items
         .into_iter()
@@ -49,27 +57,90 @@ async fn prepare(state: &AppState, items: Vec<NewMemory>) -> ApiResult<Vec<Prepa
         .collect())
 }
 
-/// Embeds and stores `items` for the caller, all in one transaction that also updates the index.
+/// Longest idempotency key, in characters.
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// A write sent with an idempotency key: the key and a digest of what was asked.
+pub struct Idempotency {
+    key: String,
+    request_hash: String,
+}
+
+impl Idempotency {
+    pub fn new(key: Option<String>, request: &impl Serialize) -> ApiResult<Option<Idempotency>> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let key = required_text("idempotencyKey", key, MAX_IDEMPOTENCY_KEY)?;
+        let canonical = serde_json::to_vec(request).map_err(ApiError::internal)?;
+        Ok(Some(Idempotency {
+            key,
+            request_hash: hex::encode(Sha256::digest(&canonical)),
+        }))
+    }
+
+    /// The first answer, if this key was used for the same request; 409 for another one.
+    fn replay(&self, found: Option<store::Replay>) -> ApiResult<Option<Value>> {
+        match found {
+            None => Ok(None),
+            Some(r) if r.request_hash == self.request_hash => Ok(Some(r.response)),
+            Some(_) => Err(ApiError::new(
+                Code::IdempotencyKeyReused,
+                "this idempotency key was used for another request",
+            )),
+        }
+    }
+}
+
+/// What a write answers: stored now (201), or the first answer to the same request (200).
+pub enum Answer {
+    Created(Value),
+    Replayed(Value),
+}
+
+/// Embeds and stores `items` for the caller in one transaction; the index learns of them once
+/// it has committed. `respond` makes the answer from what was stored; with an idempotency key
+/// it is recorded in the same transaction, and a retry gets it back instead of a second copy.
 pub async fn store_memories(
     state: &AppState,
     grant: &Grant<MemoryWrite>,
     items: Vec<NewMemory>,
-) -> ApiResult<Vec<Memory>> {
-    let prepared = prepare(state, items).await?;
-    let key = Owner::of(grant).key();
-    let index = state.memory.index.clone();
+    idempotency: Option<Idempotency>,
+    respond: impl FnOnce(Vec<Memory>) -> Value + Send + 'static,
+) -> ApiResult<Answer> {
+    let owner = Owner::of(grant);
+    if let Some(idem) = &idempotency {
+        let (o, key) = (owner.clone(), idem.key.clone());
+        let found = state.db.read(move |c| store::replay(c, &o, &key)).await?;
+        if let Some(first) = idem.replay(found)? {
+            return Ok(Answer::Replayed(first));
+        }
+    }
+    let prepared = prepare(state, grant.tenant().as_str(), items).await?;
     let model = state.memory.model_id().to_owned();
+    let s = state.clone();
     grant
         .write(&state.db, move |w| {
+            if let Some(idem) = &idempotency {
+                // A retry that raced the first request: it committed while this one embedded.
+                if let Some(first) = idem.replay(store::replay(w, &owner, &idem.key)?)? {
+                    return Ok(Answer::Replayed(first));
+                }
+            }
             let stored = store::insert(w, &prepared, &model)?;
             let created = w.now().millis();
-            let entries: Vec<(RowId, i64, &[f32])> = stored
+            let entries: Vec<Indexed> = stored
                 .iter()
-                .zip(&prepared)
-                .map(|((row, _), p)| (*row, created, p.embedding.vector.as_slice()))
+                .zip(prepared)
+                .map(|((row, _), p)| (*row, created, p.embedding.vector))
                 .collect();
-            index.insert(&key, &entries);
-            Ok(stored.into_iter().map(|(_, m)| m).collect())
+            let key = owner.key();
+            w.after_commit(move || s.memory.committed_inserts(&key, &entries));
+            let response = respond(stored.into_iter().map(|(_, m)| m).collect());
+            if let Some(idem) = &idempotency {
+                store::remember(w, &idem.key, &idem.request_hash, &response)?;
+            }
+            Ok(Answer::Created(response))
         })
         .await
 }
@@ -82,11 +153,18 @@ fn parse_item(index: usize, value: Value) -> ApiResult<NewMemory> {
         e.with_details(details)
     };
     let request: WriteRequest = parse_value(value, &prefix).map_err(with_index)?;
+    if request.idempotency_key.is_some() {
+        return Err(with_index(ApiError::field(
+            &format!("{prefix}idempotencyKey"),
+            "give one idempotencyKey for the whole batch, beside memories",
+        )));
+    }
     request.validate(&prefix).map_err(with_index)
 }
 
 /// `transactional: true`: all or nothing, 201. Otherwise each item stands alone: 200 with a
-/// result per item (201 or 4xx) in request order, the valid ones stored.
+/// result per item (201 or 4xx) in request order, the valid ones stored. A replay of a batch
+/// sent with the same idempotency key answers 200 with the first answer.
 pub async fn batch(
     state: &AppState,
     grant: &Grant<MemoryWrite>,
@@ -99,50 +177,71 @@ pub async fn batch(
             format!("a batch holds 1 to {MAX_BATCH} memories; got {n}"),
         ));
     }
+    let idempotency = Idempotency::new(body.idempotency_key.clone(), &body)?;
     let parsed: Vec<ApiResult<NewMemory>> = body
         .memories
         .into_iter()
         .enumerate()
         .map(|(i, v)| parse_item(i, v))
         .collect();
-    if body.transactional.unwrap_or(false) {
+    let (answer, fresh) = if body.transactional.unwrap_or(false) {
         let items = parsed.into_iter().collect::<ApiResult<Vec<_>>>()?;
-        let stored = store_memories(state, grant, items).await?;
-        let body = json!({ "created": stored.len(), "memories": stored });
-        return Ok((StatusCode::CREATED, axum::Json(body)).into_response());
-    }
-    let mut results: Vec<Option<BatchItem>> = Vec::with_capacity(n);
+        let respond = |stored: Vec<Memory>| json!({ "created": stored.len(), "memories": stored });
+        let answer = store_memories(state, grant, items, idempotency, respond).await?;
+        (answer, StatusCode::CREATED)
+    } else {
+        (
+            partial_batch(state, grant, parsed, idempotency).await?,
+            StatusCode::OK,
+        )
+    };
+    Ok(match answer {
+        Answer::Created(body) => (fresh, axum::Json(body)).into_response(),
+        Answer::Replayed(body) => (StatusCode::OK, axum::Json(body)).into_response(),
+    })
+}
+
+/// A non-transactional batch: the valid items are stored, the others answered with their error.
+async fn partial_batch(
+    state: &AppState,
+    grant: &Grant<MemoryWrite>,
+    parsed: Vec<ApiResult<NewMemory>>,
+    idempotency: Option<Idempotency>,
+) -> ApiResult<Answer> {
+    let n = parsed.len();
+    let mut failures: Vec<Option<BatchItem>> = Vec::with_capacity(n);
     let mut good = Vec::new();
     for (i, item) in parsed.into_iter().enumerate() {
         match item {
             Ok(m) => {
                 good.push(m);
-                results.push(None);
+                failures.push(None);
             }
-            Err(e) => results.push(Some(BatchItem::failed(i, &e))),
+            Err(e) => failures.push(Some(BatchItem::failed(i, &e))),
         }
     }
-    let created = good.len();
-    let mut stored = if good.is_empty() {
-        Vec::new()
-    } else {
-        store_memories(state, grant, good).await?
-    }
-    .into_iter();
-    let results: Vec<BatchItem> = results
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.unwrap_or_else(|| BatchItem {
-                index: i,
-                status: StatusCode::CREATED.as_u16(),
-                memory: stored.next(),
-                error: None,
+    let respond = move |stored: Vec<Memory>| {
+        let created = stored.len();
+        let mut stored = stored.into_iter();
+        let results: Vec<BatchItem> = failures
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| BatchItem {
+                    index: i,
+                    status: StatusCode::CREATED.as_u16(),
+                    memory: stored.next(),
+                    error: None,
+                })
             })
-        })
-        .collect();
-    let body = json!({ "created": created, "failed": n - created, "results": results });
-    Ok((StatusCode::OK, axum::Json(body)).into_response())
+            .collect();
+        json!({ "created": created, "failed": n - created, "results": results })
+    };
+    if good.is_empty() {
+        // Nothing to store, so nothing a retry could duplicate.
+        return Ok(Answer::Created(respond(Vec::new())));
+    }
+    store_memories(state, grant, good, idempotency, respond).await
 }
 
 /// Deletes one of the caller's memories; it is gone from every search at once.
@@ -152,12 +251,12 @@ pub async fn delete(
     id: MemoryId,
 ) -> ApiResult<Value> {
     let key = Owner::of(grant).key();
-    let index = state.memory.index.clone();
+    let s = state.clone();
     let deleted = id.clone();
     grant
         .write(&state.db, move |w| {
             let row = store::delete(w, &deleted)?;
-            index.remove(&key, row);
+            w.after_commit(move || s.memory.committed_delete(&key, row));
             Ok(())
         })
         .await?;

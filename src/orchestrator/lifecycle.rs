@@ -248,14 +248,34 @@ fn load(w: &Write<'_, Executions>, id: &ExecutionId) -> ApiResult<Execution> {
     store::load_execution(w, w.tenant(), w.target(), id)
 }
 
+/// Why a target's queue may not be worked now: its effective policy blocks dispatch (a hold, an
+/// incident not handed off). Executions already claimed may finish.
+pub fn queue_block(target: &Target) -> Option<&[String]> {
+    (target.runtime.policy == Policy::Blocked).then_some(target.runtime.reasons.as_slice())
+}
+
 /// Claims with the worker's token: one guarded statement, so exactly one claimant wins. The
-/// same token claiming again gets its claim back; any other token gets 409.
+/// same token claiming again gets its claim back; any other token gets 409. A pending execution
+/// of a target whose policy blocks dispatch is not claimable until the block lifts.
 pub fn claim(
     w: &Write<'_, Executions>,
     h: Hold<'_>,
     worker: Option<&str>,
     lease_ms: i64,
 ) -> ApiResult<Execution> {
+    let target = targets::load(w, w.tenant(), w.target())?;
+    if let Some(reasons) = queue_block(&target)
+        && load(w, h.id)?.state == ExecutionState::Pending
+    {
+        return Err(ApiError::new(
+            Code::TargetBlocked,
+            format!(
+                "the target's policy blocks dispatch ({}); the execution waits until that lifts",
+                reasons.join(", ")
+            ),
+        )
+        .with_details(json!({ "blockReasons": reasons })));
+    }
     let lease = w.now().plus_ms(lease_ms);
     let won = store::claim_pending(w, h.id, h.token, worker, lease)?;
     let e = load(w, h.id)?;

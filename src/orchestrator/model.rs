@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::agents::model::TargetKind;
 use crate::clock::Timestamp;
-use crate::ids::{ApprovalId, ExecutionId, RunId, TargetId, UserId};
+use crate::ids::{ApprovalId, ExecutionId, RunId, TargetId, TenantId, UserId};
 
 /// A state enum stored as its lowercase name: text in SQL and JSON, decoded strictly.
 macro_rules! stored_state {
@@ -124,10 +124,18 @@ pub struct ListParams {
     pub offset: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunViewParams {
+    pub events_after: Option<String>,
+    pub events_limit: Option<String>,
+}
+
 /// A run as stored.
 #[derive(Debug, Clone)]
 pub struct Run {
     pub id: RunId,
+    pub tenant_id: TenantId,
     pub target_id: TargetId,
     pub target_kind: TargetKind,
     pub requested_by: UserId,
@@ -200,10 +208,19 @@ pub fn control_view(run: &Run, approvals: &[Approval]) -> Value {
     })
 }
 
+/// What hangs off a run when it is shown: its approvals, its newest execution, and whether its
+/// target's policy holds that execution back now.
+pub struct RunParts<'a> {
+    pub approvals: &'a [Approval],
+    pub execution: Option<&'a Execution>,
+    pub queue_block: Option<&'a [String]>,
+}
+
 /// What an operator should do next, in words.
-pub fn recommended_actions(run: &Run, approvals: &[Approval]) -> Vec<String> {
+pub fn recommended_actions(run: &Run, parts: &RunParts<'_>) -> Vec<String> {
     match run.state {
-        RunState::AwaitingApproval => approvals
+        RunState::AwaitingApproval => parts
+            .approvals
             .iter()
             .filter(|a| a.state == ApprovalState::Pending)
             .map(|a| format!("approve or reject approval {} (not as the requester)", a.id))
@@ -212,21 +229,45 @@ pub fn recommended_actions(run: &Run, approvals: &[Approval]) -> Vec<String> {
             "the target blocks dispatch ({}); release its hold or resolve its incident, and the run is dispatched",
             run.block_reason.clone().unwrap_or_default()
         )],
-        RunState::Dispatched => {
-            vec!["waiting for a worker of the target to claim the execution".into()]
-        }
+        RunState::Dispatched => match parts.queue_block {
+            Some(reasons) => vec![format!(
+                "the target blocks dispatch ({}); the queued execution is claimed once that lifts",
+                reasons.join(",")
+            )],
+            None => vec!["waiting for a worker of the target to claim the execution".into()],
+        },
         RunState::Running => {
             vec!["a worker holds the execution; it reports through heartbeats".into()]
         }
         RunState::CancelRequested => {
             vec!["waiting for the worker to acknowledge the cancellation".into()]
         }
-        _ => vec![],
+        RunState::Queued
+        | RunState::Succeeded
+        | RunState::Failed
+        | RunState::Canceled
+        | RunState::Rejected => vec![],
     }
 }
 
-pub fn run_view(run: &Run, approvals: &[Approval], execution: Option<&Execution>) -> Value {
-    json!({
+/// How much of a run a view shows: lists leave out its input and result (they can be large).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    Full,
+    Summary,
+}
+
+pub fn run_view(run: &Run, parts: &RunParts<'_>, detail: Detail) -> Value {
+    let execution = parts.execution.map(|e| {
+        let waiting = e.state == ExecutionState::Pending;
+        let block = parts.queue_block.filter(|_| waiting);
+        json!({
+            "id": e.id, "state": e.state, "attempt": e.attempt, "workerId": e.worker_id,
+            "leaseExpiresAt": e.lease_expires_at, "cancelRequested": e.cancel_requested,
+            "blocked": block.is_some(), "blockReasons": block.unwrap_or_default(),
+        })
+    });
+    let mut v = json!({
         "id": run.id,
         "targetId": run.target_id,
         "targetKind": run.target_kind.as_str(),
@@ -235,21 +276,21 @@ pub fn run_view(run: &Run, approvals: &[Approval], execution: Option<&Execution>
         "requestedBy": run.requested_by,
         "requiresApproval": run.requires_approval,
         "idempotencyKey": run.idempotency_key,
-        "input": run.input,
-        "result": run.result,
-        "approvals": approvals.iter().map(|a| json!({
+        "approvals": parts.approvals.iter().map(|a| json!({
             "id": a.id, "state": a.state, "createdAt": a.created_at, "decidedBy": a.decided_by,
             "decidedAt": a.decided_at, "note": a.note,
             "approvePath": format!("/v1/orchestrator/runs/{}/approvals/{}/approve", run.id, a.id),
             "rejectPath": format!("/v1/orchestrator/runs/{}/approvals/{}/reject", run.id, a.id),
         })).collect::<Vec<_>>(),
-        "execution": execution.map(|e| json!({
-            "id": e.id, "state": e.state, "attempt": e.attempt, "workerId": e.worker_id,
-            "leaseExpiresAt": e.lease_expires_at, "cancelRequested": e.cancel_requested,
-        })),
-        "control": control_view(run, approvals),
-        "recommendedActions": recommended_actions(run, approvals),
+        "execution": execution,
+        "control": control_view(run, parts.approvals),
+        "recommendedActions": recommended_actions(run, parts),
         "createdAt": run.created_at,
         "updatedAt": run.updated_at,
-    })
+    });
+    if detail == Detail::Full {
+        v["input"] = run.input.clone();
+        v["result"] = run.result.clone().unwrap_or(Value::Null);
+    }
+    v
 }

@@ -5,9 +5,10 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::agents::store as targets;
 use crate::auth::perm::Executions;
 use crate::auth::{Grant, Write};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult, Code};
 use crate::http::extract::{Ids, Json, bounded_text, required_text};
 use crate::ids::ExecutionId;
 use crate::state::AppState;
@@ -47,15 +48,24 @@ pub async fn list(
     State(state): State<AppState>,
 ) -> ApiResult<axum::Json<Value>> {
     let (tenant, target) = (grant.tenant().clone(), grant.target().clone());
-    let rows = state
+    let (rows, block) = state
         .db
-        .read(move |c| store::pending(c, &tenant, &target, LIST_LIMIT))
+        .read(move |c| {
+            let rows = store::pending(c, &tenant, &target, LIST_LIMIT)?;
+            let target = targets::load(c, &tenant, &target)?;
+            Ok((
+                rows,
+                lifecycle::queue_block(&target).map(<[String]>::to_vec),
+            ))
+        })
         .await?;
     let executions: Vec<Value> = rows
         .iter()
         .map(|(e, input)| {
             let mut v = view(&state, e);
             v["input"] = input.clone();
+            v["blocked"] = json!(block.is_some());
+            v["blockReasons"] = json!(block.clone().unwrap_or_default());
             v
         })
         .collect();
@@ -147,6 +157,15 @@ pub async fn complete(
         .map(|k| required_text("idempotencyKey", k, MAX_TOKEN_CHARS))
         .transpose()?;
     let result = b.result;
+    let max = state.settings.max_result_bytes;
+    let size = result.as_ref().map_or(0, |r| r.to_string().len());
+    if size > max {
+        return Err(ApiError::new(
+            Code::PayloadTooLarge,
+            format!("result: {size} bytes of JSON; at most {max} are accepted"),
+        )
+        .with_details(json!({ "field": "result", "limit": max })));
+    }
     act(grant, &state, id, b.claim_token, move |w, h| {
         lifecycle::complete(w, h, result, key.as_deref())
     })

@@ -11,12 +11,17 @@ use crate::agents::store as targets;
 use crate::auth::Grant;
 use crate::auth::perm::{RunsAdmin, RunsRead, RunsWrite};
 use crate::error::{ApiError, ApiResult, Code};
-use crate::http::extract::{Ids, Json, Paging, Query, bounded_text, parse_json, required_text};
+use crate::http::extract::{
+    Ids, Json, Paging, Query, bounded_text, limit_within, parse_json, query_number, required_text,
+};
 use crate::ids::{ApprovalId, RunId, TargetId, TenantId};
 use crate::state::AppState;
 
 use super::lifecycle;
-use super::model::{CreateRun, DecideBody, ListParams, RunState, run_view};
+use super::model::{
+    Approval, CreateRun, DecideBody, Detail, Execution, ListParams, Run, RunParts, RunState,
+    RunViewParams, run_view,
+};
 use super::store::{self, RunFilter};
 
 /// Largest run input, as JSON text.
@@ -25,35 +30,68 @@ pub const MAX_INPUT_BYTES: usize = 1 << 20;
 pub const MAX_KEY_CHARS: usize = 200;
 pub const MAX_NOTE_CHARS: usize = 2_000;
 
-/// The run with its approvals, execution and (optionally) timeline.
+/// Events a run view shows unless asked otherwise, and at most.
+const EVENTS_PAGE: u32 = 100;
+const MAX_EVENTS_PAGE: u32 = 1_000;
+
+/// The parts of a run a view shows, read in one go.
+struct Loaded {
+    approvals: Vec<Approval>,
+    execution: Option<Execution>,
+    queue_block: Option<Vec<String>>,
+}
+
+impl Loaded {
+    fn read(conn: &Connection, run: &Run) -> ApiResult<Loaded> {
+        let target = targets::find(conn, &run.tenant_id, &run.target_id)?;
+        Ok(Loaded {
+            approvals: store::approvals(conn, &run.id)?,
+            execution: store::execution_of(conn, &run.id)?,
+            queue_block: target
+                .as_ref()
+                .and_then(lifecycle::queue_block)
+                .map(<[String]>::to_vec),
+        })
+    }
+
+    fn view(&self, run: &Run, detail: Detail) -> Value {
+        let parts = RunParts {
+            approvals: &self.approvals,
+            execution: self.execution.as_ref(),
+            queue_block: self.queue_block.as_deref(),
+        };
+        run_view(run, &parts, detail)
+    }
+}
+
+/// A page of a run's timeline: events after a sequence number, oldest first.
+#[derive(Debug, Clone, Copy)]
+struct EventPage {
+    after: i64,
+    limit: u32,
+}
+
+/// The run in full: with its approvals, execution and (a page of) its timeline.
 fn full_view(
     conn: &Connection,
     tenant: &TenantId,
     id: &RunId,
-    with_events: bool,
+    events: Option<EventPage>,
 ) -> ApiResult<Value> {
     let run = store::load_run(conn, tenant, id)?;
-    let approvals = store::approvals(conn, id)?;
-    let execution = store::execution_of(conn, id)?;
-    let mut v = run_view(&run, &approvals, execution.as_ref());
-    if with_events {
-        v["events"] = json!(store::events(conn, id)?);
+    let mut v = Loaded::read(conn, &run)?.view(&run, Detail::Full);
+    if let Some(page) = events {
+        let (events, next) = store::events(conn, id, page.after, page.limit)?;
+        v["events"] = json!(events);
+        v["eventsNext"] = json!(next);
     }
     Ok(v)
 }
 
-async fn read_view(
-    state: &AppState,
-    tenant: &TenantId,
-    id: RunId,
-    events: bool,
-) -> ApiResult<Value> {
-    let tenant = tenant.clone();
-    state
-        .db
-        .read(move |c| full_view(c, &tenant, &id, events))
-        .await
-}
+const FIRST_EVENTS: Option<EventPage> = Some(EventPage {
+    after: 0,
+    limit: EVENTS_PAGE,
+});
 
 pub async fn create(
     grant: Grant<RunsWrite>,
@@ -80,7 +118,7 @@ pub async fn create(
                 ));
             }
             let (run, created) = lifecycle::create(w, &target, &input, asked, key.as_deref())?;
-            Ok((full_view(w, w.tenant(), &run.id, true)?, created))
+            Ok((full_view(w, w.tenant(), &run.id, FIRST_EVENTS)?, created))
         })
         .await?;
     let status = if created {
@@ -127,9 +165,7 @@ pub async fn list(
             let (runs, total) = store::list(c, &tenant, &filter)?;
             let mut views = Vec::with_capacity(runs.len());
             for run in &runs {
-                let approvals = store::approvals(c, &run.id)?;
-                let execution = store::execution_of(c, &run.id)?;
-                views.push(run_view(run, &approvals, execution.as_ref()));
+                views.push(Loaded::read(c, run)?.view(run, Detail::Summary));
             }
             Ok(json!({ "runs": views, "total": total,
                        "limit": filter.paging.limit, "offset": filter.paging.offset }))
@@ -138,14 +174,40 @@ pub async fn list(
     Ok(axum::Json(page))
 }
 
+async fn read_view(
+    state: &AppState,
+    tenant: &TenantId,
+    id: RunId,
+    events: Option<EventPage>,
+) -> ApiResult<Value> {
+    let tenant = tenant.clone();
+    state
+        .db
+        .read(move |c| full_view(c, &tenant, &id, events))
+        .await
+}
+
+/// `GET /orchestrator/runs/:id?eventsAfter=&eventsLimit=`: the run, with a page of its
+/// timeline (`eventsNext` is the `eventsAfter` of the next page, null on the last).
 pub async fn get(
     grant: Grant<RunsRead>,
     State(state): State<AppState>,
     Ids(id): Ids<RunId>,
+    Query(p): Query<RunViewParams>,
 ) -> ApiResult<axum::Json<Value>> {
-    Ok(axum::Json(
-        read_view(&state, grant.tenant(), id, true).await?,
-    ))
+    let after = query_number("eventsAfter", p.events_after.as_deref(), u32::MAX)?;
+    let limit = query_number("eventsLimit", p.events_limit.as_deref(), MAX_EVENTS_PAGE)?;
+    let page = EventPage {
+        after: i64::from(after.unwrap_or(0)),
+        limit: limit_within(limit, EVENTS_PAGE, MAX_EVENTS_PAGE).map_err(|_| {
+            ApiError::field(
+                "eventsLimit",
+                format!("must be a whole number from 1 to {MAX_EVENTS_PAGE}"),
+            )
+        })?,
+    };
+    let view = read_view(&state, grant.tenant(), id, Some(page)).await?;
+    Ok(axum::Json(view))
 }
 
 pub async fn control(
@@ -153,7 +215,7 @@ pub async fn control(
     State(state): State<AppState>,
     Ids(id): Ids<RunId>,
 ) -> ApiResult<axum::Json<Value>> {
-    let v = read_view(&state, grant.tenant(), id, false).await?;
+    let v = read_view(&state, grant.tenant(), id, None).await?;
     let mut control = v["control"].clone();
     control["recommendedActions"] = v["recommendedActions"].clone();
     Ok(axum::Json(control))
@@ -169,7 +231,7 @@ pub async fn cancel(
     let view = grant
         .write(&state.db, move |w| {
             lifecycle::cancel(w, &id, any)?;
-            full_view(w, w.tenant(), &id, true)
+            full_view(w, w.tenant(), &id, FIRST_EVENTS)
         })
         .await?;
     Ok(axum::Json(view))
@@ -195,7 +257,7 @@ async fn decide(
     let view = grant
         .write(&state.db, move |w| {
             lifecycle::decide(w, &id, &approval, approve, note.as_deref())?;
-            full_view(w, w.tenant(), &id, true)
+            full_view(w, w.tenant(), &id, FIRST_EVENTS)
         })
         .await?;
     Ok(axum::Json(view))

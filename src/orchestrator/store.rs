@@ -17,12 +17,13 @@ use crate::ids::{ApprovalId, ExecutionId, RunId, TargetId, TenantId};
 use super::model::{Approval, ApprovalState, Execution, ExecutionState, Run, RunState};
 
 const RUN_COLUMNS: &str = "id, target_id, target_kind, requested_by, input, idempotency_key,
-    requires_approval, state, block_reason, result, created_at, updated_at";
+    requires_approval, state, block_reason, result, created_at, updated_at, tenant_id";
 
 fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
     let d = Decoded::new(r, "runs", 0)?;
     Ok(Run {
         id: d.get(0)?,
+        tenant_id: d.get(12)?,
         target_id: d.get(1)?,
         target_kind: d.get(2)?,
         requested_by: d.get(3)?,
@@ -87,12 +88,20 @@ pub fn has_approval(conn: &Connection, run: &RunId) -> ApiResult<bool> {
         .is_some())
 }
 
-pub fn events(conn: &Connection, run: &RunId) -> ApiResult<Vec<Value>> {
-    let rows = conn
+/// Up to `limit` of a run's events after sequence `after`, oldest first, and the sequence to
+/// ask after for the next page (`None` on the last).
+pub fn events(
+    conn: &Connection,
+    run: &RunId,
+    after: i64,
+    limit: u32,
+) -> ApiResult<(Vec<Value>, Option<i64>)> {
+    let mut rows: Vec<Value> = conn
         .prepare_cached(
-            "SELECT seq, at, kind, detail FROM run_events WHERE run_id = ?1 ORDER BY seq",
+            "SELECT seq, at, kind, detail FROM run_events WHERE run_id = ?1 AND seq > ?2
+             ORDER BY seq LIMIT ?3",
         )?
-        .query_map([run], |r| {
+        .query_map(rusqlite::params![run, after, i64::from(limit) + 1], |r| {
             let d = Decoded::new(r, "run_events", 0)?;
             Ok(json!({
                 "sequence": d.get::<i64>(0)?,
@@ -102,7 +111,12 @@ pub fn events(conn: &Connection, run: &RunId) -> ApiResult<Vec<Value>> {
             }))
         })?
         .collect::<Result<_, _>>()?;
-    Ok(rows)
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = more
+        .then(|| rows.last().and_then(|e| e["sequence"].as_i64()))
+        .flatten();
+    Ok((rows, next))
 }
 
 /// Which runs a list shows.

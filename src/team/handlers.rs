@@ -4,11 +4,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::auth::perm::{TeamRead, TeamWrite};
+use crate::auth::perm::{TeamInvitations, TeamRead, TeamWrite};
 use crate::auth::{Grant, INVITATION_TOKEN_PREFIX, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::{Ids, Json};
-use crate::ids::UserId;
+use crate::ids::{InvitationId, UserId};
 use crate::state::AppState;
 
 use super::model::{
@@ -80,4 +80,28 @@ pub async fn remove(
         .write(&state.db, move |w| store::remove(w, &user))
         .await?;
     Ok(axum::Json(removed))
+}
+
+/// The invitations still waiting to be accepted.
+pub async fn list_invitations(
+    grant: Grant<TeamInvitations>,
+    State(state): State<AppState>,
+) -> ApiResult<axum::Json<Value>> {
+    let (tenant, now) = (grant.tenant().clone(), grant.now());
+    let invitations = state
+        .db
+        .read(move |c| store::list_invitations(c, &tenant, now))
+        .await?;
+    Ok(axum::Json(json!({ "invitations": invitations })))
+}
+
+pub async fn revoke_invitation(
+    grant: Grant<TeamWrite>,
+    State(state): State<AppState>,
+    Ids(id): Ids<InvitationId>,
+) -> ApiResult<axum::Json<Value>> {
+    let revoked = grant
+        .write(&state.db, move |w| store::revoke_invitation(w, &id))
+        .await?;
+    Ok(axum::Json(revoked))
 }

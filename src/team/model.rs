@@ -102,6 +102,8 @@ pub struct RemovedMember {
     pub user_id: UserId,
     pub removed_at: Timestamp,
     pub keys_revoked: usize,
+    /// Invitations the member had sent that were still pending.
+    pub invitations_revoked: usize,
 }
 
 #[cfg(test)]

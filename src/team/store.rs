@@ -2,13 +2,14 @@
 //! same `BEGIN IMMEDIATE` transaction, so the last-owner count and the change cannot interleave
 //! and a demotion that committed first wins.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, named_params};
-use serde_json::json;
+use rusqlite::{Connection, OptionalExtension, named_params};
+use serde_json::{Value, json};
 
 use crate::audit::{self, AuditEvent};
 use crate::auth::perm::{KeysWrite, TeamWrite};
 use crate::auth::{INVITATION_TOKEN_PREFIX, Permission, Role, Write, generate_secret, hash_secret};
 use crate::clock::Timestamp;
+use crate::db::Tx;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::ids::{InvitationId, TenantId, UserId};
 use crate::keys::model::{KeyName, NewKey};
@@ -126,7 +127,7 @@ pub fn invite(
     let pending: Option<InvitationId> = w
         .query_row(
             "SELECT id FROM invitations WHERE tenant_id = ?1 AND email = ?2
-               AND accepted_at IS NULL AND expires_at > ?3",
+               AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > ?3",
             rusqlite::params![tenant, email.as_str(), now],
             |r| r.get(0),
         )
@@ -179,47 +180,89 @@ pub fn invite(
 }
 
 /// Redeems an invitation token: creates the member and their first API key.
-pub fn accept(tx: &Transaction<'_>, token: &str, now: Timestamp) -> ApiResult<AcceptedInvitation> {
-    let row: Option<(
-        InvitationId,
-        TenantId,
-        String,
-        Role,
-        Timestamp,
-        Option<Timestamp>,
-    )> = tx
+/// An invitation as stored, with what accepting it must check.
+struct Pending {
+    id: InvitationId,
+    tenant: TenantId,
+    email: String,
+    role: Role,
+    invited_by: UserId,
+    expires_at: Timestamp,
+    accepted_at: Option<Timestamp>,
+    revoked_at: Option<Timestamp>,
+}
+
+fn invitation_by_token(conn: &Connection, token: &str) -> ApiResult<Option<Pending>> {
+    Ok(conn
         .query_row(
-            "SELECT id, tenant_id, email, role, expires_at, accepted_at FROM invitations
-             WHERE token_hash = ?1",
+            "SELECT id, tenant_id, email, role, invited_by, expires_at, accepted_at, revoked_at
+             FROM invitations WHERE token_hash = ?1",
             [hash_secret(token).as_slice()],
             |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+                let d = crate::db::Decoded::new(r, "invitations", 0)?;
+                Ok(Pending {
+                    id: d.get(0)?,
+                    tenant: d.get(1)?,
+                    email: d.get(2)?,
+                    role: d.get(3)?,
+                    invited_by: d.get(4)?,
+                    expires_at: d.get(5)?,
+                    accepted_at: d.get(6)?,
+                    revoked_at: d.get(7)?,
+                })
             },
         )
-        .optional()?;
-    let Some((id, tenant, email, role, expires_at, accepted_at)) = row else {
-        return Err(ApiError::not_found("invitation"));
-    };
-    if accepted_at.is_some() {
+        .optional()?)
+}
+
+/// Whether the invitation can still be redeemed now: not used, not revoked, not expired, and its
+/// inviter still a member allowed to grant its role.
+fn ensure_redeemable(conn: &Connection, p: &Pending, now: Timestamp) -> ApiResult<()> {
+    if p.accepted_at.is_some() {
         return Err(ApiError::new(
             Code::InvitationUsed,
             "this invitation was already accepted",
         ));
     }
-    if expires_at <= now {
+    if p.revoked_at.is_some() {
+        return Err(ApiError::new(
+            Code::InvitationRevoked,
+            "this invitation was revoked; ask for a new one",
+        ));
+    }
+    if p.expires_at <= now {
         return Err(ApiError::new(
             Code::InvitationExpired,
             "this invitation has expired; ask for a new one",
         )
-        .with_details(json!({ "expiredAt": expires_at })));
+        .with_details(json!({ "expiredAt": p.expires_at })));
     }
+    let inviter = find_member(conn, &p.tenant, &p.invited_by).ok();
+    let may_invite = inviter.is_some_and(|m| {
+        m.role.at_least(Role::Admin) && (p.role != Role::Owner || m.role == Role::Owner)
+    });
+    if !may_invite {
+        return Err(ApiError::new(
+            Code::InvitationRevoked,
+            "the person who sent this invitation may no longer invite; ask for a new one",
+        ));
+    }
+    Ok(())
+}
+
+/// Redeems an invitation token: creates the member and their first API key.
+pub fn accept(tx: &Tx<'_>, token: &str, now: Timestamp) -> ApiResult<AcceptedInvitation> {
+    let Some(p) = invitation_by_token(tx, token)? else {
+        return Err(ApiError::not_found("invitation"));
+    };
+    ensure_redeemable(tx, &p, now)?;
+    let Pending {
+        id,
+        tenant,
+        email,
+        role,
+        ..
+    } = p;
     let email = Email::parse(&email)
         .map_err(|e| ApiError::internal(anyhow::anyhow!("invitations row {id}: {e}")))?;
     let member = insert_user(
@@ -293,18 +336,76 @@ pub fn remove(w: &Write<'_, TeamWrite>, user: &UserId) -> ApiResult<RemovedMembe
         rusqlite::params![user, now],
     )?;
     let keys_revoked = key_store::revoke_all_of_user(w, user)?;
+    let invitations_revoked = w.execute(
+        "UPDATE invitations SET revoked_at = ?3 WHERE invited_by = ?1 AND tenant_id = ?2
+           AND accepted_at IS NULL AND revoked_at IS NULL",
+        rusqlite::params![user, tenant, now],
+    )?;
     audit::append(
         w,
         &AuditEvent::success(
             "team.member.remove",
             "user",
             user.as_str(),
-            json!({ "email": member.email, "role": member.role, "keysRevoked": keys_revoked }),
+            json!({ "email": member.email, "role": member.role, "keysRevoked": keys_revoked,
+                    "invitationsRevoked": invitations_revoked }),
         ),
     )?;
     Ok(RemovedMember {
         user_id: user.clone(),
         removed_at: now,
         keys_revoked,
+        invitations_revoked,
     })
+}
+
+/// The tenant's invitations still waiting to be accepted (unexpired, not revoked), newest first.
+pub fn list_invitations(
+    conn: &Connection,
+    tenant: &TenantId,
+    now: Timestamp,
+) -> ApiResult<Vec<Invitation>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT id, email, role, invited_by, created_at, expires_at FROM invitations
+             WHERE tenant_id = ?1 AND accepted_at IS NULL AND revoked_at IS NULL
+               AND expires_at > ?2
+             ORDER BY created_at DESC, id DESC",
+        )?
+        .query_map(rusqlite::params![tenant, now], |r| {
+            let d = crate::db::Decoded::new(r, "invitations", 0)?;
+            Ok(Invitation {
+                id: d.get(0)?,
+                email: d.get(1)?,
+                role: d.get(2)?,
+                invited_by: d.get(3)?,
+                created_at: d.get(4)?,
+                expires_at: d.get(5)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Revokes a pending invitation of the capability's tenant; its token stops working at once.
+pub fn revoke_invitation(w: &Write<'_, TeamWrite>, id: &InvitationId) -> ApiResult<Value> {
+    let now = w.now();
+    let changed = w.execute(
+        "UPDATE invitations SET revoked_at = ?3 WHERE id = ?1 AND tenant_id = ?2
+           AND accepted_at IS NULL AND revoked_at IS NULL",
+        rusqlite::params![id, w.tenant(), now],
+    )?;
+    if changed == 0 {
+        return Err(ApiError::not_found("invitation"));
+    }
+    audit::append(
+        w,
+        &AuditEvent::success(
+            "team.invitation.revoke",
+            "invitation",
+            id.as_str(),
+            json!({}),
+        ),
+    )?;
+    Ok(json!({ "id": id, "revokedAt": now }))
 }

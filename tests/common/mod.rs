@@ -64,8 +64,11 @@ pub fn open_engine(db: &Db, dir: &Path) -> MemoryEngine {
     .expect("memory engine opens")
 }
 
+/// Tests' agents run on loopback, so private destinations are allowed (tests of the guard turn
+/// it back on).
 pub fn test_settings() -> Settings {
     Settings {
+        allow_private_agent_urls: true,
         probe_interval: Duration::from_secs(3600),
         sweep_interval: Duration::from_secs(3600),
         ..Settings::default()
@@ -277,4 +280,15 @@ pub fn code(body: &Value) -> &str {
 
 pub fn bin_path() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_memesh"))
+}
+
+/// A valid A2A 1.0 Agent Card whose JSON-RPC interface is at `url`.
+pub fn card(url: &str) -> Value {
+    serde_json::json!({
+        "name": "Echo", "description": "echoes text", "version": "1.0.0",
+        "supportedInterfaces": [{ "url": url, "protocolBinding": "JSONRPC", "protocolVersion": "1.0" }],
+        "capabilities": { "streaming": false }, "defaultInputModes": ["text/plain"],
+        "defaultOutputModes": ["text/plain"],
+        "skills": [{ "id": "echo", "name": "Echo", "description": "echo back", "tags": ["demo"] }]
+    })
 }

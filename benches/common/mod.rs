@@ -1,0 +1,101 @@
+//! What the benchmark binaries share: a memesh server running in the bench process on a fresh
+//! data directory, with the real model, driven over HTTP like any client would.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use memesh::bootstrap::{self, NewTenant, TenantSpec};
+use memesh::clock::{Clock, SystemClock};
+use memesh::db::{Db, Durability};
+use memesh::index::IndexConfig;
+use memesh::memory::engine::{EngineConfig, MemoryEngine};
+use memesh::state::{AppState, Settings};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A memesh server in this process on `dir`, initialized with one tenant: its base URL, the
+/// first tenant, and what stops it.
+pub struct InProcess {
+    pub base: String,
+    pub tenant: NewTenant,
+    pub db: Db,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl InProcess {
+    pub async fn start(dir: &Path, owner_email: &str) -> InProcess {
+        InProcess::start_with(dir, owner_email, Settings::default(), Durability::Full).await
+    }
+
+    pub async fn start_with(
+        dir: &Path,
+        owner_email: &str,
+        settings: Settings,
+        durability: Durability,
+    ) -> InProcess {
+        let db = Db::open_with(&dir.join("memesh.db"), durability).unwrap();
+        let spec = TenantSpec {
+            name: "bench",
+            owner_email,
+            owner_key: None,
+        };
+        let tenant = bootstrap::initialize(&db, &spec, SystemClock.now())
+            .unwrap()
+            .unwrap();
+        let (embedder, _worker) = memesh::embed::load_bundled(
+            Some(&root().join("models/all-minilm-l6-v2-int8")),
+            Some(&root().join("runtime/libonnxruntime.so.1.31.1")),
+            2,
+        )
+        .unwrap();
+        let engine = MemoryEngine::open(
+            &db,
+            memesh::embed::MODEL_ID,
+            || Ok(embedder),
+            EngineConfig {
+                index: IndexConfig::new(memesh::embed::MODEL_DIM),
+                snapshot_dir: dir.join("index"),
+                snapshot_interval: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        let state = AppState::new(db.clone(), Arc::new(SystemClock), settings, engine);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(memesh::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        InProcess {
+            base,
+            tenant,
+            db,
+            stop,
+            server,
+        }
+    }
+
+    /// Adds another tenant, as `memesh tenant create` does.
+    pub fn create_tenant(&self, name: &str, owner_email: &str) -> NewTenant {
+        let spec = TenantSpec {
+            name,
+            owner_email,
+            owner_key: None,
+        };
+        bootstrap::create_tenant(&self.db, &spec, SystemClock.now()).unwrap()
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+    }
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
