@@ -141,11 +141,14 @@ async fn bench(total: usize) {
                         .send()
                         .await
                         .unwrap();
-                    if resp.status() == 409 {
+                    let status = resp.status();
+                    // Read every answer whole, as a worker would (and so the connection is kept).
+                    resp.bytes().await.unwrap();
+                    if status == 409 {
                         conflicts.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    assert_eq!(resp.status(), 200);
+                    assert_eq!(status, 200);
                     for action in ["heartbeat", "complete"] {
                         let resp = client
                             .post(format!("{base}/v1/agents/executions/{id}/{action}"))
@@ -155,6 +158,7 @@ async fn bench(total: usize) {
                             .await
                             .unwrap();
                         assert_eq!(resp.status(), 200, "{action}");
+                        resp.bytes().await.unwrap();
                     }
                     claimed.push(id.to_owned());
                     break;

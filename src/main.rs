@@ -21,6 +21,11 @@ use memesh::memory::engine::{EngineConfig, MemoryEngine};
 use memesh::state::AppState;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: a server that allocates many small, short-lived values (JSON, rows, requests)
+/// spends markedly less in the allocator than with the system's (measured in the queue bench).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.global.log_format);

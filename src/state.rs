@@ -5,6 +5,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::KeyCache;
 use crate::clock::SharedClock;
 use crate::db::Db;
 use crate::jobs::JobBoard;
@@ -61,6 +62,8 @@ pub struct App {
     pub outbound: Outbound,
     /// How the background jobs are doing.
     pub jobs: Arc<JobBoard>,
+    /// Recently authenticated keys.
+    pub keys: KeyCache,
 }
 
 #[derive(Clone)]
@@ -76,6 +79,7 @@ impl AppState {
             memory,
             outbound,
             jobs: Arc::new(JobBoard::default()),
+            keys: KeyCache::default(),
         }))
     }
 }

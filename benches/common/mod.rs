@@ -13,6 +13,10 @@ use memesh::index::IndexConfig;
 use memesh::memory::engine::{EngineConfig, MemoryEngine};
 use memesh::state::{AppState, Settings};
 
+/// The allocator the `memesh` binary uses, so the benchmarks measure what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -23,6 +27,7 @@ pub struct InProcess {
     pub base: String,
     pub tenant: NewTenant,
     pub db: Db,
+    pub state: AppState,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -68,13 +73,14 @@ impl InProcess {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(memesh::serve(listener, state, async {
+        let server = tokio::spawn(memesh::serve(listener, state.clone(), async {
             let _ = stopped.await;
         }));
         InProcess {
             base,
             tenant,
             db,
+            state,
             stop,
             server,
         }
@@ -98,4 +104,14 @@ impl InProcess {
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

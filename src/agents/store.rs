@@ -127,7 +127,8 @@ pub fn insert<P: Permission>(w: &Write<'_, P>, new: &NewTarget) -> ApiResult<Tar
     let id = TargetId::generate();
     let now = w.now();
     let runtime = Runtime::fresh(now, new.require_approval);
-    w.execute(
+    crate::db::exec(
+        w,
         "INSERT INTO dispatch_targets (id, tenant_id, name, description, kind, card, card_url,
              card_shape, protocol_version, endpoint_url, require_approval, created_by, created_at,
              updated_at, runtime_updated_at, policy, policy_reasons)
@@ -235,7 +236,7 @@ pub fn save_runtime<P: Permission>(
     let hold = rt.hold.as_ref();
     let handoff = rt.incident.handoff.as_ref();
     let ack = rt.review_ack.as_ref();
-    let changed = w.execute(
+    let changed = crate::db::exec(w,
         "UPDATE dispatch_targets SET runtime_updated_at = :token, require_approval = :approval,
              hold_reason = :hold_reason, hold_by = :hold_by, hold_since = :hold_since,
              hold_release_after = :hold_release, incident_open = :inc_open,
@@ -276,7 +277,8 @@ pub fn save_runtime<P: Permission>(
 }
 
 pub fn update_details<P: Permission>(w: &Write<'_, P>, target: &Target) -> ApiResult<()> {
-    w.execute(
+    crate::db::exec(
+        w,
         "UPDATE dispatch_targets SET name = :name, description = :description, card = :card,
              card_url = :card_url, card_shape = :shape, protocol_version = :version,
              endpoint_url = :endpoint, updated_at = :now
@@ -301,7 +303,8 @@ pub fn update_details<P: Permission>(w: &Write<'_, P>, target: &Target) -> ApiRe
 
 /// Deletes a target of the capability's tenant (its agent keys must be unbound first).
 pub fn delete<P: Permission>(w: &Write<'_, P>, id: &TargetId) -> ApiResult<()> {
-    w.execute(
+    crate::db::exec(
+        w,
         "DELETE FROM dispatch_targets WHERE id = ?1 AND tenant_id = ?2",
         rusqlite::params![id, w.tenant()],
     )?;

@@ -62,13 +62,14 @@ fn chain_hash(prev_hash: &str, f: &ChainFields<'_>) -> String {
 /// mutation's own transaction.
 pub fn append<P: Permission>(w: &Write<'_, P>, event: &AuditEvent) -> ApiResult<()> {
     let (tx, actor, now): (&Transaction<'_>, &Actor, Timestamp) = (w, w.actor(), w.now());
-    let last: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit_log WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
-            [&actor.tenant_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    let last = w.tx().audit_head(actor.tenant_id.as_str(), || {
+        Ok(tx
+            .prepare_cached(
+                "SELECT seq, hash FROM audit_log WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([&actor.tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    })?;
     let (seq, prev_hash) = match last {
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_owned()),
@@ -94,18 +95,19 @@ pub fn append<P: Permission>(w: &Write<'_, P>, event: &AuditEvent) -> ApiResult<
         detail: &detail,
     };
     let hash = chain_hash(&prev_hash, &fields);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit_log (id, tenant_id, seq, at, actor_user_id, actor_key_id, action,
              resource_type, resource_id, request_id, outcome, detail, prev_hash, hash)
          VALUES (:id, :tenant, :seq, :at, :user, :key, :action, :rtype, :rid, :req, :outcome,
              :detail, :prev, :hash)",
-        named_params! {
+    )?
+    .execute(named_params! {
             ":id": fields.id, ":tenant": fields.tenant_id, ":seq": seq, ":at": fields.at,
             ":user": fields.actor_user_id, ":key": fields.actor_key_id, ":action": fields.action,
             ":rtype": fields.resource_type, ":rid": fields.resource_id, ":req": request_id,
             ":outcome": fields.outcome, ":detail": detail, ":prev": prev_hash, ":hash": hash,
-        },
-    )?;
+    })?;
+    w.tx().set_audit_head(actor.tenant_id.as_str(), seq, hash);
     Ok(())
 }
 
@@ -294,4 +296,58 @@ pub fn verify(conn: &Connection) -> ApiResult<VerifyReport> {
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::perm::KeysWrite;
+    use crate::db::Db;
+    use crate::error::{ApiError, Code};
+
+    fn event(n: usize) -> AuditEvent {
+        AuditEvent::success("test.event", "test", format!("r{n}"), json!({ "n": n }))
+    }
+
+    /// Mutations that fail after appending to the chain roll their rows and the writer's
+    /// remembered head back; concurrent mutations grouped into one commit keep one intact chain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_chain_stays_intact_through_rollbacks_and_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("audit.db")).unwrap();
+        let tenant = TenantId::generate();
+        let now = Timestamp(1_000);
+        let mut writes = Vec::new();
+        for n in 0..60usize {
+            let (db, tenant) = (db.clone(), tenant.clone());
+            writes.push(tokio::spawn(async move {
+                db.write(move |tx| {
+                    let w = Write::<KeysWrite>::system(tx, tenant, now);
+                    append(&w, &event(n))?;
+                    if n % 4 == 0 {
+                        return Err(ApiError::new(
+                            Code::InvalidField,
+                            "refused after its audit row",
+                        ));
+                    }
+                    Ok(n)
+                })
+                .await
+            }));
+        }
+        let mut stored = 0;
+        for w in writes {
+            if w.await.unwrap().is_ok() {
+                stored += 1;
+            }
+        }
+        assert_eq!(stored, 45);
+        let report = db.read(verify).await.unwrap();
+        assert_eq!(
+            (report.rows, report.broken.len()),
+            (45, 0),
+            "{:?}",
+            report.broken
+        );
+    }
 }

@@ -243,10 +243,15 @@ impl<'t, P: Permission> Deref for Write<'t, P> {
     }
 }
 
-impl<P: Permission> Write<'_, P> {
+impl<'t, P: Permission> Write<'t, P> {
     /// Runs `effect` once this mutation has committed, in commit order (see [`Tx::after_commit`]).
     pub fn after_commit(&self, effect: impl FnOnce() + Send + 'static) {
         self.tx.after_commit(effect);
+    }
+
+    /// The transaction this capability writes in.
+    pub fn tx(&self) -> &'t Tx<'t> {
+        self.tx
     }
 }
 
@@ -412,8 +417,11 @@ fn presented_key(parts: &Parts) -> ApiResult<&str> {
 }
 
 /// A key found by its lookup handle whose hash matched, with when it was last marked used.
+#[derive(Clone)]
 struct Found {
     principal: Principal,
+    /// The stored SHA-256 of the key, which a presented key must match.
+    hash: Vec<u8>,
     last_used_at: Option<Timestamp>,
     expires_at: Option<Timestamp>,
     /// False for a revoked key, or one whose user has left: known, but refused.
@@ -475,6 +483,7 @@ fn lookup(conn: &Connection, lookup: &str, raw: &str) -> ApiResult<Option<Found>
     if !bool::from(stored.as_slice().ct_eq(&hash_secret(raw))) {
         return Ok(None);
     }
+    let hash = stored;
     let kind = match (target, scopes) {
         (Some(target), _) => KeyKind::Agent { target },
         (None, None) => KeyKind::User { scopes: None },
@@ -485,6 +494,7 @@ fn lookup(conn: &Connection, lookup: &str, raw: &str) -> ApiResult<Option<Found>
         },
     };
     Ok(Some(Found {
+        hash,
         principal: Principal {
             tenant_id,
             user_id,
@@ -500,7 +510,8 @@ fn lookup(conn: &Connection, lookup: &str, raw: &str) -> ApiResult<Option<Found>
 }
 
 fn touch(tx: &Transaction<'_>, key_id: &KeyId, now: Timestamp) -> ApiResult<()> {
-    tx.execute(
+    crate::db::exec(
+        tx,
         "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1",
         rusqlite::params![key_id, now],
     )?;
@@ -552,6 +563,63 @@ impl axum::response::IntoResponse for Refusal {
 
 /// Authenticates the request's key: 401 `unauthorized` for a missing, malformed, unknown or
 /// revoked key, 401 `key_expired` for an expired one.
+/// Keys authenticated recently, so a request needs no database read to know its caller. An entry
+/// is trusted only within the authentication epoch it was read in: a committed revocation,
+/// demotion or removal moves the epoch, and every entry is read afresh.
+#[derive(Default)]
+pub struct KeyCache(std::sync::Mutex<std::collections::HashMap<String, (u64, Found)>>);
+
+/// Entries kept at most; past that the cache starts over.
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
+impl KeyCache {
+    fn get(&self, handle: &str, epoch: u64, presented: &[u8; 32]) -> Option<Found> {
+        let entries = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (at, found) = entries.get(handle)?;
+        let same = bool::from(found.hash.as_slice().ct_eq(presented));
+        (*at == epoch && same).then(|| found.clone())
+    }
+
+    fn put(&self, handle: String, epoch: u64, found: Found) {
+        let mut entries = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= KEY_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(handle, (epoch, found));
+    }
+
+    fn touched(&self, handle: &str, now: Timestamp) {
+        let mut entries = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, found)) = entries.get_mut(handle) {
+            found.last_used_at = Some(now);
+        }
+    }
+}
+
+/// The key behind `raw`: from the cache, or read (and cached) with the epoch seen before the read.
+async fn find_key(state: &AppState, raw: &str, handle: &str) -> ApiResult<Option<Found>> {
+    let presented = hash_secret(raw);
+    let epoch = state.db.auth_epoch();
+    if let Some(found) = state.keys.get(handle, epoch, &presented) {
+        return Ok(Some(found));
+    }
+    let (r, h) = (raw.to_owned(), handle.to_owned());
+    let found = state.db.read(move |conn| lookup(conn, &h, &r)).await?;
+    if let Some(f) = &found {
+        state.keys.put(handle.to_owned(), epoch, f.clone());
+    }
+    Ok(found)
+}
+
 async fn authenticate(
     parts: &Parts,
     state: &AppState,
@@ -561,10 +629,7 @@ async fn authenticate(
     let Some(parsed) = parse_api_key(raw) else {
         return Err(ApiError::unauthorized("malformed API key").into());
     };
-    let (raw, handle) = (parsed.raw.to_owned(), parsed.lookup.to_owned());
-    let found = state
-        .db
-        .read(move |conn| lookup(conn, &handle, &raw))
+    let found = find_key(state, parsed.raw, parsed.lookup)
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
     let principal = Principal {
@@ -587,6 +652,7 @@ async fn authenticate(
     {
         let key_id = principal.key_id.clone();
         state.db.write(move |tx| touch(tx, &key_id, now)).await?;
+        state.keys.touched(parsed.lookup, now);
     }
     Ok(principal)
 }

@@ -260,6 +260,13 @@ const MIGRATIONS: &[&str] = &[
 
     -- Invitations can be revoked (by an OWNER or ADMIN, or when their inviter leaves).
     ALTER TABLE invitations ADD COLUMN revoked_at INTEGER;
+
+    -- A run's execution is looked up by its run (every run view, every transition).
+    CREATE INDEX executions_run ON executions(run_id, created_at);
+    -- The queue is listed in (created_at, id) order: the index must hold both, or every list
+    -- sorts all pending executions of the target.
+    DROP INDEX executions_queue;
+    CREATE INDEX executions_queue ON executions(target_id, state, created_at, id);
     "#,
 ];
 

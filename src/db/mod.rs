@@ -3,11 +3,13 @@
 
 mod decode;
 mod migrations;
+mod writer;
 
 use std::cell::RefCell;
 use std::ops::Deref;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,21 +27,54 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Db {
+    /// Readers' connections.
     pool: Pool<SqliteConnectionManager>,
-    /// Held from `BEGIN IMMEDIATE` until a transaction's after-commit effects have run, so the
-    /// effects (index changes) apply in commit order. SQLite admits one writer at a time anyway;
-    /// waiting here instead of in its busy handler costs nothing and sleeps no one.
-    writer: Arc<Mutex<()>>,
+    /// The writer thread's queue: every mutation of a serving process goes through it.
+    writer: writer::Queue,
+    /// Moves whenever a committed change touches who may authenticate (a key revoked, a member
+    /// demoted or removed): caches of authentication are valid only within one epoch.
+    auth_epoch: Arc<AtomicU64>,
 }
 
 /// Something to do once the transaction that asked for it has committed (and never if it did
 /// not): an in-memory structure kept in step with what SQLite now holds.
 type Effect = Box<dyn FnOnce() + Send>;
 
-/// A write transaction and the effects that follow its commit.
+/// A write transaction (one mutation's savepoint within it, on the writer thread), the effects
+/// that follow its commit, and the audit chains' heads as this transaction has moved them.
 pub struct Tx<'c> {
     tx: Transaction<'c>,
     effects: RefCell<Vec<Effect>>,
+    heads: RefCell<Heads>,
+    auth_epoch: Arc<AtomicU64>,
+}
+
+/// The newest (sequence, hash) of each tenant's audit chain, kept by the writer so appending a
+/// row needs no query for its predecessor. Changes made by a mutation that rolls back are undone.
+#[derive(Default)]
+pub struct Heads {
+    known: std::collections::HashMap<String, (i64, String)>,
+    /// (tenant, its head before the change) for every change since the transaction began.
+    undo: Vec<(String, Option<(i64, String)>)>,
+}
+
+impl Heads {
+    fn mark(&self) -> usize {
+        self.undo.len()
+    }
+
+    /// Undoes every change made since `mark`.
+    fn rewind(&mut self, mark: usize) {
+        while self.undo.len() > mark {
+            let Some((tenant, before)) = self.undo.pop() else {
+                break;
+            };
+            match before {
+                Some(head) => self.known.insert(tenant, head),
+                None => self.known.remove(&tenant),
+            };
+        }
+    }
 }
 
 impl<'c> Deref for Tx<'c> {
@@ -50,11 +85,78 @@ impl<'c> Deref for Tx<'c> {
     }
 }
 
-impl Tx<'_> {
+impl<'c> Tx<'c> {
+    fn begin(
+        conn: &'c mut Connection,
+        heads: Heads,
+        auth_epoch: Arc<AtomicU64>,
+    ) -> ApiResult<Tx<'c>> {
+        Ok(Tx {
+            tx: conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(busy_or_internal)?,
+            effects: RefCell::new(Vec::new()),
+            heads: RefCell::new(heads),
+            auth_epoch,
+        })
+    }
+
+    /// Says that this change touches who may authenticate (keys, roles, members): once it has
+    /// committed, every cached authentication is stale.
+    pub fn auth_changed(&self) {
+        let epoch = self.auth_epoch.clone();
+        self.after_commit(move || {
+            epoch.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+
     /// Runs `effect` after this transaction commits, in commit order with every other
-    /// transaction's effects; if it rolls back, `effect` is dropped unrun.
+    /// transaction's effects; if it (or the mutation that asked) rolls back, `effect` is dropped
+    /// unrun.
     pub fn after_commit(&self, effect: impl FnOnce() + Send + 'static) {
         self.effects.borrow_mut().push(Box::new(effect));
+    }
+
+    /// The newest (sequence, hash) of `tenant`'s audit chain: from the writer's memory, or read
+    /// once from the table.
+    pub fn audit_head(
+        &self,
+        tenant: &str,
+        read: impl FnOnce() -> ApiResult<Option<(i64, String)>>,
+    ) -> ApiResult<Option<(i64, String)>> {
+        if let Some(head) = self.heads.borrow().known.get(tenant) {
+            return Ok(Some(head.clone()));
+        }
+        read()
+    }
+
+    /// Records that `tenant`'s chain now ends at (`seq`, `hash`).
+    pub fn set_audit_head(&self, tenant: &str, seq: i64, hash: String) {
+        let mut heads = self.heads.borrow_mut();
+        let before = heads.known.insert(tenant.to_owned(), (seq, hash));
+        heads.undo.push((tenant.to_owned(), before));
+    }
+
+    /// Commits; on success runs the effects in order. Returns the audit heads as they now are
+    /// (as they were before, if the commit failed).
+    fn finish(self) -> (ApiResult<()>, Heads) {
+        let Tx {
+            tx, effects, heads, ..
+        } = self;
+        let mut heads = heads.into_inner();
+        match tx.commit() {
+            Ok(()) => {
+                for effect in effects.into_inner() {
+                    effect();
+                }
+                heads.undo.clear();
+                (Ok(()), heads)
+            }
+            Err(e) => {
+                heads.rewind(0);
+                (Err(busy_or_internal(e)), heads)
+            }
+        }
     }
 }
 
@@ -85,6 +187,8 @@ fn configure(conn: &mut Connection, durability: Durability) -> rusqlite::Result<
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Every statement memesh runs, parsed once per connection (the default keeps 16).
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(())
 }
 
@@ -113,9 +217,14 @@ impl Db {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .context("building the database connection pool")?;
+        let mut write_conn = Connection::open(path)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        configure(&mut write_conn, durability)?;
+        let auth_epoch = Arc::new(AtomicU64::new(0));
         Ok(Db {
             pool,
-            writer: Arc::new(Mutex::new(())),
+            writer: writer::start(write_conn, auth_epoch.clone())?,
+            auth_epoch,
         })
     }
 
@@ -136,17 +245,20 @@ impl Db {
         run_blocking(move || db.read_blocking(f)).await
     }
 
-    /// Runs `f` inside one `BEGIN IMMEDIATE` transaction, on the blocking pool; commits if `f`
-    /// returns `Ok`, rolls back otherwise, then runs the effects `f` registered. Everything a
-    /// mutation writes (its rows and its audit row) goes through one call, so it is all or
-    /// nothing.
+    /// Runs `f` as one mutation on the writer thread: in its own savepoint inside a transaction
+    /// that commits a group of mutations with one fsync. If `f` fails, only its own changes are
+    /// rolled back; if it succeeds, it is answered once its group has committed (never before),
+    /// and the effects it registered run then, in commit order. Everything a mutation writes
+    /// (its rows and its audit row) goes through one call, so it is all or nothing.
     pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Tx<'_>) -> ApiResult<T> + Send + 'static,
     {
-        let db = self.clone();
-        run_blocking(move || db.write_blocking(f)).await
+        self.writer
+            .submit(f)?
+            .await
+            .map_err(|_| writer::stopped())?
     }
 
     pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
@@ -154,25 +266,19 @@ impl Db {
         f(&conn)
     }
 
+    /// One transaction on a connection of its own, outside the writer thread: for start-up and
+    /// operator commands (bootstrap, `memesh reindex`), never while requests are served.
     pub fn write_blocking<T>(&self, f: impl FnOnce(&Tx<'_>) -> ApiResult<T>) -> ApiResult<T> {
         let mut conn = self.conn()?;
-        let _order = self
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let tx = Tx {
-            tx: conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(busy_or_internal)?,
-            effects: RefCell::new(Vec::new()),
-        };
+        let tx = Tx::begin(&mut conn, Heads::default(), self.auth_epoch.clone())?;
         let value = f(&tx)?;
-        let Tx { tx, effects } = tx;
-        tx.commit().map_err(busy_or_internal)?;
-        for effect in effects.into_inner() {
-            effect();
-        }
+        tx.finish().0?;
         Ok(value)
+    }
+
+    /// The current authentication epoch (see [`Tx::auth_changed`]).
+    pub fn auth_epoch(&self) -> u64 {
+        self.auth_epoch.load(Ordering::SeqCst)
     }
 
     /// Folds the WAL back into the main file; called on clean shutdown.
@@ -205,6 +311,15 @@ pub async fn run_blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(anyhow::anyhow!("blocking task failed: {e}")))?
 }
 
+/// Runs one statement through the connection's statement cache (parsed once, not per call).
+pub fn exec<P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
 /// Maps a UNIQUE-constraint violation to a 409 with `code`; anything else stays internal.
 pub fn unique_violation_as(e: rusqlite::Error, code: Code, message: &str) -> ApiError {
     match e.sqlite_error_code() {
@@ -215,7 +330,8 @@ pub fn unique_violation_as(e: rusqlite::Error, code: Code, message: &str) -> Api
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
 

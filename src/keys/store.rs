@@ -43,7 +43,8 @@ pub fn create<P: Permission>(
     let id = KeyId::generate();
     let now = w.now();
     let scopes = new.scopes_column();
-    w.execute(
+    crate::db::exec(
+        w,
         "INSERT INTO api_keys (id, tenant_id, user_id, name, lookup, hash, last4, created_at,
              target_id, scopes, expires_at)
          VALUES (:id, :tenant, :user, :name, :lookup, :hash, :last4, :now, :target, :scopes,
@@ -144,7 +145,8 @@ pub fn list(
 /// revoked, is not found.
 pub fn revoke<P: Permission>(w: &Write<'_, P>, key_id: &KeyId) -> ApiResult<RevokedKey> {
     let now = w.now();
-    let changed = w.execute(
+    let changed = crate::db::exec(
+        w,
         "UPDATE api_keys SET revoked_at = :now
          WHERE id = :id AND tenant_id = :tenant AND user_id = :user AND revoked_at IS NULL",
         named_params! { ":now": now, ":id": key_id, ":tenant": w.tenant(), ":user": w.user() },
@@ -152,6 +154,7 @@ pub fn revoke<P: Permission>(w: &Write<'_, P>, key_id: &KeyId) -> ApiResult<Revo
     if changed == 0 {
         return Err(ApiError::not_found("API key"));
     }
+    w.tx().auth_changed();
     audit::append(
         w,
         &AuditEvent::success("keys.revoke", "api_key", key_id.as_str(), json!({})),
@@ -164,7 +167,9 @@ pub fn revoke<P: Permission>(w: &Write<'_, P>, key_id: &KeyId) -> ApiResult<Revo
 
 /// Revokes every live key of `user` (when the user leaves the team); returns how many.
 pub fn revoke_all_of_user<P: Permission>(w: &Write<'_, P>, user: &UserId) -> ApiResult<usize> {
-    Ok(w.execute(
+    w.tx().auth_changed();
+    Ok(crate::db::exec(
+        w,
         "UPDATE api_keys SET revoked_at = ?3 WHERE user_id = ?1 AND tenant_id = ?2
            AND revoked_at IS NULL",
         rusqlite::params![user, w.tenant(), w.now()],
@@ -174,12 +179,15 @@ pub fn revoke_all_of_user<P: Permission>(w: &Write<'_, P>, user: &UserId) -> Api
 /// Revokes the agent access keys bound to `target` and unbinds them (the target is being
 /// deleted); returns how many were live.
 pub fn revoke_bound_to<P: Permission>(w: &Write<'_, P>, target: &TargetId) -> ApiResult<usize> {
-    let live = w.execute(
+    w.tx().auth_changed();
+    let live = crate::db::exec(
+        w,
         "UPDATE api_keys SET revoked_at = ?3 WHERE target_id = ?1 AND tenant_id = ?2
            AND revoked_at IS NULL",
         rusqlite::params![target, w.tenant(), w.now()],
     )?;
-    w.execute(
+    crate::db::exec(
+        w,
         "UPDATE api_keys SET target_id = NULL WHERE target_id = ?1 AND tenant_id = ?2",
         rusqlite::params![target, w.tenant()],
     )?;

@@ -204,7 +204,7 @@ pub fn delete(w: &Write<'_, MemoryWrite>, id: &MemoryId) -> ApiResult<RowId> {
     let Some((seq, space)) = row else {
         return Err(ApiError::not_found("memory"));
     };
-    w.execute("DELETE FROM memories WHERE seq = ?1", [seq])?;
+    crate::db::exec(w, "DELETE FROM memories WHERE seq = ?1", [seq])?;
     audit::append(
         w,
         &AuditEvent::success(
@@ -320,7 +320,8 @@ pub fn stored_model(conn: &Connection) -> ApiResult<Option<String>> {
 /// Records which model the stored vectors come from (start-up and `memesh reindex`, which act
 /// on the whole database, not for a caller).
 pub fn set_model(tx: &Transaction<'_>, model: &str) -> ApiResult<()> {
-    tx.execute(
+    crate::db::exec(
+        tx,
         "INSERT INTO meta (key, value) VALUES ('embedding_model', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         [model],
@@ -346,7 +347,8 @@ pub fn contents_after(
 
 /// Replaces a stored vector (`memesh reindex`, an operator command on the stopped server).
 pub fn replace_embedding(tx: &Transaction<'_>, row: RowId, e: &Embedding) -> ApiResult<()> {
-    tx.execute(
+    crate::db::exec(
+        tx,
         "UPDATE memories SET embedding = ?2, embed_tokens = ?3, embed_truncated = ?4 WHERE seq = ?1",
         rusqlite::params![row, vector_to_blob(&e.vector), e.tokens as i64, e.truncated],
     )?;
@@ -586,7 +588,8 @@ pub fn remember(
     response: &serde_json::Value,
 ) -> ApiResult<()> {
     let owner = Owner::writing(w)?;
-    w.execute(
+    crate::db::exec(
+        w,
         "INSERT INTO memory_requests (tenant_id, user_id, key, request_hash, response, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         rusqlite::params![

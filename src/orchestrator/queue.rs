@@ -2,56 +2,108 @@
 //! (list, claim, heartbeat, complete, acknowledge a cancellation).
 
 use axum::extract::State;
-use serde::Deserialize;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::agents::store as targets;
 use crate::auth::perm::Executions;
 use crate::auth::{Grant, Write};
+use crate::clock::Timestamp;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::http::extract::{Ids, Json, bounded_text, required_text};
-use crate::ids::ExecutionId;
+use crate::http::extract::{
+    Ids, Json, Query, bounded_text, limit_within, query_number, required_text,
+};
+use crate::ids::{ExecutionId, RunId};
 use crate::state::AppState;
 
 use super::lifecycle::{self, Hold};
-use super::model::Execution;
+use super::model::{Execution, ExecutionState};
 use super::store;
 
 /// Longest claim token, worker id and idempotency key; longest progress message and note.
 pub const MAX_TOKEN_CHARS: usize = 200;
 pub const MAX_MESSAGE_CHARS: usize = 2_000;
-/// Pending executions listed at most.
-const LIST_LIMIT: u32 = 100;
+/// Pending executions listed unless asked otherwise, and at most. A worker takes one at a time
+/// from the head of the queue; long pages only make every worker reach for the same ones.
+const LIST_DEFAULT: u32 = 10;
+const LIST_MAX: u32 = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListParams {
+    pub limit: Option<String>,
+}
 
 fn lease_ms(state: &AppState) -> i64 {
     i64::try_from(state.settings.execution_lease.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// An execution as a worker sees it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecutionView<'a> {
+    id: &'a ExecutionId,
+    run_id: &'a RunId,
+    state: ExecutionState,
+    attempt: i64,
+    worker_id: Option<&'a str>,
+    lease_expires_at: Option<Timestamp>,
+    heartbeat_interval_seconds: u64,
+    cancel_requested: bool,
+    result: Option<&'a Value>,
+    created_at: Timestamp,
+}
+
+impl<'a> ExecutionView<'a> {
+    fn of(state: &AppState, e: &'a Execution) -> Self {
+        ExecutionView {
+            id: &e.id,
+            run_id: &e.run_id,
+            state: e.state,
+            attempt: e.attempt,
+            worker_id: e.worker_id.as_deref(),
+            lease_expires_at: e.lease_expires_at,
+            heartbeat_interval_seconds: (state.settings.execution_lease.as_secs() / 3).max(1),
+            cancel_requested: e.cancel_requested,
+            result: e.result.as_ref(),
+            created_at: e.created_at,
+        }
+    }
+}
+
+/// A pending execution in the list: with its run's input as stored, and whether the target's
+/// policy holds it back now.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Listed<'a> {
+    #[serde(flatten)]
+    execution: ExecutionView<'a>,
+    input: &'a serde_json::value::RawValue,
+    blocked: bool,
+    block_reasons: &'a [String],
+}
+
 fn view(state: &AppState, e: &Execution) -> Value {
-    let lease = state.settings.execution_lease.as_secs();
-    json!({
-        "id": e.id,
-        "runId": e.run_id,
-        "state": e.state,
-        "attempt": e.attempt,
-        "workerId": e.worker_id,
-        "leaseExpiresAt": e.lease_expires_at,
-        "heartbeatIntervalSeconds": (lease / 3).max(1),
-        "cancelRequested": e.cancel_requested,
-        "result": e.result,
-        "createdAt": e.created_at,
-    })
+    json!(ExecutionView::of(state, e))
 }
 
 pub async fn list(
     grant: Grant<Executions>,
     State(state): State<AppState>,
-) -> ApiResult<axum::Json<Value>> {
+    Query(params): Query<ListParams>,
+) -> ApiResult<Response> {
+    let limit = limit_within(
+        query_number("limit", params.limit.as_deref(), LIST_MAX)?,
+        LIST_DEFAULT,
+        LIST_MAX,
+    )?;
     let (tenant, target) = (grant.tenant().clone(), grant.target().clone());
     let (rows, block) = state
         .db
         .read(move |c| {
-            let rows = store::pending(c, &tenant, &target, LIST_LIMIT)?;
+            let rows = store::pending(c, &tenant, &target, limit)?;
             let target = targets::load(c, &tenant, &target)?;
             Ok((
                 rows,
@@ -59,17 +111,22 @@ pub async fn list(
             ))
         })
         .await?;
-    let executions: Vec<Value> = rows
+    let reasons = block.unwrap_or_default();
+    let executions: Vec<Listed<'_>> = rows
         .iter()
-        .map(|(e, input)| {
-            let mut v = view(&state, e);
-            v["input"] = input.clone();
-            v["blocked"] = json!(block.is_some());
-            v["blockReasons"] = json!(block.clone().unwrap_or_default());
-            v
+        .map(|(e, input)| Listed {
+            execution: ExecutionView::of(&state, e),
+            input,
+            blocked: !reasons.is_empty(),
+            block_reasons: &reasons,
         })
         .collect();
-    Ok(axum::Json(json!({ "executions": executions })))
+    #[derive(Serialize)]
+    struct Page<'a> {
+        executions: Vec<Listed<'a>>,
+    }
+    let body = serde_json::to_vec(&Page { executions }).map_err(ApiError::internal)?;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Runs one queue operation on execution `id` with the presented claim token, and answers with

@@ -223,7 +223,8 @@ pub fn insert_run<P: Permission>(
     requires_approval: bool,
 ) -> ApiResult<RunId> {
     let id = RunId::generate();
-    w.execute(
+    crate::db::exec(
+        w,
         "INSERT INTO runs (id, tenant_id, target_id, target_kind, requested_by, input,
              idempotency_key, requires_approval, state, created_at, updated_at)
          VALUES (:id, :tenant, :target, :kind, :by, :input, :key, :requires, :state, :now, :now)",
@@ -266,7 +267,8 @@ pub fn append_event<P: Permission>(
 
 pub fn insert_approval<P: Permission>(w: &Write<'_, P>, run: &RunId) -> ApiResult<ApprovalId> {
     let id = ApprovalId::generate();
-    w.execute(
+    crate::db::exec(
+        w,
         "INSERT INTO approvals (id, run_id, state, created_at) VALUES (?1, ?2, ?3, ?4)",
         rusqlite::params![id, run, ApprovalState::Pending, w.now()],
     )?;
@@ -280,7 +282,8 @@ pub fn decide_approval<P: Permission>(
     state: ApprovalState,
     note: Option<&str>,
 ) -> ApiResult<()> {
-    w.execute(
+    crate::db::exec(
+        w,
         "UPDATE approvals SET state = ?2, decided_by = ?3, decided_at = ?4, note = ?5
          WHERE id = ?1 AND state = ?6",
         rusqlite::params![
@@ -301,9 +304,16 @@ pub fn reject_pending_approvals<P: Permission>(
     run: &RunId,
     note: &str,
 ) -> ApiResult<()> {
-    w.execute(
+    crate::db::exec(
+        w,
         "UPDATE approvals SET state = ?2, decided_at = ?3, note = ?4 WHERE run_id = ?1 AND state = ?5",
-        rusqlite::params![run, ApprovalState::Rejected, w.now(), note, ApprovalState::Pending],
+        rusqlite::params![
+            run,
+            ApprovalState::Rejected,
+            w.now(),
+            note,
+            ApprovalState::Pending
+        ],
     )?;
     Ok(())
 }
@@ -358,13 +368,14 @@ pub fn load_execution(
         .ok_or_else(|| ApiError::not_found("execution"))
 }
 
-/// Pending executions of a target with their runs' input, oldest first.
+/// Pending executions of a target with their runs' input (as stored JSON text, passed through
+/// untouched), oldest first.
 pub fn pending(
     conn: &Connection,
     tenant: &TenantId,
     target: &TargetId,
     limit: u32,
-) -> ApiResult<Vec<(Execution, Value)>> {
+) -> ApiResult<Vec<(Execution, Box<serde_json::value::RawValue>)>> {
     let sql = format!(
         "SELECT {}, r.input FROM executions e JOIN runs r ON r.id = e.run_id
          WHERE e.tenant_id = ?1 AND e.target_id = ?2 AND e.state = ?3
@@ -393,7 +404,8 @@ pub fn pending(
 /// Puts a run's execution in its target's queue.
 pub fn enqueue<P: Permission>(w: &Write<'_, P>, run: &Run) -> ApiResult<ExecutionId> {
     let id = ExecutionId::generate();
-    w.execute(
+    crate::db::exec(
+        w,
         "INSERT INTO executions (id, run_id, tenant_id, target_id, state, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
         rusqlite::params![
@@ -416,7 +428,8 @@ pub fn claim_pending(
     worker: Option<&str>,
     lease_until: Timestamp,
 ) -> ApiResult<bool> {
-    Ok(w.execute(
+    Ok(crate::db::exec(
+        w,
         "UPDATE executions SET state = :claimed, claim_token = :token, worker_id = :worker,
              lease_expires_at = :lease, updated_at = :now
          WHERE id = :id AND tenant_id = :tenant AND target_id = :target AND state = :pending",
@@ -435,7 +448,8 @@ pub fn extend_lease(
     token: &str,
     lease_until: Timestamp,
 ) -> ApiResult<bool> {
-    Ok(w.execute(
+    Ok(crate::db::exec(
+        w,
         "UPDATE executions SET lease_expires_at = :lease, updated_at = :now
          WHERE id = :id AND tenant_id = :tenant AND target_id = :target AND state = :claimed
            AND claim_token = :token",
@@ -472,7 +486,8 @@ pub fn finish_held(
         ),
         Ending::Canceled => (ExecutionState::Canceled, None, None, None),
     };
-    Ok(w.execute(
+    Ok(crate::db::exec(
+        w,
         "UPDATE executions SET state = :state, result = :result, completion_key = :key,
              completion_hash = :hash, lease_expires_at = NULL, updated_at = :now
          WHERE id = :id AND tenant_id = :tenant AND target_id = :target AND state = :claimed
@@ -487,7 +502,8 @@ pub fn finish_held(
 
 /// Flags a run's claimed execution for cancellation (its worker learns it from a heartbeat).
 pub fn request_cancel<P: Permission>(w: &Write<'_, P>, run: &RunId) -> ApiResult<()> {
-    w.execute(
+    crate::db::exec(
+        w,
         "UPDATE executions SET cancel_requested = 1, updated_at = ?2
          WHERE run_id = ?1 AND tenant_id = ?3 AND state = ?4",
         rusqlite::params![run, w.now(), w.tenant(), ExecutionState::Claimed],
@@ -497,7 +513,8 @@ pub fn request_cancel<P: Permission>(w: &Write<'_, P>, run: &RunId) -> ApiResult
 
 /// Cancels a run's execution that no worker has claimed.
 pub fn cancel_pending<P: Permission>(w: &Write<'_, P>, run: &RunId) -> ApiResult<()> {
-    w.execute(
+    crate::db::exec(
+        w,
         "UPDATE executions SET state = ?2, updated_at = ?3
          WHERE run_id = ?1 AND tenant_id = ?4 AND state = ?5",
         rusqlite::params![
@@ -550,7 +567,8 @@ pub fn recover_lease<P: Permission>(
     into: ExecutionState,
 ) -> ApiResult<bool> {
     let requeue = into == ExecutionState::Pending;
-    Ok(w.execute(
+    Ok(crate::db::exec(
+        w,
         "UPDATE executions SET state = :into, claim_token = NULL, lease_expires_at = NULL,
              worker_id = CASE WHEN :requeue THEN NULL ELSE worker_id END,
              attempt = attempt + CASE WHEN :requeue THEN 1 ELSE 0 END, updated_at = :now

@@ -94,7 +94,7 @@ pub fn insert_user<P: Permission>(
 ) -> ApiResult<Member> {
     let id = UserId::generate();
     let (tenant, now) = (w.tenant(), w.now());
-    w.execute(
+    crate::db::exec(w,
         "INSERT INTO users (id, tenant_id, email, role, created_at)
          VALUES (:id, :tenant, :email, :role, :now)",
         named_params! { ":id": id, ":tenant": tenant, ":email": email.as_str(), ":role": role, ":now": now },
@@ -147,7 +147,7 @@ pub fn invite(
     let id = InvitationId::generate();
     let token = generate_secret(INVITATION_TOKEN_PREFIX);
     let expires_at = now.plus_ms(ttl_ms);
-    w.execute(
+    crate::db::exec(w,
         "INSERT INTO invitations (id, tenant_id, email, role, token_hash, invited_by, created_at, expires_at)
          VALUES (:id, :tenant, :email, :role, :hash, :by, :now, :exp)",
         named_params! {
@@ -270,7 +270,8 @@ pub fn accept(tx: &Tx<'_>, token: &str, now: Timestamp) -> ApiResult<AcceptedInv
         &email,
         role,
     )?;
-    tx.execute(
+    crate::db::exec(
+        tx,
         "UPDATE invitations SET accepted_at = ?2, accepted_user_id = ?3 WHERE id = ?1",
         rusqlite::params![id, now, member.user_id],
     )?;
@@ -306,10 +307,12 @@ pub fn change_role(w: &Write<'_, TeamWrite>, user: &UserId, role: Role) -> ApiRe
     if member.role == Role::Owner && owner_count(w, tenant)? <= 1 {
         return Err(last_owner_error());
     }
-    w.execute(
+    crate::db::exec(
+        w,
         "UPDATE users SET role = ?2 WHERE id = ?1",
         rusqlite::params![user, role],
     )?;
+    w.tx().auth_changed();
     audit::append(
         w,
         &AuditEvent::success(
@@ -331,12 +334,14 @@ pub fn remove(w: &Write<'_, TeamWrite>, user: &UserId) -> ApiResult<RemovedMembe
     if member.role == Role::Owner && owner_count(w, tenant)? <= 1 {
         return Err(last_owner_error());
     }
-    w.execute(
+    crate::db::exec(
+        w,
         "UPDATE users SET removed_at = ?2 WHERE id = ?1",
         rusqlite::params![user, now],
     )?;
     let keys_revoked = key_store::revoke_all_of_user(w, user)?;
-    let invitations_revoked = w.execute(
+    let invitations_revoked = crate::db::exec(
+        w,
         "UPDATE invitations SET revoked_at = ?3 WHERE invited_by = ?1 AND tenant_id = ?2
            AND accepted_at IS NULL AND revoked_at IS NULL",
         rusqlite::params![user, tenant, now],
@@ -390,7 +395,8 @@ pub fn list_invitations(
 /// Revokes a pending invitation of the capability's tenant; its token stops working at once.
 pub fn revoke_invitation(w: &Write<'_, TeamWrite>, id: &InvitationId) -> ApiResult<Value> {
     let now = w.now();
-    let changed = w.execute(
+    let changed = crate::db::exec(
+        w,
         "UPDATE invitations SET revoked_at = ?3 WHERE id = ?1 AND tenant_id = ?2
            AND accepted_at IS NULL AND revoked_at IS NULL",
         rusqlite::params![id, w.tenant(), now],
