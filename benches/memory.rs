@@ -20,7 +20,8 @@ use memesh::clock::{Clock, SystemClock};
 use memesh::db::Db;
 use memesh::embed::{EmbedBackend, Embedding, MODEL_DIM, ModelFiles, OnnxBackend, RuntimeLibrary};
 use memesh::ids::{TenantId, UserId};
-use memesh::index::{IndexConfig, OwnerKey, VectorIndex};
+use memesh::index::{IndexConfig, MemorySource, OwnerKey, VectorIndex};
+use memesh::memory::engine::SqliteVectors;
 use memesh::memory::store::{self, Owner};
 use serde_json::{Value, json};
 
@@ -547,10 +548,11 @@ fn recall(index: &VectorIndex, owner: &OwnerKey, queries: &[Embedding]) -> (f64,
     let mut micros = Vec::new();
     for q in queries {
         let started = Instant::now();
-        let got = index.search(owner, &q.vector, 10, None);
+        let got = index.search(owner, &q.vector, 10, None).unwrap();
         micros.push(started.elapsed().as_secs_f64() * 1e6);
         let want: HashSet<i64> = index
             .exact_search(owner, &q.vector, 10)
+            .unwrap()
             .iter()
             .map(|h| h.row)
             .collect();
@@ -596,7 +598,8 @@ fn main() {
 
     // First start: fill from SQLite, build the graph, snapshot at shutdown.
     let db = Db::open(&dir.path().join("memesh.db")).unwrap();
-    let index = Arc::new(VectorIndex::new(IndexConfig::new(MODEL_DIM)));
+    let source = Arc::new(SqliteVectors::new(db.clone()));
+    let index = Arc::new(VectorIndex::new(IndexConfig::new(MODEL_DIM), source));
     let started = Instant::now();
     db.read_blocking(|c| store::for_each_vector(c, |o, r, t, v| index.insert(&o, &[(r, t, &v)])))
         .unwrap();
@@ -650,20 +653,27 @@ fn main() {
 
     println!("| exact scan of one partition | µs/query |\n|---|---|");
     for size in [1_000usize, 5_000, 20_000, 50_000, 100_000] {
-        let index = VectorIndex::new(IndexConfig {
-            graph_threshold: usize::MAX,
-            ..IndexConfig::new(MODEL_DIM)
-        });
+        let source = Arc::new(MemorySource::default());
+        let index = VectorIndex::new(
+            IndexConfig {
+                graph_threshold: usize::MAX,
+                ..IndexConfig::new(MODEL_DIM)
+            },
+            source.clone(),
+        );
         let owner = OwnerKey::new(&TenantId::generate(), &UserId::generate());
         let items: Vec<(i64, i64, &[f32])> = vectors[..size]
             .iter()
             .enumerate()
             .map(|(i, e)| (i as i64, 0, e.vector.as_slice()))
             .collect();
+        for (row, _, v) in &items {
+            source.put(*row, v);
+        }
         index.insert(&owner, &items);
         let started = Instant::now();
         for q in &queries[..50] {
-            std::hint::black_box(index.search(&owner, &q.vector, 10, None));
+            std::hint::black_box(index.search(&owner, &q.vector, 10, None).unwrap());
         }
         println!(
             "| {size} | {:.0} |",

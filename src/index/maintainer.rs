@@ -1,145 +1,123 @@
-//! Background upkeep of the graphs: build a graph when a partition grows past the threshold,
-//! feed it the rows written since, and rebuild it when deletions pile up. Searches keep running
-//! meanwhile: graphs are built off-lock and swapped in. (Snapshots are a job of `jobs`.)
+//! Background upkeep of the partitions: feed pending slots to a partition's graph (making the
+//! graph once the partition passes the threshold), compact a partition when dead slots pile up
+//! (building the compacted copy's graph off-lock, then swapping it in with whatever changed
+//! meanwhile), and drop the graph of a partition that shrank. Searches keep running throughout:
+//! a feed holds the partition's lock for about a millisecond at a time.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::graph::Graph;
-use super::{Partition, RowId, VectorIndex, read, upkeep_guard, write};
+use super::graph::{Graph, Shape};
+use super::partition::Partition;
+use super::{VectorIndex, read, upkeep_guard, write};
 
-/// Rows fed to a graph per step, so a long backlog never holds anything for long.
-const INSERT_CHUNK: usize = 512;
-/// Rows per step of a build, between which a shutdown request is honoured.
-const BUILD_CHUNK: usize = 4096;
+/// How long one feed step may hold a partition's write lock.
+const FEED_BUDGET: Duration = Duration::from_millis(1);
+/// Inserts between shutdown checks while a compacted copy's graph is built.
+const BUILD_CHECK: usize = 1024;
 /// How often the thread looks for work when nobody wakes it.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
+#[derive(Debug, PartialEq, Eq)]
 enum Work {
-    Build,
-    Feed(Arc<Graph>, Vec<(RowId, Vec<f32>)>),
+    Feed,
+    Compact,
+    DropGraph,
     Nothing,
 }
 
 impl Partition {
     fn next_work(&self, index: &VectorIndex) -> Work {
         let config = &index.config;
+        let threshold = config.graph_threshold;
+        if self.dead > 0 && self.dead as f64 > config.rebuild_ratio * self.slots() as f64 {
+            return Work::Compact;
+        }
         match &self.graph {
-            None if self.len() >= config.graph_threshold => Work::Build,
-            Some(g)
-                if self.tombstones.len() as f64 > config.rebuild_ratio * g.points() as f64
-                    && self.len() >= config.graph_threshold / 2 =>
-            {
-                Work::Build
-            }
-            Some(g) if !self.pending.is_empty() => {
-                let batch = self
-                    .pending
-                    .iter()
-                    .take(INSERT_CHUNK)
-                    .filter_map(|row| {
-                        let i = *self.pos.get(row)?;
-                        Some((*row, self.vector(i, config.dim).to_vec()))
-                    })
-                    .collect();
-                Work::Feed(g.clone(), batch)
-            }
+            None if self.len() >= threshold => Work::Feed,
+            Some(_) if self.len() < threshold / 2 => Work::DropGraph,
+            Some(g) if g.len() < self.slots() => Work::Feed,
             _ => Work::Nothing,
         }
-    }
-
-    /// Makes `graph`, holding exactly `members`, this partition's graph.
-    pub(crate) fn install_graph(&mut self, graph: Arc<Graph>, members: HashSet<RowId>) {
-        self.tombstones = members
-            .iter()
-            .filter(|r| !self.pos.contains_key(r))
-            .copied()
-            .collect();
-        self.pending = self
-            .rows
-            .iter()
-            .filter(|r| !members.contains(r))
-            .copied()
-            .collect();
-        self.in_graph = members;
-        self.graph = Some(graph);
-    }
-
-    /// A partition that shrank far below the threshold goes back to exact scans.
-    fn drop_graph_if_small(&mut self, threshold: usize) -> bool {
-        if self.graph.is_some() && self.len() < threshold / 2 {
-            self.graph = None;
-            self.in_graph.clear();
-            self.pending.clear();
-            self.tombstones.clear();
-            return true;
-        }
-        false
     }
 }
 
 impl VectorIndex {
     /// Does one step of work on `part`; false when there was none.
     fn maintain_partition(&self, part: &RwLock<Partition>, stop: &AtomicBool) -> bool {
-        if write(part).drop_graph_if_small(self.config.graph_threshold) {
-            self.graph_changes.fetch_add(1, Ordering::Relaxed);
-            return true;
-        }
         let work = read(part).next_work(self);
-        match work {
+        let worked = match work {
             Work::Nothing => false,
-            Work::Build => {
-                let (rows, vectors) = {
-                    let p = read(part);
-                    (p.rows.clone(), p.vectors.clone())
-                };
-                let Some(graph) = self.build_graph(&rows, &vectors, stop) else {
-                    return false;
-                };
-                write(part).install_graph(Arc::new(graph), rows.into_iter().collect());
-                self.graph_changes.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Work::Feed(graph, batch) => {
-                for (row, vector) in &batch {
-                    graph.insert(*row, vector);
-                }
+            Work::Feed => write(part).feed(&self.config, FEED_BUDGET) > 0,
+            Work::DropGraph => {
                 let mut p = write(part);
-                for (row, _) in batch {
-                    p.pending.remove(&row);
-                    p.in_graph.insert(row);
-                    if !p.pos.contains_key(&row) {
-                        p.tombstones.insert(row);
-                    }
-                }
-                self.graph_changes.fetch_add(1, Ordering::Relaxed);
+                p.graph = None;
+                p.version += 1;
                 true
             }
+            Work::Compact => self.compact(part, stop),
+        };
+        if worked {
+            self.changed();
         }
+        worked
     }
 
-    /// Builds a graph in chunks; `None` if shutdown was requested meanwhile.
-    fn build_graph(&self, rows: &[RowId], vectors: &[f32], stop: &AtomicBool) -> Option<Graph> {
+    /// Replaces `part` by a copy without its dead slots. The copy (and its graph, if the
+    /// partition warrants one) is made off-lock; the swap then carries over the rows written
+    /// and deleted meanwhile. False if shutdown interrupted it.
+    fn compact(&self, part: &RwLock<Partition>, stop: &AtomicBool) -> bool {
         let dim = self.config.dim;
+        let threshold = self.config.graph_threshold;
+        let (mut fresh, seen_slots, seen_dead, had_graph) = {
+            let p = read(part);
+            (p.compacted(dim), p.slots(), p.dead, p.graph.is_some())
+        };
         let started = Instant::now();
-        let first = rows.len().min(BUILD_CHUNK);
-        let graph = Graph::build(&self.config, &rows[..first], &vectors[..first * dim]);
-        for start in (first..rows.len()).step_by(BUILD_CHUNK) {
-            if stop.load(Ordering::Relaxed) {
-                return None;
+        if fresh.len() >= threshold || (had_graph && fresh.len() >= threshold / 2) {
+            let mut graph = Graph::new(
+                Shape {
+                    m: self.config.max_connections,
+                    ef_construction: self.config.ef_construction,
+                },
+                dim,
+            );
+            for i in 0..fresh.slots() {
+                if i % BUILD_CHECK == 0 && stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                graph.insert(&fresh.points(dim), i as u32);
             }
-            let end = (start + BUILD_CHUNK).min(rows.len());
-            graph.extend(&rows[start..end], &vectors[start * dim..end * dim], dim);
+            fresh.graph = Some(Arc::new(graph));
         }
+        let mut p = write(part);
+        if p.dead != seen_dead {
+            // Deletions since the copy: the dead count only grows between compactions, and
+            // only this thread compacts (it holds the upkeep lock).
+            for row in fresh.rows.clone() {
+                if !p.pos.contains_key(&row) {
+                    fresh.remove(row);
+                }
+            }
+        }
+        for i in seen_slots..p.slots() {
+            if p.live[i] {
+                fresh.codes.extend_from_slice(p.points(dim).code(i));
+                fresh.push_slot(p.rows[i], p.created[i], p.scales[i], true);
+            }
+        }
+        fresh.version = p.version + 1;
         tracing::info!(
-            points = rows.len(),
+            live = fresh.len(),
+            dropped = p.dead,
+            graph = fresh.graph.is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "built HNSW graph"
+            "compacted an index partition"
         );
-        Some(graph)
+        *p = fresh;
+        true
     }
 
     /// Runs upkeep until nothing is left to do (tests and benchmarks call this to drain the
@@ -149,6 +127,8 @@ impl VectorIndex {
         while self.maintain_pass(&never) {}
     }
 
+    /// One step for every partition that has work, in turn (a big backlog in one partition
+    /// does not starve the others).
     fn maintain_pass(&self, stop: &AtomicBool) -> bool {
         let _upkeep = upkeep_guard(self);
         let mut worked = false;

@@ -1,21 +1,31 @@
 //! The vector index: one partition per owner (tenant and user), so a search only ever looks at
-//! the caller's own vectors. Small partitions are scanned exactly; large ones also get an HNSW
-//! graph, fed in the background, with tombstones for deletions and a rebuild when they pile up.
+//! the caller's own vectors. Each vector is held once in memory, as an int8 code (a quarter of
+//! f32); small partitions are scanned, large ones also get a compact HNSW graph over the codes,
+//! fed in the background, with dead slots for deletions and a compaction when they pile up.
+//!
+//! Codes only choose candidates. Each code score carries a rigorous error bound, and the few
+//! candidates whose bounds reach the cut are rescored with their exact f32 vectors, read from a
+//! [`VectorSource`] (SQLite, in the server): results and scores are those of f32 vectors.
 
+mod codes;
 mod graph;
+mod io;
 mod maintainer;
+mod partition;
+mod score;
 mod snapshot;
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use graph::Graph;
+pub use graph::{Graph, Shape};
 pub use maintainer::Maintainer;
-pub use snapshot::{
-    LoadReport, LoadedGraph, install as install_snapshot, read_graphs as read_snapshot,
-    save as save_snapshot,
-};
+pub use score::dot;
+pub use snapshot::{LoadReport, Restored, load as read_snapshot, save as save_snapshot};
+
+use partition::Partition;
+use score::{Approx, TopK};
 
 use crate::ids::{TenantId, UserId};
 
@@ -59,7 +69,7 @@ impl IndexConfig {
             dim,
             graph_threshold: 20_000,
             ef_search: 128,
-            ef_construction: 200,
+            ef_construction: 100,
             max_connections: 16,
             rebuild_ratio: 0.1,
         }
@@ -75,342 +85,58 @@ pub struct Hit {
     pub created_at: i64,
 }
 
-/// Orders hits best first: higher score, then newer, then higher rowid (a total order, so
-/// pages are stable).
-fn better(a: &Hit, b: &Hit) -> Ordering {
-    b.score
-        .total_cmp(&a.score)
-        .then(b.created_at.cmp(&a.created_at))
-        .then(b.row.cmp(&a.row))
+/// Where the exact f32 vectors live (the index keeps only codes).
+pub trait VectorSource: Send + Sync {
+    /// Calls `found` with the stored vector of each of `rows` that still exists.
+    fn vectors(&self, rows: &[RowId], found: &mut dyn FnMut(RowId, &[f32])) -> anyhow::Result<()>;
 }
 
-/// Heap entry that puts the worst kept hit on top.
-struct Worst(Hit);
-
-impl PartialEq for Worst {
-    fn eq(&self, other: &Self) -> bool {
-        better(&self.0, &other.0) == Ordering::Equal
-    }
-}
-impl Eq for Worst {}
-impl PartialOrd for Worst {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Worst {
-    fn cmp(&self, other: &Self) -> Ordering {
-        better(&self.0, &other.0)
-    }
-}
-
-/// Keeps the best `k` hits seen.
-struct TopK {
-    k: usize,
-    heap: BinaryHeap<Worst>,
-}
-
-impl TopK {
-    fn new(k: usize) -> TopK {
-        TopK {
-            k,
-            heap: BinaryHeap::with_capacity(k + 1),
-        }
-    }
-
-    fn push(&mut self, hit: Hit) {
-        if self.k == 0 {
-            return;
-        }
-        if self.heap.len() < self.k {
-            self.heap.push(Worst(hit));
-        } else if let Some(worst) = self.heap.peek()
-            && better(&hit, &worst.0) == Ordering::Less
-        {
-            self.heap.pop();
-            self.heap.push(Worst(hit));
-        }
-    }
-
-    fn into_sorted(self) -> Vec<Hit> {
-        let mut hits: Vec<Hit> = self.heap.into_iter().map(|w| w.0).collect();
-        hits.sort_by(better);
-        hits
-    }
-}
-
-/// Dot product of two equally long vectors: AVX2 and FMA when the processor has them (checked
-/// once), otherwise a portable loop the compiler vectorises.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static FAST: OnceLock<bool> = OnceLock::new();
-        let fast = *FAST.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        });
-        if fast {
-            // SAFETY: the processor supports AVX2 and FMA (checked above).
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_portable(a, b)
-}
-
-/// Eight independent accumulators, so the compiler can vectorise without reassociating.
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY: every load reads 8 floats at i + 8k < n, inside both slices.
-    unsafe {
-        while i + 32 <= n {
-            for (k, slot) in acc.iter_mut().enumerate() {
-                let x = _mm256_loadu_ps(pa.add(i + 8 * k));
-                let y = _mm256_loadu_ps(pb.add(i + 8 * k));
-                *slot = _mm256_fmadd_ps(x, y, *slot);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i)),
-                _mm256_loadu_ps(pb.add(i)),
-                acc[0],
-            );
-            i += 8;
-        }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut lanes = [0.0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-        let tail: f32 = (i..n).map(|j| *pa.add(j) * *pb.add(j)).sum();
-        lanes.iter().sum::<f32>() + tail
-    }
-}
-
-/// One owner's vectors: a contiguous matrix (for exact scans and rebuilds) and, once large,
-/// a graph. `pending` are live rows the graph does not hold yet; `tombstones` are rows the
-/// graph holds that were deleted.
+/// Exact vectors kept in memory: for tests and benchmarks of the index alone.
 #[derive(Default)]
-pub(crate) struct Partition {
-    rows: Vec<RowId>,
-    created: Vec<i64>,
-    vectors: Vec<f32>,
-    pos: HashMap<RowId, usize>,
-    graph: Option<Arc<Graph>>,
-    in_graph: HashSet<RowId>,
-    pending: HashSet<RowId>,
-    tombstones: HashSet<RowId>,
+pub struct MemorySource(RwLock<HashMap<RowId, Vec<f32>>>);
+
+impl MemorySource {
+    pub fn put(&self, row: RowId, vector: &[f32]) {
+        write(&self.0).insert(row, vector.to_vec());
+    }
 }
 
-impl Partition {
-    fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    fn vector(&self, i: usize, dim: usize) -> &[f32] {
-        &self.vectors[i * dim..(i + 1) * dim]
-    }
-
-    /// Adds a row; false if the partition already holds it.
-    fn insert(&mut self, row: RowId, created_at: i64, vector: &[f32]) -> bool {
-        if self.pos.contains_key(&row) {
-            return false;
-        }
-        self.pos.insert(row, self.rows.len());
-        self.rows.push(row);
-        self.created.push(created_at);
-        self.vectors.extend_from_slice(vector);
-        if self.graph.is_some() && !self.in_graph.contains(&row) {
-            self.pending.insert(row);
-        }
-        // A row the graph still holds as deleted cannot come back: rowids are never reused.
-        true
-    }
-
-    fn remove(&mut self, row: RowId, dim: usize) -> bool {
-        let Some(i) = self.pos.remove(&row) else {
-            return false;
-        };
-        let last = self.rows.len() - 1;
-        if i != last {
-            let moved = self.rows[last];
-            self.rows[i] = moved;
-            self.created[i] = self.created[last];
-            self.vectors
-                .copy_within(last * dim..(last + 1) * dim, i * dim);
-            self.pos.insert(moved, i);
-        }
-        self.rows.pop();
-        self.created.pop();
-        self.vectors.truncate(last * dim);
-        self.pending.remove(&row);
-        if self.in_graph.contains(&row) {
-            self.tombstones.insert(row);
-        }
-        true
-    }
-
-    fn hit(&self, i: usize, score: f32) -> Hit {
-        Hit {
-            row: self.rows[i],
-            score,
-            created_at: self.created[i],
-        }
-    }
-
-    /// Exact top-k over the rows that pass `allow`.
-    fn exact(
-        &self,
-        query: &[f32],
-        k: usize,
-        dim: usize,
-        allow: &dyn Fn(RowId) -> bool,
-    ) -> Vec<Hit> {
-        let mut top = TopK::new(k);
-        for (i, row) in self.rows.iter().enumerate() {
-            if allow(*row) {
-                top.push(self.hit(i, dot(query, self.vector(i, dim))));
-            }
-        }
-        top.into_sorted()
-    }
-
-    /// Exact top-k over an explicit set of rows (a selective filter): cost follows the set.
-    fn exact_among(&self, query: &[f32], k: usize, dim: usize, rows: &HashSet<RowId>) -> Vec<Hit> {
-        let mut top = TopK::new(k);
+impl VectorSource for MemorySource {
+    fn vectors(&self, rows: &[RowId], found: &mut dyn FnMut(RowId, &[f32])) -> anyhow::Result<()> {
+        let map = read(&self.0);
         for row in rows {
-            if let Some(&i) = self.pos.get(row) {
-                top.push(self.hit(i, dot(query, self.vector(i, dim))));
+            if let Some(v) = map.get(row) {
+                found(*row, v);
             }
         }
-        top.into_sorted()
-    }
-
-    /// Scores every row (or every row of `allow`) exactly: the best `k` at or above `threshold`,
-    /// and how many are at or above it in all.
-    fn scan(
-        &self,
-        query: &[f32],
-        k: usize,
-        dim: usize,
-        allow: Option<&HashSet<RowId>>,
-        threshold: Option<f32>,
-    ) -> (Vec<Hit>, usize) {
-        let mut top = TopK::new(k);
-        let mut total = 0;
-        let mut consider = |i: usize| {
-            let score = dot(query, self.vector(i, dim));
-            if threshold.is_none_or(|t| score >= t) {
-                total += 1;
-                top.push(self.hit(i, score));
-            }
-        };
-        match allow {
-            Some(set) => set
-                .iter()
-                .filter_map(|r| self.pos.get(r))
-                .for_each(|&i| consider(i)),
-            None => (0..self.len()).for_each(consider),
-        }
-        (top.into_sorted(), total)
-    }
-
-    fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        config: &IndexConfig,
-        allow: Option<&HashSet<RowId>>,
-    ) -> Vec<Hit> {
-        let dim = config.dim;
-        let allowed = |row: RowId| allow.is_none_or(|set| set.contains(&row));
-        let Some(graph) = &self.graph else {
-            return match allow {
-                Some(set) if set.len() < self.len() / 4 => self.exact_among(query, k, dim, set),
-                _ => self.exact(query, k, dim, &allowed),
-            };
-        };
-        // A selective filter is answered exactly from its own rows: filtering inside the graph
-        // costs far more than scanning a few thousand vectors, and starves results.
-        if let Some(set) = allow
-            && set.len() <= config.graph_threshold
-        {
-            return self.exact_among(query, k, dim, set);
-        }
-        let live = |row: RowId| {
-            !self.tombstones.contains(&row) && self.pos.contains_key(&row) && allowed(row)
-        };
-        let mut top = TopK::new(k);
-        let mut seen = HashSet::new();
-        let filtered = allow.is_some() || !self.tombstones.is_empty();
-        for (row, score) in graph.search(query, k, config.ef_search, &live, filtered) {
-            if let Some(&i) = self.pos.get(&row)
-                && seen.insert(row)
-            {
-                top.push(self.hit(i, score));
-            }
-        }
-        for row in &self.pending {
-            if let Some(&i) = self.pos.get(row)
-                && allowed(*row)
-                && seen.insert(*row)
-            {
-                top.push(self.hit(i, dot(query, self.vector(i, dim))));
-            }
-        }
-        let hits = top.into_sorted();
-        let candidates = allow.map_or(self.len(), HashSet::len);
-        if hits.len() < k.min(candidates) {
-            // The graph came back short (unreachable points, a heavy filter): never return a
-            // short page when more matches exist.
-            return match allow {
-                Some(set) => self.exact_among(query, k, dim, set),
-                None => self.exact(query, k, dim, &allowed),
-            };
-        }
-        hits
+        Ok(())
     }
 }
 
-/// Counts for `/readyz` and tests.
+/// Counts for `/readyz`, tests and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IndexStats {
     pub vectors: usize,
     pub partitions: usize,
     pub graphs: usize,
+    /// Live slots not yet in their partition's graph.
     pub pending: usize,
+    /// Dead slots awaiting compaction.
     pub tombstones: usize,
+    /// Bytes the partitions' arrays hold (codes, graphs, row bookkeeping), roughly.
+    pub bytes: usize,
 }
 
 pub struct VectorIndex {
     config: IndexConfig,
+    source: Arc<dyn VectorSource>,
     partitions: RwLock<HashMap<OwnerKey, Arc<RwLock<Partition>>>>,
-    /// Bumped whenever a graph changes, so snapshots are written only when there is news.
-    graph_changes: std::sync::atomic::AtomicU64,
-    len: std::sync::atomic::AtomicUsize,
-    /// Held by whoever changes or dumps graphs (the upkeep thread, `maintain_now`, snapshots),
-    /// so two of them never feed the same rows to a graph or dump one mid-change.
+    /// Moves whenever any partition changes, so snapshots are written only when there is news.
+    changes: AtomicU64,
+    len: AtomicUsize,
+    /// Held by whoever changes graphs or dumps partitions (the upkeep thread, `maintain_now`,
+    /// snapshots), so no graph changes while it is written and no two feeders meet.
     upkeep: std::sync::Mutex<()>,
 }
 
@@ -431,21 +157,27 @@ fn upkeep_guard(index: &VectorIndex) -> std::sync::MutexGuard<'_, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+const RELAXED: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
+
 impl VectorIndex {
-    pub fn new(config: IndexConfig) -> VectorIndex {
+    pub fn new(config: IndexConfig, source: Arc<dyn VectorSource>) -> VectorIndex {
         VectorIndex {
             config,
+            source,
             partitions: RwLock::new(HashMap::new()),
-            graph_changes: std::sync::atomic::AtomicU64::new(0),
-            len: std::sync::atomic::AtomicUsize::new(0),
+            changes: AtomicU64::new(0),
+            len: AtomicUsize::new(0),
             upkeep: std::sync::Mutex::new(()),
         }
     }
 
-    /// A counter that moves whenever a graph changes (for deciding whether to snapshot).
-    pub fn graph_changes(&self) -> u64 {
-        self.graph_changes
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// A counter that moves whenever the index changes (for deciding whether to snapshot).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(RELAXED)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, RELAXED);
     }
 
     pub fn config(&self) -> &IndexConfig {
@@ -474,6 +206,7 @@ impl VectorIndex {
     }
 
     /// Adds vectors (each `dim` long) to `owner`'s partition. A row already present is ignored.
+    /// The exact vectors must also be in the source by now (they are committed first).
     pub fn insert(&self, owner: &OwnerKey, items: &[(RowId, i64, &[f32])]) {
         let part = self.partition_or_create(owner);
         let mut p = write(&part);
@@ -482,13 +215,14 @@ impl VectorIndex {
             debug_assert_eq!(vector.len(), self.config.dim);
             added += usize::from(p.insert(*row, *created_at, vector));
         }
-        self.len
-            .fetch_add(added, std::sync::atomic::Ordering::Relaxed);
+        drop(p);
+        self.len.fetch_add(added, RELAXED);
+        self.changed();
     }
 
     /// How many vectors the index holds, kept as they come and go (no walk of the partitions).
     pub fn len(&self) -> usize {
-        self.len.load(std::sync::atomic::Ordering::Relaxed)
+        self.len.load(RELAXED)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -498,13 +232,44 @@ impl VectorIndex {
     /// Removes a row; from then on no search returns it.
     pub fn remove(&self, owner: &OwnerKey, row: RowId) -> bool {
         let removed = match self.partition(owner) {
-            Some(part) => write(&part).remove(row, self.config.dim),
+            Some(part) => write(&part).remove(row),
             None => false,
         };
         if removed {
-            self.len.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.len.fetch_sub(1, RELAXED);
+            self.changed();
         }
         removed
+    }
+
+    /// Exact scores for `candidates` from the source: rows gone from it meanwhile (deleted
+    /// concurrently) drop out.
+    fn rescore(
+        &self,
+        q: &[f32],
+        candidates: &[Approx],
+        mut keep: impl FnMut(Hit),
+    ) -> anyhow::Result<()> {
+        let created: HashMap<RowId, i64> =
+            candidates.iter().map(|c| (c.row, c.created_at)).collect();
+        let rows: Vec<RowId> = created.keys().copied().collect();
+        self.source.vectors(&rows, &mut |row, vector| {
+            if vector.len() == q.len()
+                && let Some(&created_at) = created.get(&row)
+            {
+                keep(Hit {
+                    row,
+                    score: dot(q, vector),
+                    created_at,
+                });
+            }
+        })
+    }
+
+    fn best(&self, q: &[f32], k: usize, candidates: &[Approx]) -> anyhow::Result<Vec<Hit>> {
+        let mut top = TopK::new(k);
+        self.rescore(q, candidates, |hit| top.push(hit))?;
+        Ok(top.into_sorted())
     }
 
     /// The `k` most similar of `owner`'s vectors, best first, optionally only among `allow`.
@@ -514,11 +279,12 @@ impl VectorIndex {
         query: &[f32],
         k: usize,
         allow: Option<&HashSet<RowId>>,
-    ) -> Vec<Hit> {
-        match self.partition(owner) {
-            Some(part) => read(&part).search(query, k, &self.config, allow),
-            None => Vec::new(),
-        }
+    ) -> anyhow::Result<Vec<Hit>> {
+        let Some(part) = self.partition(owner) else {
+            return Ok(Vec::new());
+        };
+        let candidates = read(&part).candidates(query, k, &self.config, allow);
+        self.best(query, k, &candidates)
     }
 
     /// Exact scoring with a similarity floor: the best `k` of `owner`'s vectors (only among
@@ -531,19 +297,46 @@ impl VectorIndex {
         k: usize,
         allow: Option<&HashSet<RowId>>,
         threshold: Option<f32>,
-    ) -> (Vec<Hit>, usize) {
-        match self.partition(owner) {
-            Some(part) => read(&part).scan(query, k, self.config.dim, allow, threshold),
-            None => (Vec::new(), 0),
-        }
+    ) -> anyhow::Result<(Vec<Hit>, usize)> {
+        let Some(part) = self.partition(owner) else {
+            return Ok((Vec::new(), 0));
+        };
+        let found = read(&part).scan_candidates(query, k, self.config.dim, allow, threshold);
+        let floor = threshold.unwrap_or(f32::NEG_INFINITY);
+        let mut to_score = found.page;
+        let paged: HashSet<RowId> = to_score.iter().map(|c| c.row).collect();
+        let straddling: HashSet<RowId> = found.straddling.iter().map(|c| c.row).collect();
+        to_score.extend(
+            found
+                .straddling
+                .into_iter()
+                .filter(|c| !paged.contains(&c.row)),
+        );
+        let mut top = TopK::new(k);
+        let mut total = found.surely_above;
+        self.rescore(query, &to_score, |hit| {
+            if hit.score >= floor {
+                total += usize::from(straddling.contains(&hit.row));
+                if paged.contains(&hit.row) {
+                    top.push(hit);
+                }
+            }
+        })?;
+        Ok((top.into_sorted(), total))
     }
 
     /// Exact search over all of `owner`'s vectors: the reference for recall measurements.
-    pub fn exact_search(&self, owner: &OwnerKey, query: &[f32], k: usize) -> Vec<Hit> {
-        match self.partition(owner) {
-            Some(part) => read(&part).exact(query, k, self.config.dim, &|_| true),
-            None => Vec::new(),
-        }
+    pub fn exact_search(
+        &self,
+        owner: &OwnerKey,
+        query: &[f32],
+        k: usize,
+    ) -> anyhow::Result<Vec<Hit>> {
+        let Some(part) = self.partition(owner) else {
+            return Ok(Vec::new());
+        };
+        let candidates = read(&part).exact_candidates(query, k, self.config.dim, None);
+        self.best(query, k, &candidates)
     }
 
     pub fn stats(&self) -> IndexStats {
@@ -553,18 +346,24 @@ impl VectorIndex {
             s.partitions += 1;
             s.vectors += p.len();
             s.graphs += usize::from(p.graph.is_some());
-            s.pending += p.pending.len();
-            s.tombstones += p.tombstones.len();
+            if p.graph.is_some() {
+                s.pending += (p.graphed()..p.slots()).filter(|&i| p.live[i]).count();
+            }
+            s.tombstones += p.dead;
+            s.bytes += p.codes.len()
+                + p.graph.as_ref().map_or(0, |g| g.footprint())
+                + p.slots() * (8 + 8 + 4 + 1)
+                + p.pos.capacity() * 16;
         }
         s
     }
 
-    /// Every row the index holds, sorted: compared with SQLite by tests and at start-up.
+    /// Every live row the index holds, sorted: compared with SQLite by tests and at start-up.
     pub fn rows(&self) -> Vec<RowId> {
         let mut rows: Vec<RowId> = self
             .all_partitions()
             .iter()
-            .flat_map(|(_, part)| read(part).rows.clone())
+            .flat_map(|(_, part)| read(part).pos.keys().copied().collect::<Vec<_>>())
             .collect();
         rows.sort_unstable();
         rows
@@ -592,93 +391,161 @@ mod tests {
     }
 
     fn owner(n: u8) -> OwnerKey {
-        OwnerKey(format!("tenant/{n}").into())
+        OwnerKey::parse(&format!("ten_{n:032x}/usr_{n:032x}")).expect("a valid owner")
     }
 
-    /// Inserts `vs` for owner 1 as rows `first..`.
-    fn insert_all(index: &VectorIndex, vs: &[Vec<f32>], first: RowId) {
-        let items: Vec<(RowId, i64, &[f32])> = vs
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (first + i as RowId, 0, v.as_slice()))
-            .collect();
-        index.insert(&owner(1), &items);
+    /// An index over an in-memory source, with helpers that keep both in step.
+    struct Fixture {
+        index: VectorIndex,
+        source: Arc<MemorySource>,
     }
 
-    fn small_config() -> IndexConfig {
-        IndexConfig {
-            graph_threshold: 200,
-            ..IndexConfig::new(16)
+    impl Fixture {
+        fn new(config: IndexConfig) -> Fixture {
+            let source = Arc::new(MemorySource::default());
+            Fixture {
+                index: VectorIndex::new(config, source.clone()),
+                source,
+            }
+        }
+
+        fn small() -> Fixture {
+            Fixture::new(IndexConfig {
+                graph_threshold: 200,
+                ..IndexConfig::new(16)
+            })
+        }
+
+        fn add(&self, o: u8, items: &[(RowId, i64, &[f32])]) {
+            for (row, _, v) in items {
+                self.source.put(*row, v);
+            }
+            self.index.insert(&owner(o), items);
+        }
+
+        /// Inserts `vs` for owner 1 as rows `first..`.
+        fn add_all(&self, vs: &[Vec<f32>], first: RowId) {
+            let items: Vec<(RowId, i64, &[f32])> = vs
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (first + i as RowId, 0, v.as_slice()))
+                .collect();
+            self.add(1, &items);
+        }
+
+        fn rows(&self, q: &[f32], k: usize) -> Vec<RowId> {
+            self.index
+                .search(&owner(1), q, k, None)
+                .unwrap()
+                .iter()
+                .map(|h| h.row)
+                .collect()
         }
     }
 
-    #[test]
-    fn dot_matches_naive() {
-        for len in [0, 1, 7, 8, 31, 32, 33, 384, 385] {
-            let (a, b) = (unit(1, len.max(1)), unit(2, len.max(1)));
-            let (a, b) = (&a[..len], &b[..len]);
-            let naive: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-            assert!((dot(a, b) - naive).abs() < 1e-5, "{len}");
-            assert!((dot_portable(a, b) - naive).abs() < 1e-5, "{len}");
+    /// The exact top `k` by f32 scores, the way the index orders ties.
+    fn brute(vs: &[(RowId, Vec<f32>)], q: &[f32], k: usize, floor: f32) -> (Vec<Hit>, usize) {
+        let mut top = TopK::new(k);
+        let mut total = 0;
+        for (row, v) in vs {
+            let score = dot(q, v);
+            if score >= floor {
+                total += 1;
+                top.push(Hit {
+                    row: *row,
+                    score,
+                    created_at: 0,
+                });
+            }
         }
+        (top.into_sorted(), total)
     }
 
     #[test]
     fn owners_never_see_each_other() {
-        let index = VectorIndex::new(small_config());
+        let f = Fixture::small();
         let v = unit(7, 16);
-        index.insert(&owner(1), &[(1, 0, &v)]);
-        index.insert(&owner(2), &[(2, 0, &unit(8, 16))]);
-        let hits = index.search(&owner(2), &v, 10, None);
+        f.add(1, &[(1, 0, &v)]);
+        f.add(2, &[(2, 0, &unit(8, 16))]);
+        let hits = f.index.search(&owner(2), &v, 10, None).unwrap();
         assert_eq!(hits.iter().map(|h| h.row).collect::<Vec<_>>(), [2]);
-        assert!(index.search(&owner(3), &v, 10, None).is_empty());
+        assert!(f.index.search(&owner(3), &v, 10, None).unwrap().is_empty());
     }
 
     #[test]
-    fn removal_is_immediate_and_keeps_matrix_consistent() {
-        let index = VectorIndex::new(small_config());
+    fn removal_is_immediate_and_scores_are_exact() {
+        let f = Fixture::small();
         let vs: Vec<Vec<f32>> = (0..50).map(|i| unit(i, 16)).collect();
-        insert_all(&index, &vs, 0);
+        f.add_all(&vs, 0);
         for row in (0..50).step_by(3) {
-            assert!(index.remove(&owner(1), row));
+            assert!(f.index.remove(&owner(1), row));
         }
-        assert!(!index.remove(&owner(1), 0), "second removal is a no-op");
+        assert!(!f.index.remove(&owner(1), 0), "second removal is a no-op");
         for (i, v) in vs.iter().enumerate() {
-            let top = index.search(&owner(1), v, 1, None);
+            let top = f.index.search(&owner(1), v, 1, None).unwrap();
             if i % 3 == 0 {
                 assert!(top.iter().all(|h| h.row != i as RowId));
             } else {
                 assert_eq!(top[0].row, i as RowId, "a vector finds itself");
-                assert!((top[0].score - 1.0).abs() < 1e-4);
+                assert_eq!(top[0].score, dot(v, v), "the score is the exact f32 one");
             }
         }
     }
 
     #[test]
     fn ties_order_newest_first() {
-        let index = VectorIndex::new(small_config());
+        let f = Fixture::small();
         let v = unit(3, 16);
-        index.insert(&owner(1), &[(1, 100, &v), (2, 300, &v), (3, 200, &v)]);
-        let rows: Vec<RowId> = index
-            .search(&owner(1), &v, 3, None)
-            .iter()
-            .map(|h| h.row)
+        f.add(1, &[(1, 100, &v), (2, 300, &v), (3, 200, &v)]);
+        assert_eq!(f.rows(&v, 3), [2, 3, 1]);
+    }
+
+    #[test]
+    fn code_shortlists_give_the_exact_answer() {
+        // Vectors close together, so codes alone would often misorder them.
+        let f = Fixture::new(IndexConfig::new(64));
+        let base = unit(1, 64);
+        let vs: Vec<(RowId, Vec<f32>)> = (0..3000)
+            .map(|i| {
+                let noise = unit(i + 10, 64);
+                let mut v: Vec<f32> = base.iter().zip(&noise).map(|(b, n)| b + 0.05 * n).collect();
+                let norm = dot(&v, &v).sqrt();
+                v.iter_mut().for_each(|c| *c /= norm);
+                (i as RowId, v)
+            })
             .collect();
-        assert_eq!(rows, [2, 3, 1]);
+        for (row, v) in &vs {
+            f.add(1, &[(*row, 0, v)]);
+        }
+        for qi in 0..30 {
+            let q = unit(qi + 5000, 64);
+            let q: Vec<f32> = base.iter().zip(&q).map(|(b, n)| b + 0.1 * n).collect();
+            let want = brute(&vs, &q, 10, f32::NEG_INFINITY).0;
+            assert_eq!(f.index.search(&owner(1), &q, 10, None).unwrap(), want);
+            assert_eq!(f.index.exact_search(&owner(1), &q, 10).unwrap(), want);
+            for floor in [0.95f32, 0.99, 0.995] {
+                let (want, total) = brute(&vs, &q, 7, floor);
+                let got = f.index.scan(&owner(1), &q, 7, None, Some(floor)).unwrap();
+                assert_eq!(got, (want, total), "floor {floor}");
+            }
+        }
     }
 
     #[test]
     fn filter_restricts_results_and_fills_the_page() {
-        let index = VectorIndex::new(small_config());
+        let f = Fixture::small();
         let vs: Vec<Vec<f32>> = (0..400).map(|i| unit(i, 16)).collect();
-        insert_all(&index, &vs, 0);
-        index.maintain_now();
-        assert_eq!(index.stats().graphs, 1);
+        f.add_all(&vs, 0);
+        f.index.maintain_now();
+        assert_eq!(f.index.stats().graphs, 1);
         for set_size in [5usize, 150, 300] {
             let allow: HashSet<RowId> = (0..set_size as RowId)
                 .map(|r| r * 400 / set_size as RowId)
                 .collect();
-            let hits = index.search(&owner(1), &vs[399], 10, Some(&allow));
+            let hits = f
+                .index
+                .search(&owner(1), &vs[399], 10, Some(&allow))
+                .unwrap();
             assert_eq!(hits.len(), 10.min(set_size));
             assert!(hits.iter().all(|h| allow.contains(&h.row)));
         }
@@ -686,58 +553,142 @@ mod tests {
 
     #[test]
     fn graph_search_agrees_with_exact_and_sees_pending_and_tombstones() {
-        let index = VectorIndex::new(small_config());
+        let f = Fixture::small();
         let vs: Vec<Vec<f32>> = (0..600).map(|i| unit(i + 1000, 16)).collect();
-        insert_all(&index, &vs[..500], 0);
-        index.maintain_now();
-        // Added after the graph was built: pending, found by the exact side scan.
-        insert_all(&index, &vs[500..], 500);
-        assert_eq!(index.stats().pending, 100);
-        assert_eq!(index.search(&owner(1), &vs[550], 1, None)[0].row, 550);
-        index.remove(&owner(1), 10);
-        assert!(
-            index
-                .search(&owner(1), &vs[10], 5, None)
-                .iter()
-                .all(|h| h.row != 10)
-        );
-        index.maintain_now();
-        let s = index.stats();
+        f.add_all(&vs[..500], 0);
+        f.index.maintain_now();
+        // Added after the graph was built: pending, found by the side scan.
+        f.add_all(&vs[500..], 500);
+        assert_eq!(f.index.stats().pending, 100);
+        assert_eq!(f.rows(&vs[550], 1), [550]);
+        f.index.remove(&owner(1), 10);
+        assert!(!f.rows(&vs[10], 5).contains(&10));
+        f.index.maintain_now();
+        let s = f.index.stats();
         assert_eq!((s.pending, s.tombstones, s.vectors), (0, 1, 599));
         let mut agree = 0;
         for q in vs.iter().step_by(7) {
-            let got: HashSet<RowId> = index
-                .search(&owner(1), q, 10, None)
-                .iter()
-                .map(|h| h.row)
-                .collect();
-            let want: HashSet<RowId> = index
+            let got: HashSet<RowId> = f.rows(q, 10).into_iter().collect();
+            let want: HashSet<RowId> = f
+                .index
                 .exact_search(&owner(1), q, 10)
+                .unwrap()
                 .iter()
                 .map(|h| h.row)
                 .collect();
             agree += got.intersection(&want).count();
         }
         let total = vs.iter().step_by(7).count() * 10;
-        assert!(agree as f64 / total as f64 >= 0.9, "recall {agree}/{total}");
+        assert!(
+            agree as f64 / total as f64 >= 0.95,
+            "recall {agree}/{total}"
+        );
     }
 
     #[test]
-    fn many_deletions_trigger_a_rebuild() {
-        let index = VectorIndex::new(small_config());
+    fn many_deletions_trigger_a_compaction() {
+        let f = Fixture::small();
         let vs: Vec<Vec<f32>> = (0..300).map(|i| unit(i + 5000, 16)).collect();
-        insert_all(&index, &vs, 0);
-        index.maintain_now();
+        f.add_all(&vs, 0);
+        f.index.maintain_now();
         for row in 0..60 {
-            index.remove(&owner(1), row);
+            f.index.remove(&owner(1), row);
         }
-        assert_eq!(index.stats().tombstones, 60);
-        index.maintain_now();
+        assert_eq!(f.index.stats().tombstones, 60);
+        f.index.maintain_now();
+        let s = f.index.stats();
         assert_eq!(
-            index.stats().tombstones,
-            0,
-            "rebuilt without the deleted points"
+            (s.tombstones, s.vectors, s.graphs, s.pending),
+            (0, 240, 1, 0)
         );
-        assert_eq!(index.search(&owner(1), &vs[100], 1, None)[0].row, 100);
+        assert_eq!(f.rows(&vs[100], 1), [100]);
+        assert_eq!(f.index.rows(), (60..300).collect::<Vec<RowId>>());
+    }
+
+    #[test]
+    fn a_partition_that_shrinks_goes_back_to_scans() {
+        let f = Fixture::small();
+        let vs: Vec<Vec<f32>> = (0..250).map(|i| unit(i + 7000, 16)).collect();
+        f.add_all(&vs, 0);
+        f.index.maintain_now();
+        assert_eq!(f.index.stats().graphs, 1);
+        for row in 0..200 {
+            f.index.remove(&owner(1), row);
+        }
+        f.index.maintain_now();
+        let s = f.index.stats();
+        assert_eq!((s.graphs, s.vectors, s.tombstones), (0, 50, 0));
+        assert_eq!(f.rows(&vs[220], 1), [220]);
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_reconcile_with_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fixture::small();
+        let vs: Vec<Vec<f32>> = (0..400).map(|i| unit(i + 9000, 16)).collect();
+        f.add_all(&vs[..300], 0);
+        f.add(2, &[(1000, 5, &vs[300])]);
+        f.index.maintain_now();
+        f.index.remove(&owner(1), 3);
+        save_snapshot(&f.index, dir.path(), "m").unwrap();
+
+        // The store moved on after the snapshot: row 4 deleted, rows 300.. added, owner 2 gone.
+        let mut stored: HashMap<OwnerKey, Vec<RowId>> = HashMap::new();
+        stored.insert(owner(1), (0..400).filter(|r| *r != 3 && *r != 4).collect());
+        let report = read_snapshot(dir.path(), "m", 16).unwrap();
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        let again = VectorIndex::new(f.index.config.clone(), f.source.clone());
+        let restored = again.restore(report, &stored);
+        assert_eq!((restored.partitions, restored.graphs), (1, 1));
+        assert_eq!(restored.dropped, 2, "row 4 and owner 2's row");
+        assert_eq!(
+            restored.missing,
+            vec![(owner(1), (300..400).collect::<Vec<_>>())]
+        );
+        for row in 300..400 {
+            f.source.put(row, &vs[row as usize]);
+            again.insert(&owner(1), &[(row, 0, &vs[row as usize])]);
+        }
+        assert_eq!(again.rows(), stored[&owner(1)]);
+        assert_eq!(again.len(), 398);
+        for q in vs.iter().step_by(13) {
+            let fresh = again.exact_search(&owner(1), q, 5).unwrap();
+            assert_eq!(again.search(&owner(1), q, 5, None).unwrap()[0], fresh[0]);
+        }
+        // Unchanged partitions are linked into the next generation, changed ones rewritten.
+        save_snapshot(&again, dir.path(), "m").unwrap();
+        assert_eq!(
+            read_snapshot(dir.path(), "m", 16).unwrap().partitions.len(),
+            1
+        );
+        // Another model's snapshot is ignored, not trusted.
+        let other = read_snapshot(dir.path(), "other", 16).unwrap();
+        assert!(other.partitions.is_empty() && !other.skipped.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_snapshot_file_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fixture::small();
+        let vs: Vec<Vec<f32>> = (0..50).map(|i| unit(i + 11, 16)).collect();
+        f.add_all(&vs, 0);
+        save_snapshot(&f.index, dir.path(), "m").unwrap();
+        let file = std::fs::read_dir(dir.path().join("gen-1"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(&file, &bytes).unwrap();
+        let report = read_snapshot(dir.path(), "m", 16).unwrap();
+        assert!(report.partitions.is_empty());
+        assert!(report.skipped[0].contains("CRC"), "{:?}", report.skipped);
+        bytes.truncate(middle);
+        std::fs::write(&file, &bytes).unwrap();
+        let report = read_snapshot(dir.path(), "m", 16).unwrap();
+        assert!(report.skipped[0].contains("size"), "{:?}", report.skipped);
     }
 }

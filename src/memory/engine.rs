@@ -11,7 +11,9 @@ use anyhow::bail;
 
 use crate::db::Db;
 use crate::embed::Embedder;
-use crate::index::{self, IndexConfig, Maintainer, OwnerKey, RowId, VectorIndex};
+use crate::index::{
+    self, IndexConfig, Maintainer, OwnerKey, Restored, RowId, VectorIndex, VectorSource,
+};
 
 use super::store;
 
@@ -28,7 +30,7 @@ pub struct MemoryEngine {
     maintainer: Mutex<Option<Maintainer>>,
     snapshot_dir: PathBuf,
     snapshot_interval: Duration,
-    /// `graph_changes` when the last snapshot was written (or the graphs were loaded).
+    /// `changes` when the last snapshot was written (or the index was loaded).
     snapshotted: AtomicU64,
     /// One snapshot at a time (the job and shutdown may meet).
     snapshotting: Mutex<()>,
@@ -44,8 +46,8 @@ pub type Indexed = (RowId, i64, Vec<f32>);
 
 impl MemoryEngine {
     /// Opens the engine for vectors of model `model_id`. The model is loaded by `load_embedder`
-    /// on its own thread while the index is filled from SQLite and the snapshot is read on
-    /// another: start-up costs the longest of the three, not their sum.
+    /// on its own thread while the snapshot is read on another and reconciled with SQLite:
+    /// start-up costs the longer of the two, not their sum.
     pub fn open(
         db: &Db,
         model_id: &str,
@@ -54,22 +56,15 @@ impl MemoryEngine {
     ) -> anyhow::Result<MemoryEngine> {
         let started = Instant::now();
         let stored = ensure_model(db, model_id)?;
-        let index = Arc::new(VectorIndex::new(config.index));
+        let source: Arc<dyn VectorSource> = Arc::new(SqliteVectors(db.clone()));
+        let index = Arc::new(VectorIndex::new(config.index, source));
         let dim = index.config().dim;
-        let (embedder, snapshot, fill_ms) = std::thread::scope(|scope| {
+        let (embedder, restored) = std::thread::scope(|scope| {
             let embedder = scope.spawn(load_embedder);
-            let snapshot =
-                scope.spawn(|| index::read_snapshot(&config.snapshot_dir, model_id, dim));
-            let filled = db.read_blocking(|conn| {
-                store::for_each_vector(conn, |owner, row, created_at, vector| {
-                    index.insert(&owner, &[(row, created_at, &vector)]);
-                })
-            });
-            let fill_ms = started.elapsed().as_millis() as u64;
-            let embedder = joined(embedder.join());
-            let snapshot = joined(snapshot.join());
-            filled.map(|()| (embedder, snapshot, fill_ms))
-        })?;
+            let restored = restore_index(db, &index, &config.snapshot_dir, model_id);
+            (joined(embedder.join()), restored)
+        });
+        let (restored, needs_snapshot) = restored?;
         let embedder = embedder?;
         if embedder.info().id != model_id || embedder.info().dim != dim {
             bail!(
@@ -77,31 +72,26 @@ impl MemoryEngine {
                 embedder.info().id
             );
         }
-        let mut report = snapshot?;
-        let loaded = index::install_snapshot(
-            &index,
-            std::mem::take(&mut report.graphs),
-            &mut report.skipped,
-        );
-        for skipped in &report.skipped {
-            tracing::warn!(reason = %skipped, "graph snapshot not used; it will be rebuilt");
-        }
         let stats = index.stats();
         tracing::info!(
             vectors = stats.vectors,
-            graphs_loaded = loaded,
+            from_snapshot = restored.partitions,
+            graphs_loaded = restored.graphs,
             pending = stats.pending,
-            tombstones = stats.tombstones,
-            fill_ms,
             total_ms = started.elapsed().as_millis() as u64,
             "memory index ready"
         );
-        let snapshotted = AtomicU64::new(index.graph_changes());
+        // A start that had to read vectors from SQLite writes a snapshot at the first chance.
+        let snapshotted = AtomicU64::new(if needs_snapshot {
+            u64::MAX
+        } else {
+            index.changes()
+        });
         let maintainer = Maintainer::start(index.clone());
         Ok(MemoryEngine {
             embedder,
             index,
-            graphs_from_snapshot: loaded,
+            graphs_from_snapshot: restored.graphs,
             maintainer: Mutex::new(Some(maintainer)),
             snapshot_dir: config.snapshot_dir,
             snapshot_interval: config.snapshot_interval,
@@ -154,7 +144,7 @@ impl MemoryEngine {
             .snapshotting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let changes = self.index.graph_changes();
+        let changes = self.index.changes();
         if changes == self.snapshotted.load(Ordering::Relaxed) {
             return Ok(false);
         }
@@ -185,6 +175,86 @@ impl MemoryEngine {
         if let Err(e) = self.snapshot_if_changed() {
             tracing::error!(error = %format!("{e:#}"), "the index snapshot at shutdown failed");
         }
+    }
+}
+
+/// Missing rows past which one pass over the table beats looking each one up.
+const FULL_SCAN_FROM: usize = 20_000;
+
+/// Fills `index` from the snapshot in `dir`, reconciled with SQLite, and reads from SQLite the
+/// vectors the snapshot lacks. Returns what was restored and whether a fresh snapshot is due.
+fn restore_index(
+    db: &Db,
+    index: &VectorIndex,
+    dir: &std::path::Path,
+    model_id: &str,
+) -> anyhow::Result<(Restored, bool)> {
+    let dim = index.config().dim;
+    let (report, owner_rows) = std::thread::scope(|scope| {
+        let report = scope.spawn(|| index::read_snapshot(dir, model_id, dim));
+        let rows = db.read_blocking(store::owner_rows);
+        (joined(report.join()), rows)
+    });
+    let (report, owner_rows) = (report?, owner_rows?);
+    let stale = !report.skipped.is_empty();
+    for skipped in &report.skipped {
+        tracing::warn!(reason = %skipped, "index snapshot not used; reading vectors from SQLite");
+    }
+    let total: usize = owner_rows.values().map(Vec::len).sum();
+    let restored = index.restore(report, &owner_rows);
+    drop(owner_rows);
+    let missing: usize = restored.missing.iter().map(|(_, rows)| rows.len()).sum();
+    if missing >= FULL_SCAN_FROM && missing * 4 >= total {
+        let wanted: std::collections::HashSet<RowId> = restored
+            .missing
+            .iter()
+            .flat_map(|(_, rows)| rows.iter().copied())
+            .collect();
+        db.read_blocking(|conn| {
+            store::for_each_vector(conn, |owner, row, created_at, vector| {
+                if wanted.contains(&row) {
+                    index.insert(&owner, &[(row, created_at, &vector)]);
+                }
+            })
+        })?;
+    } else {
+        for (owner, rows) in &restored.missing {
+            for chunk in rows.chunks(1024) {
+                let mut items = Vec::with_capacity(chunk.len());
+                db.read_blocking(|conn| {
+                    store::indexed_rows(conn, chunk, |row, at, v| items.push((row, at, v)))
+                })?;
+                let refs: Vec<(RowId, i64, &[f32])> = items
+                    .iter()
+                    .map(|(row, at, v)| (*row, *at, v.as_slice()))
+                    .collect();
+                index.insert(owner, &refs);
+            }
+        }
+    }
+    tracing::info!(
+        missing,
+        dropped = restored.dropped,
+        "index reconciled with SQLite"
+    );
+    let due = stale || missing > 0 || restored.dropped > 0;
+    Ok((restored, due))
+}
+
+/// The exact vectors, read from SQLite for rescoring.
+pub struct SqliteVectors(Db);
+
+impl SqliteVectors {
+    pub fn new(db: Db) -> SqliteVectors {
+        SqliteVectors(db)
+    }
+}
+
+impl VectorSource for SqliteVectors {
+    fn vectors(&self, rows: &[RowId], found: &mut dyn FnMut(RowId, &[f32])) -> anyhow::Result<()> {
+        self.0
+            .read_blocking(|conn| store::vectors_of(conn, rows, found))
+            .map_err(anyhow::Error::new)
     }
 }
 

@@ -112,7 +112,12 @@ async fn nearest(
     allow: Option<HashSet<RowId>>,
 ) -> ApiResult<Vec<Hit>> {
     let (index, key) = (state.memory.index.clone(), owner.key());
-    run_blocking(move || Ok(index.search(&key, &vector, k, allow.as_ref()))).await
+    run_blocking(move || {
+        index
+            .search(&key, &vector, k, allow.as_ref())
+            .map_err(ApiError::internal)
+    })
+    .await
 }
 
 /// `GET`/`POST /memory/search`: the most similar memories, best first.
@@ -232,7 +237,12 @@ async fn semantic(
 ) -> ApiResult<(Vec<Hit>, usize)> {
     let vector = embed_one(state, owner, q.text.clone()).await?;
     let (index, key) = (state.memory.index.clone(), owner.key());
-    run_blocking(move || Ok(index.scan(&key, &vector, k, allow.as_ref(), threshold))).await
+    run_blocking(move || {
+        index
+            .scan(&key, &vector, k, allow.as_ref(), threshold)
+            .map_err(ApiError::internal)
+    })
+    .await
 }
 
 /// The BM25 ranking of the owner's filtered memories, `k` deep, and how many match.
@@ -398,7 +408,12 @@ async fn search_all(
                     .acquire_owned()
                     .await
                     .map_err(|e| ApiError::internal(anyhow::anyhow!("search slots closed: {e}")))?;
-                run_blocking(move || Ok(index.search(&key, &v, k, allow.as_ref()))).await
+                run_blocking(move || {
+                    index
+                        .search(&key, &v, k, allow.as_ref())
+                        .map_err(ApiError::internal)
+                })
+                .await
             }
         });
     futures_util::future::try_join_all(searches).await

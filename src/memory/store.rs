@@ -307,6 +307,80 @@ pub fn for_each_vector(
     Ok(())
 }
 
+/// Every owner's memory rowids, ascending, read from the `(tenant, user, seq)` index alone:
+/// at start-up, to reconcile the snapshot with SQLite without touching a vector.
+pub fn owner_rows(conn: &Connection) -> ApiResult<HashMap<OwnerKey, Vec<RowId>>> {
+    let mut stmt = conn.prepare(
+        "SELECT tenant_id, user_id, seq FROM memories INDEXED BY memories_owner_seq
+         ORDER BY tenant_id, user_id, seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out: HashMap<OwnerKey, Vec<RowId>> = HashMap::new();
+    let mut current: Option<((String, String), OwnerKey)> = None;
+    while let Some(r) = rows.next()? {
+        let text = |i: usize| -> rusqlite::Result<&str> {
+            r.get_ref(i)?.as_str().map_err(rusqlite::Error::from)
+        };
+        let (t, u) = (text(0)?, text(1)?);
+        let owner = match &current {
+            Some(((ct, cu), o)) if ct == t && cu == u => o.clone(),
+            _ => {
+                let (Some(tenant), Some(user)) = (TenantId::parse(t), UserId::parse(u)) else {
+                    return Err(ApiError::internal(anyhow::anyhow!(
+                        "malformed owner {t}/{u}"
+                    )));
+                };
+                let o = OwnerKey::new(&tenant, &user);
+                current = Some(((t.to_owned(), u.to_owned()), o.clone()));
+                o
+            }
+        };
+        out.entry(owner).or_default().push(r.get(2)?);
+    }
+    Ok(out)
+}
+
+/// The stored vector of each of `rows` that exists, for exact rescoring.
+pub fn vectors_of(
+    conn: &Connection,
+    rows: &[RowId],
+    found: &mut dyn FnMut(RowId, &[f32]),
+) -> ApiResult<()> {
+    let mut stmt = conn.prepare_cached("SELECT embedding FROM memories WHERE seq = ?1")?;
+    let mut vector = Vec::new();
+    for &row in rows {
+        let mut hit = stmt.query([row])?;
+        if let Some(r) = hit.next()? {
+            let blob = r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+            vector.clear();
+            vector.extend(
+                blob.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+            found(row, &vector);
+        }
+    }
+    Ok(())
+}
+
+/// Creation time and vector of each of `rows` that exists (rows a snapshot lacked).
+pub fn indexed_rows(
+    conn: &Connection,
+    rows: &[RowId],
+    mut f: impl FnMut(RowId, i64, Vec<f32>),
+) -> ApiResult<()> {
+    let mut stmt =
+        conn.prepare_cached("SELECT created_at, embedding FROM memories WHERE seq = ?1")?;
+    for &row in rows {
+        let mut hit = stmt.query([row])?;
+        if let Some(r) = hit.next()? {
+            let blob = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            f(row, r.get(0)?, blob_to_vector(blob));
+        }
+    }
+    Ok(())
+}
+
 pub fn stored_model(conn: &Connection) -> ApiResult<Option<String>> {
     Ok(conn
         .query_row(
