@@ -125,13 +125,31 @@ fn main() {
     );
     println!("|---|---|---|---|");
     for n in sizes {
-        let dir = tempfile::tempdir().unwrap();
-        eprintln!("filling {n} memories…");
-        let key = runtime.block_on(fill(dir.path(), n));
+        // `MEMESH_BENCH_KEEP=<dir>` keeps the filled data directory (as `<dir>/<n>`) and reuses
+        // it on the next run, for iterating on start-up without refilling.
+        let (_temp, dir) = match std::env::var_os("MEMESH_BENCH_KEEP") {
+            Some(keep) => (None, std::path::PathBuf::from(keep).join(n.to_string())),
+            None => {
+                let t = tempfile::tempdir().unwrap();
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let key_file = dir.join("bench-key");
+        let key = match std::fs::read_to_string(&key_file) {
+            Ok(key) => key,
+            Err(_) => {
+                std::fs::create_dir_all(&dir).unwrap();
+                eprintln!("filling {n} memories…");
+                let key = runtime.block_on(fill(&dir, n));
+                std::fs::write(&key_file, &key).unwrap();
+                key
+            }
+        };
         let started = Instant::now();
         let mut child = Command::new(&exe)
             .args(["--listen", &format!("127.0.0.1:{PORT}"), "--data-dir"])
-            .arg(dir.path())
+            .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

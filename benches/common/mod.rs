@@ -2,6 +2,8 @@
 //! data directory, with the real model, driven over HTTP like any client would.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

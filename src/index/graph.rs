@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use anyhow::bail;
 
@@ -357,7 +357,7 @@ impl Graph {
 
     /// Reads a graph written by [`Graph::write_to`] for `dim`-long vectors, checking that it is
     /// whole and consistent: every link and the entry point inside the graph, levels in range.
-    pub fn read_from(r: &mut impl Read, dim: usize) -> anyhow::Result<Graph> {
+    pub fn read_from(r: &mut impl io::Bounded, dim: usize) -> anyhow::Result<Graph> {
         let mut header = [0u64; 7];
         for h in &mut header {
             *h = io::read_u64(r)?;

@@ -63,19 +63,40 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
+/// A reader that knows how many bytes it has left, so an array can be allocated at its exact
+/// size up front (no doubling while it grows) without trusting a count read from the file.
+pub trait Bounded: Read {
+    fn remaining(&self) -> u64;
+}
+
+impl Bounded for &[u8] {
+    fn remaining(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
 /// Reads through, keeping a CRC and a count of what passed.
 pub struct CrcReader<R> {
     inner: R,
     hasher: crc32fast::Hasher,
     read: u64,
+    len: u64,
+}
+
+impl<R: Read> Bounded for CrcReader<R> {
+    fn remaining(&self) -> u64 {
+        self.len.saturating_sub(self.read)
+    }
 }
 
 impl<R: Read> CrcReader<R> {
-    pub fn new(inner: R) -> CrcReader<R> {
+    /// `len`: how many bytes `inner` holds (a file's size).
+    pub fn new(inner: R, len: u64) -> CrcReader<R> {
         CrcReader {
             inner,
             hasher: crc32fast::Hasher::new(),
             read: 0,
+            len,
         }
     }
 
@@ -124,11 +145,20 @@ pub fn write_slice<T: Le>(w: &mut impl Write, items: &[T]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads `n` values. Memory grows with what was actually read, so a header that lies about `n`
-/// fails at the end of the file instead of reserving a huge array first.
-pub fn read_vec<T: Le>(r: &mut impl Read, n: usize) -> io::Result<Vec<T>> {
+/// Reads `n` values into an array of exactly that size. A count larger than what the reader
+/// has left fails before anything is allocated.
+pub fn read_vec<T: Le>(r: &mut impl Bounded, n: usize) -> io::Result<Vec<T>> {
+    let too_many = n
+        .checked_mul(T::SIZE)
+        .is_none_or(|bytes| bytes as u64 > r.remaining());
+    if too_many {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "an array runs past the end of the file",
+        ));
+    }
     let per = CHUNK / T::SIZE;
-    let mut out = Vec::with_capacity(n.min(per));
+    let mut out = Vec::with_capacity(n);
     let mut buf = vec![0u8; CHUNK];
     let mut left = n;
     while left > 0 {
@@ -156,17 +186,24 @@ mod tests {
         let (bytes, len, crc) = w.finish();
         assert_eq!(len as usize, bytes.len());
         assert_eq!(crc, crc32fast::hash(&bytes));
-        let mut r = CrcReader::new(bytes.as_slice());
+        let mut r = CrcReader::new(bytes.as_slice(), bytes.len() as u64);
         assert_eq!(read_u64(&mut r).unwrap(), 42);
         assert_eq!(read_vec::<f32>(&mut r, values.len()).unwrap(), values);
         assert_eq!(read_vec::<i8>(&mut r, codes.len()).unwrap(), codes);
         assert!(r.at_end().unwrap());
         assert_eq!(r.crc(), crc);
-        let mut short = CrcReader::new(&bytes[..bytes.len() - 1]);
+        let mut short = CrcReader::new(&bytes[..bytes.len() - 1], bytes.len() as u64 - 1);
         read_u64(&mut short).unwrap();
         assert!(
             read_vec::<f32>(&mut short, 1 << 40).is_err(),
-            "a lying count fails at EOF"
+            "a lying count fails at once"
         );
+        assert!(
+            read_vec::<f32>(&mut short, usize::MAX).is_err(),
+            "even one that overflows"
+        );
+        let mut whole = bytes.as_slice();
+        read_u64(&mut whole).unwrap();
+        assert_eq!(read_vec::<f32>(&mut whole, values.len()).unwrap(), values);
     }
 }

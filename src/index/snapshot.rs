@@ -124,10 +124,11 @@ fn write_partition(
 /// Reads one partition file, checking it against its manifest entry as it goes.
 fn read_partition(path: &Path, entry: &PartitionEntry, dim: usize) -> anyhow::Result<Partition> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    if file.metadata()?.len() != entry.size {
+    let size = file.metadata()?.len();
+    if size != entry.size {
         bail!("its size does not match the manifest (torn or truncated)");
     }
-    let mut r = CrcReader::new(BufReader::with_capacity(1 << 20, file));
+    let mut r = CrcReader::new(BufReader::with_capacity(1 << 20, file), size);
     let mut magic = [0u8; 8];
     std::io::Read::read_exact(&mut r, &mut magic)?;
     if &magic != MAGIC {
