@@ -1,19 +1,25 @@
-//! The memory engine's figures (issue 3), measured on this machine and printed as a table:
-//! - raw embedding throughput of the bundled model vs. write throughput through HTTP with
-//!   batches of 100;
-//! - start-up time of the `memesh` binary over 100,000 stored memories (until /readyz is 200);
-//! - recall@10 of the index against exact search at 100,000 memories, for an owner of 99% of
-//!   them (HNSW) and one of 1% (exact scan), with per-query latency;
-//! - the cost of an exact scan by partition size (where the HNSW threshold belongs).
+//! The memory engine's figures (issues 3, 4 and 11), measured on this machine and printed as a
+//! table, all on natural text (the comment sentences of the locked crates: `common::corpus`):
+//! - write throughput: the raw model, `POST /v1/memory/batch` with 100 per request, and single
+//!   `POST /v1/memory/write` calls from 8 concurrent clients, in the same sitting;
+//! - the index at 100,000 memories: fill, graph build, snapshot, recall@10 against exact search
+//!   and latency for several `ef_search` values, for an owner of 99% (graph) and of 1% (scan);
+//! - the `memesh` binary restarted on them: time to /readyz and to the first answered search,
+//!   resident memory, then end-to-end retrieval (search p50/p99, 8 clients, batch search,
+//!   threshold query, export);
+//! - a bulk write at the model's rate (`MEMESH_BENCH_BULK` texts, default 100,000) with a
+//!   client searching throughout: search latency during it and right after, and how far the
+//!   graph fell behind;
+//! - the cost of scanning one partition by size (where the graph threshold belongs).
 //!
-//! Run: `cargo bench --bench memory` (release build). The 100,000 embeddings are computed once
-//! (about five minutes) and cached under target/bench-cache/.
+//! Run: `cargo build --release && cargo bench --bench memory`. The corpus embeddings are
+//! computed once (about five minutes) and cached under target/bench-cache/.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use memesh::clock::{Clock, SystemClock};
@@ -27,153 +33,30 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::{InProcess, percentile, root};
+use common::{InProcess, percentile, root, rss_kib};
 
 const CORPUS: usize = 100_000;
 const SMALL_OWNER: usize = CORPUS / 100;
 const QUERIES: usize = 300;
 
-/// A deterministic xorshift picker: each call returns an index below its argument.
-fn picker(seed: u64) -> impl FnMut(usize) -> usize {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    move |m: usize| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % m as u64) as usize
+/// The corpus and, held out from it, the queries: every 334th sentence is a query.
+fn corpus_and_queries() -> (Vec<String>, Vec<String>) {
+    let all = common::corpus::natural_sentences(CORPUS + QUERIES);
+    assert_eq!(
+        all.len(),
+        CORPUS + QUERIES,
+        "the locked crates' comments gave too few sentences"
+    );
+    let (mut corpus, mut queries) = (Vec::with_capacity(CORPUS), Vec::with_capacity(QUERIES));
+    for (i, s) in all.into_iter().enumerate() {
+        if i % 334 == 0 && queries.len() < QUERIES {
+            queries.push(s);
+        } else {
+            corpus.push(s);
+        }
     }
-}
-
-/// Deterministic sentences of about 30 tokens, like short agent memories.
-fn sentences(seed: u64, n: usize) -> Vec<String> {
-    const WHO: &[&str] = &[
-        "the customer",
-        "our lead engineer",
-        "the billing service",
-        "a new hire",
-        "the on-call SRE",
-        "the product manager",
-        "the mobile app",
-        "the data team",
-        "a vendor",
-        "the CEO",
-        "the support bot",
-        "the staging cluster",
-    ];
-    const DID: &[&str] = &[
-        "reported",
-        "fixed",
-        "asked about",
-        "postponed",
-        "documented",
-        "rolled back",
-        "approved",
-        "escalated",
-        "measured",
-        "forgot",
-        "prefers",
-        "migrated",
-    ];
-    const WHAT: &[&str] = &[
-        "the invoice export",
-        "dark mode",
-        "the login timeout",
-        "the quarterly forecast",
-        "a memory leak",
-        "the onboarding checklist",
-        "the API rate limit",
-        "vegetarian lunch options",
-        "the Kubernetes upgrade",
-        "flaky integration tests",
-        "the refund policy",
-        "the search ranking",
-        "a broken webhook",
-        "the holiday schedule",
-    ];
-    const WHEN: &[&str] = &[
-        "on Monday morning",
-        "after the release",
-        "during the outage",
-        "last quarter",
-        "before the audit",
-        "in the standup",
-        "yesterday evening",
-        "at the offsite",
-        "while on vacation",
-        "right before the deadline",
-    ];
-    const WHY: &[&str] = &[
-        "because customers complained",
-        "to cut costs",
-        "for compliance",
-        "after a long debate",
-        "to unblock the team",
-        "without telling anyone",
-        "as a quick experiment",
-        "following the postmortem",
-    ];
-    let mut next = picker(seed);
-    (0..n)
-        .map(|i| {
-            format!(
-                "{} {} {} {} {} (ref {}).",
-                WHO[next(WHO.len())],
-                DID[next(DID.len())],
-                WHAT[next(WHAT.len())],
-                WHEN[next(WHEN.len())],
-                WHY[next(WHY.len())],
-                i
-            )
-        })
-        .collect()
-}
-
-/// Short questions, the way people and agents search (about ten tokens).
-fn questions(seed: u64, n: usize) -> Vec<String> {
-    const ASK: &[&str] = &[
-        "what happened with",
-        "who handled",
-        "any news on",
-        "status of",
-        "notes about",
-        "why did we change",
-        "decision on",
-        "problems with",
-    ];
-    const TOPIC: &[&str] = &[
-        "the invoice export",
-        "dark mode",
-        "the login timeout",
-        "the quarterly forecast",
-        "a memory leak",
-        "the onboarding checklist",
-        "the API rate limit",
-        "lunch options",
-        "the Kubernetes upgrade",
-        "flaky tests",
-        "the refund policy",
-        "search ranking",
-        "the webhook",
-        "the holiday schedule",
-    ];
-    const WHEN: &[&str] = &[
-        "",
-        " last quarter",
-        " during the outage",
-        " after the release",
-        " this week",
-    ];
-    let mut next = picker(seed);
-    (0..n)
-        .map(|_| {
-            format!(
-                "{} {}{}?",
-                ASK[next(ASK.len())],
-                TOPIC[next(TOPIC.len())],
-                WHEN[next(WHEN.len())]
-            )
-        })
-        .collect()
+    corpus.truncate(CORPUS);
+    (corpus, queries)
 }
 
 fn backend() -> OnnxBackend {
@@ -185,9 +68,12 @@ fn backend() -> OnnxBackend {
 
 /// Embeddings of `texts`, cached on disk by name.
 fn cached_embeddings(name: &str, texts: &[String], backend: &mut OnnxBackend) -> Vec<Embedding> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    texts.hash(&mut h);
     let path = root()
         .join("target/bench-cache")
-        .join(format!("{name}.bin"));
+        .join(format!("{name}-{:016x}.bin", h.finish()));
     if let Ok(bytes) = std::fs::read(&path)
         && bytes.len() == texts.len() * MODEL_DIM * 4
     {
@@ -222,9 +108,8 @@ fn cached_embeddings(name: &str, texts: &[String], backend: &mut OnnxBackend) ->
     out
 }
 
-/// Raw model throughput vs. HTTP batch writes of the same texts.
-async fn write_throughput(backend: &mut OnnxBackend) -> (f64, f64) {
-    let texts = sentences(7, 3_000);
+/// Raw model throughput vs. HTTP batch writes and concurrent single writes of the same texts.
+async fn write_throughput(backend: &mut OnnxBackend, texts: &[String]) -> (f64, f64, f64) {
     backend.embed(&texts[..100]).unwrap();
     let started = Instant::now();
     for chunk in texts.chunks(100) {
@@ -249,9 +134,32 @@ async fn write_throughput(backend: &mut OnnxBackend) -> (f64, f64) {
     for chunk in texts.chunks(100) {
         assert_eq!(send(chunk).await.unwrap().status(), 201);
     }
-    let http = texts.len() as f64 / started.elapsed().as_secs_f64();
+    let batch = texts.len() as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for c in 0..8 {
+        let mine: Vec<String> = texts.iter().skip(c).step_by(8).cloned().collect();
+        let (client, base, key) = (client.clone(), base.clone(), key.clone());
+        writers.push(tokio::spawn(async move {
+            for text in mine {
+                let resp = client
+                    .post(format!("{base}/v1/memory/write"))
+                    .header("x-api-key", &key)
+                    .json(&json!({ "content": text }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 201);
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let single = texts.len() as f64 / started.elapsed().as_secs_f64();
     server.stop().await;
-    (raw, http)
+    (raw, batch, single)
 }
 
 /// One import record (the export format) carrying a precomputed embedding.
@@ -349,8 +257,9 @@ async fn fill_database(
     (big, small, key)
 }
 
-/// Starts the release binary on `dir` and returns it with the time until /readyz answered 200.
-fn time_binary_start(dir: &Path) -> (std::process::Child, Duration) {
+/// Starts the release binary on `dir` and returns it with the time until /readyz answered 200
+/// and until a first search (its query embedded by the model) was answered.
+fn time_binary_start(dir: &Path, key: &str) -> (std::process::Child, Duration, Duration) {
     let exe = root().join("target/release/memesh");
     assert!(
         exe.exists(),
@@ -389,20 +298,27 @@ fn time_binary_start(dir: &Path) -> (std::process::Child, Duration) {
         );
         std::thread::sleep(Duration::from_millis(5));
     };
+    let searched = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:18766") {
+            use std::io::{Read, Write};
+            let _ = write!(
+                s,
+                "GET /v1/memory/search?query=how+to+reset+a+timer&limit=10 HTTP/1.1\r\n\
+                 host: x\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n"
+            );
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                break started.elapsed();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     if let Some(line) = log.lines().find(|l| l.contains("memory index ready")) {
         eprintln!("  start-up: {line}");
     }
-    (child, elapsed)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    (child, elapsed, searched)
 }
 
 async fn timed_post(client: &reqwest::Client, url: String, key: &str, body: Value) -> f64 {
@@ -543,12 +459,21 @@ async fn retrieval(base: &str, key: &str, pid: u32, queries: &[String]) {
     );
 }
 
-fn recall(index: &VectorIndex, owner: &OwnerKey, queries: &[Embedding]) -> (f64, f64, f64) {
+/// Recall@10 against exact search, and the latency of the index search alone (candidates by
+/// codes, exact rescoring from SQLite), p50 and p99 in µs.
+fn recall(
+    index: &VectorIndex,
+    owner: &OwnerKey,
+    queries: &[Embedding],
+    ef: usize,
+) -> (f64, f64, f64) {
     let mut hits = 0;
     let mut micros = Vec::new();
     for q in queries {
         let started = Instant::now();
-        let got = index.search(owner, &q.vector, 10, None).unwrap();
+        let got = index
+            .search_with_ef(owner, &q.vector, 10, None, ef)
+            .unwrap();
         micros.push(started.elapsed().as_secs_f64() * 1e6);
         let want: HashSet<i64> = index
             .exact_search(owner, &q.vector, 10)
@@ -566,6 +491,101 @@ fn recall(index: &VectorIndex, owner: &OwnerKey, queries: &[Embedding]) -> (f64,
     )
 }
 
+/// A bulk write of `texts` through `POST /v1/memory/batch` (100 per request, as fast as the
+/// model goes) while another client searches the same owner every 20 ms; then searches right
+/// after. Prints search latency during and after, and the graph's largest backlog.
+async fn bulk_write(texts: &[String], queries: &[String]) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = InProcess::start(dir.path(), "bulk@localhost").await;
+    let (base, key) = (server.base.clone(), server.tenant.key.clone());
+    let index = server.state.memory.index.clone();
+    let client = reqwest::Client::new();
+    let writing = Arc::new(AtomicBool::new(true));
+    let max_pending = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (index, writing, max_pending) = (index.clone(), writing.clone(), max_pending.clone());
+        std::thread::spawn(move || {
+            while writing.load(Ordering::Relaxed) {
+                max_pending.fetch_max(index.stats().pending, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    let searcher = {
+        let (client, base, key, writing) =
+            (client.clone(), base.clone(), key.clone(), writing.clone());
+        let queries = queries.to_vec();
+        tokio::spawn(async move {
+            let mut ms = Vec::new();
+            let mut i = 0;
+            while writing.load(Ordering::Relaxed) {
+                let q = queries[i % queries.len()].clone();
+                ms.push(timed_search(client.clone(), base.clone(), key.clone(), q).await);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ms
+        })
+    };
+    let started = Instant::now();
+    for chunk in texts.chunks(100) {
+        let memories: Vec<Value> = chunk.iter().map(|t| json!({ "content": t })).collect();
+        let resp = client
+            .post(format!("{base}/v1/memory/batch"))
+            .header("x-api-key", &key)
+            .json(&json!({ "transactional": true, "memories": memories }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    let wrote = started.elapsed();
+    let pending_at_end = index.stats().pending;
+    writing.store(false, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let mut during = searcher.await.unwrap();
+    during.sort_by(f64::total_cmp);
+    let mut after = Vec::new();
+    for q in queries {
+        after.push(timed_search(client.clone(), base.clone(), key.clone(), q.clone()).await);
+    }
+    after.sort_by(f64::total_cmp);
+    let caught_up = Instant::now();
+    while index.stats().pending > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "| bulk write of {} memories | value |\n|---|---|",
+        texts.len()
+    );
+    println!(
+        "| POST /v1/memory/batch, 100 per request, while a client searches | {:.0} memories/s |",
+        texts.len() as f64 / wrote.as_secs_f64()
+    );
+    println!(
+        "| graph backlog: largest sampled / at the last write | {} / {} rows |",
+        max_pending.load(Ordering::Relaxed),
+        pending_at_end
+    );
+    println!(
+        "| search during the write, p50 / p99 ({} searches) | {:.1} ms / {:.1} ms |",
+        during.len(),
+        percentile(&during, 0.5),
+        percentile(&during, 0.99)
+    );
+    println!(
+        "| search right after it, p50 / p99 ({} searches) | {:.1} ms / {:.1} ms |",
+        after.len(),
+        percentile(&after, 0.5),
+        percentile(&after, 0.99)
+    );
+    println!(
+        "| backlog left after those searches, drained in | {:.0} ms |\n",
+        caught_up.elapsed().as_secs_f64() * 1000.0
+    );
+    server.stop().await;
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -573,22 +593,27 @@ fn main() {
         .unwrap();
     let mut model = backend();
     println!(
-        "## memesh memory engine benchmark ({} cores)\n",
+        "## memesh memory engine benchmark ({} cores, natural text)\n",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    let (corpus, query_texts) = corpus_and_queries();
 
-    let (raw, http) = runtime.block_on(write_throughput(&mut model));
-    println!("| write path | texts/s |\n|---|---|");
+    let sample: Vec<String> = corpus.iter().step_by(33).take(3_000).cloned().collect();
+    let (raw, batch, single) = runtime.block_on(write_throughput(&mut model, &sample));
+    println!("| write path, 3,000 sentences | texts/s |\n|---|---|");
     println!("| raw model, batches of 100 | {raw:.0} |");
     println!(
-        "| POST /v1/memory/batch, 100 per request | {http:.0} ({:.0}% of raw) |\n",
-        http / raw * 100.0
+        "| POST /v1/memory/batch, 100 per request | {batch:.0} ({:.0}% of raw) |",
+        batch / raw * 100.0
+    );
+    println!(
+        "| POST /v1/memory/write, 8 concurrent clients | {single:.0} ({:.0}% of raw) |\n",
+        single / raw * 100.0
     );
 
     eprintln!("embedding the {CORPUS}-memory corpus (cached after the first run)…");
-    let corpus = sentences(42, CORPUS);
-    let vectors = cached_embeddings("corpus-100k", &corpus, &mut model);
-    let queries = cached_embeddings("questions-300", &questions(4242, QUERIES), &mut model);
+    let vectors = cached_embeddings("natural-100k", &corpus, &mut model);
+    let queries = cached_embeddings("natural-queries-300", &query_texts, &mut model);
     drop(model);
 
     let dir = tempfile::tempdir().unwrap();
@@ -596,10 +621,11 @@ fn main() {
     let (big, small, key) = runtime.block_on(fill_database(dir.path(), &corpus, &vectors));
     let filled = started.elapsed();
 
-    // First start: fill from SQLite, build the graph, snapshot at shutdown.
+    // First start: fill from SQLite, build the graph, snapshot.
     let db = Db::open(&dir.path().join("memesh.db")).unwrap();
     let source = Arc::new(SqliteVectors::new(db.clone()));
-    let index = Arc::new(VectorIndex::new(IndexConfig::new(MODEL_DIM), source));
+    let config = IndexConfig::new(MODEL_DIM);
+    let index = Arc::new(VectorIndex::new(config.clone(), source));
     let started = Instant::now();
     db.read_blocking(|c| store::for_each_vector(c, |o, r, t, v| index.insert(&o, &[(r, t, &v)])))
         .unwrap();
@@ -611,34 +637,50 @@ fn main() {
     memesh::index::save_snapshot(&index, &dir.path().join("index"), memesh::embed::MODEL_ID)
         .unwrap();
     let snap = started.elapsed();
+    let stats = index.stats();
 
-    let (big_recall, big_p50, big_p99) = recall(&index, &big.key(), &queries);
-    let (small_recall, small_p50, small_p99) = recall(&index, &small.key(), &queries);
     println!("| index at {CORPUS} memories | value |\n|---|---|");
     println!(
-        "| SQLite fill (bench set-up, not timed against a target) | {:.1} s |",
+        "| SQLite fill through import (bench set-up) | {:.1} s |",
         filled.as_secs_f64()
     );
     println!("| index fill from SQLite | {:.2} s |", fill.as_secs_f64());
     println!(
-        "| HNSW build, {} points (M=16, ef_construction=200) | {:.1} s |",
+        "| graph build, {} points (M={}, ef_construction={}) | {:.1} s |",
         CORPUS - SMALL_OWNER,
+        config.max_connections,
+        config.ef_construction,
         build.as_secs_f64()
     );
+    println!(
+        "| index arrays (codes, graphs, rows) | {:.1} MiB |",
+        stats.bytes as f64 / (1 << 20) as f64
+    );
     println!("| snapshot write | {:.2} s |", snap.as_secs_f64());
-    println!("| recall@10, owner of 99% (HNSW, ef_search=128) | {big_recall:.4} |");
-    println!("| search latency, owner of 99% (p50 / p99) | {big_p50:.0} µs / {big_p99:.0} µs |");
-    println!("| recall@10, owner of 1% (exact scan) | {small_recall:.4} |");
-    println!("| search latency, owner of 1% (p50 / p99) | {small_p50:.0} µs / {small_p99:.0} µs |");
+    for ef in [64, 96, 128, 192, 256] {
+        let (r, p50, p99) = recall(&index, &big.key(), &queries, ef);
+        println!(
+            "| owner of 99%: recall@10 / search p50 / p99 at ef_search={ef} | {r:.4} / {p50:.0} µs / {p99:.0} µs |"
+        );
+    }
+    let (r, p50, p99) = recall(&index, &small.key(), &queries, config.ef_search);
+    println!("| owner of 1% (scan): recall@10 / p50 / p99 | {r:.4} / {p50:.0} µs / {p99:.0} µs |");
     drop(index);
     drop(db);
 
-    let (mut server, cold) = time_binary_start(dir.path());
+    let (mut server, ready, searched) = time_binary_start(dir.path(), &key);
     println!(
-        "| `memesh` start to /readyz 200, with snapshot (model load included) | {:.2} s |\n",
-        cold.as_secs_f64()
+        "| `memesh` start to /readyz 200, from the snapshot (model load included) | {:.2} s |",
+        ready.as_secs_f64()
     );
-    let query_texts = questions(4242, QUERIES);
+    println!(
+        "| `memesh` start to the first answered search | {:.2} s |",
+        searched.as_secs_f64()
+    );
+    println!(
+        "| resident memory after that search | {} MiB |\n",
+        rss_kib(server.id()) / 1024
+    );
     runtime.block_on(retrieval(
         "http://127.0.0.1:18766",
         &key,
@@ -651,7 +693,13 @@ fn main() {
         .unwrap();
     server.wait().unwrap();
 
-    println!("| exact scan of one partition | µs/query |\n|---|---|");
+    let bulk: usize = std::env::var("MEMESH_BENCH_BULK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CORPUS);
+    runtime.block_on(bulk_write(&corpus[..bulk.min(CORPUS)], &query_texts));
+
+    println!("| scanning one partition (int8 codes, exact rescoring) | µs/query |\n|---|---|");
     for size in [1_000usize, 5_000, 20_000, 50_000, 100_000] {
         let source = Arc::new(MemorySource::default());
         let index = VectorIndex::new(

@@ -68,3 +68,19 @@ pub async fn serve(
     .map_err(std::io::Error::other)?;
     Ok(())
 }
+
+/// mimalloc's purge delay option, numbered as in its `mi_option_e` (the same in versions 2
+/// and 3).
+const MI_OPTION_PURGE_DELAY: i32 = 15;
+
+/// Tunes mimalloc (the binary's global allocator). A server idles most of the time: freed
+/// memory goes back to the system at once instead of after a delay (which, with no further
+/// allocation on that thread, can be never). Measured at 100,000 memories right after start-up
+/// and a search: 262 → 228 MiB.
+pub fn tune_allocator() {
+    // SAFETY: setting an option is allowed at any time; this one only changes when freed
+    // memory is returned.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    }
+}

@@ -27,6 +27,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    memesh::tune_allocator();
     let cli = Cli::parse();
     init_tracing(cli.global.log_format);
     let result = match cli.command {

@@ -45,6 +45,7 @@ impl InProcess {
         settings: Settings,
         durability: Durability,
     ) -> InProcess {
+        memesh::tune_allocator();
         let db = Db::open_with(&dir.join("memesh.db"), durability).unwrap();
         let spec = TenantSpec {
             name: "bench",

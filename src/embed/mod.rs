@@ -14,8 +14,10 @@ use tokio::sync::oneshot;
 
 pub use onnx::{MODEL_DIM, MODEL_ID, ModelFiles, OnnxBackend, RuntimeLibrary};
 
-/// Texts embedded in one model call at most; more queued texts wait for the next call.
-const MAX_MICRO_BATCH: usize = 64;
+/// Texts embedded in one worker call at most; more queued texts wait for the next call. Small,
+/// so a search arriving meanwhile waits for one short call (~45 ms of 40-token texts on two
+/// cores), not for a long one; the model's own calls are bounded by tokens anyway (`onnx.rs`).
+const MAX_MICRO_BATCH: usize = 16;
 
 /// One embedded text.
 #[derive(Debug, Clone)]
@@ -61,18 +63,70 @@ pub enum EmbedError {
 
 /// One caller's texts, embedded a slice at a time.
 struct Job {
+    /// The texts, shortest first, so each slice a model call takes pads little.
     texts: Vec<String>,
+    /// `order[k]`: where `texts[k]` was in the caller's list.
+    order: Vec<usize>,
     done: Vec<Embedding>,
     reply: oneshot::Sender<Result<Vec<Embedding>, EmbedError>>,
 }
 
-/// The queue: one lane per tenant, served in turn, so one tenant's import cannot starve
-/// another's search.
+impl Job {
+    fn new(texts: Vec<String>, reply: oneshot::Sender<Result<Vec<Embedding>, EmbedError>>) -> Job {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut slots: Vec<Option<String>> = texts.into_iter().map(Some).collect();
+        let texts = order
+            .iter()
+            .map(|&i| slots[i].take().unwrap_or_default())
+            .collect();
+        Job {
+            texts,
+            order,
+            done: Vec::new(),
+            reply,
+        }
+    }
+
+    fn left(&self) -> usize {
+        self.texts.len() - self.done.len()
+    }
+
+    /// Answers the caller: the vectors in its order, or the error of the call that failed.
+    fn settle(self, failure: Option<&anyhow::Error>) {
+        let reply = match failure {
+            None => {
+                let mut out: Vec<Option<Embedding>> = vec![None; self.order.len()];
+                for (k, e) in self.order.into_iter().zip(self.done) {
+                    out[k] = Some(e);
+                }
+                Ok(out.into_iter().flatten().collect())
+            }
+            Some(e) => Err(EmbedError::Failed(anyhow::anyhow!("{e:#}"))),
+        };
+        let _ = self.reply.send(reply);
+    }
+}
+
+/// How urgently texts are wanted: a search waits for its query's vector with a person or an
+/// agent waiting on it; a write or an import can wait its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Priority {
+    Interactive,
+    Bulk,
+}
+
+/// A lane: one tenant's texts of one priority.
+type Lane = (String, Priority);
+
+/// The queue: one lane per tenant and priority. Every model call takes the interactive lanes'
+/// texts first, then the bulk lanes', each class served in turn, so neither one tenant's import
+/// nor its own bulk writes keep a search waiting for more than the call in progress.
 #[derive(Default)]
 struct Queue {
-    lanes: HashMap<String, VecDeque<Job>>,
-    /// Lanes with work, in the order they are served next.
-    turn: VecDeque<String>,
+    lanes: HashMap<Lane, VecDeque<Job>>,
+    /// Lanes with work, in the order they are served next: interactive, then bulk.
+    turn: [VecDeque<Lane>; 2],
     /// Texts waiting (not yet embedded) over all lanes.
     waiting: usize,
     stopped: bool,
@@ -93,6 +147,7 @@ impl Shared {
     fn submit(
         &self,
         lane: &str,
+        priority: Priority,
         texts: Vec<String>,
     ) -> Result<oneshot::Receiver<Result<Vec<Embedding>, EmbedError>>, EmbedError> {
         let (reply, rx) = oneshot::channel();
@@ -106,16 +161,16 @@ impl Shared {
             return Err(EmbedError::Overloaded { retry_after_secs });
         }
         q.waiting += texts.len();
-        let lane = lane.to_owned();
+        let lane = (lane.to_owned(), priority);
         // A lane is in the turn order once, while it has (or just had) work.
-        if !q.turn.contains(&lane) {
-            q.turn.push_back(lane.clone());
+        let turn = &mut q.turn[class(priority)];
+        if !turn.contains(&lane) {
+            turn.push_back(lane.clone());
         }
-        q.lanes.entry(lane).or_default().push_back(Job {
-            texts,
-            done: Vec::new(),
-            reply,
-        });
+        q.lanes
+            .entry(lane)
+            .or_default()
+            .push_back(Job::new(texts, reply));
         drop(q);
         self.ready.notify_one();
         Ok(rx)
@@ -126,12 +181,13 @@ impl Shared {
         self.ready.notify_all();
     }
 
-    /// Waits for work, then takes up to [`MAX_MICRO_BATCH`] texts, a slice from each lane in
-    /// turn; jobs whose caller has gone are dropped unembedded. `None` once stopped and drained.
-    fn next_batch(&self) -> Option<Vec<(String, usize)>> {
+    /// Waits for work, then takes up to [`MAX_MICRO_BATCH`] texts: the interactive lanes'
+    /// first, then the bulk lanes', a slice from each lane of a class in turn; jobs whose caller
+    /// has gone are dropped unembedded. `None` once stopped and drained.
+    fn next_batch(&self) -> Option<Vec<(Lane, usize)>> {
         let mut q = self.lock();
         loop {
-            while q.turn.is_empty() {
+            while q.turn.iter().all(VecDeque::is_empty) {
                 if q.stopped {
                     return None;
                 }
@@ -140,28 +196,36 @@ impl Shared {
                     .wait(q)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-            let mut batch: Vec<(String, usize)> = Vec::new();
+            let mut batch: Vec<(Lane, usize)> = Vec::new();
             let mut taken = 0;
-            let mut visited = 0;
-            // Each lane with work gets an equal share of the call.
-            let share = (MAX_MICRO_BATCH / q.turn.len().max(1)).max(1);
-            while taken < MAX_MICRO_BATCH && visited < q.turn.len() {
-                let Some(lane) = q.turn.front().cloned() else {
-                    break;
-                };
-                q.drop_abandoned(&lane);
-                let left = q.lanes.get(&lane).and_then(|l| l.front()).map(Job::left);
-                match left {
-                    None => {
-                        q.turn.pop_front();
-                        q.lanes.remove(&lane);
-                    }
-                    Some(left) => {
-                        let n = left.min(share).min(MAX_MICRO_BATCH - taken);
-                        batch.push((lane.clone(), n));
-                        taken += n;
-                        q.turn.rotate_left(1);
-                        visited += 1;
+            for c in 0..q.turn.len() {
+                let mut visited = 0;
+                // Each lane of the class with work gets an equal share of what is left.
+                let share = ((MAX_MICRO_BATCH - taken) / q.turn[c].len().max(1)).max(1);
+                while taken < MAX_MICRO_BATCH && visited < q.turn[c].len() {
+                    let Some(lane) = q.turn[c].front().cloned() else {
+                        break;
+                    };
+                    q.drop_abandoned(&lane);
+                    // Texts of several small jobs of a lane share a call (eight clients writing
+                    // one memory each are embedded together).
+                    let left = q
+                        .lanes
+                        .get(&lane)
+                        .filter(|jobs| !jobs.is_empty())
+                        .map(|jobs| jobs.iter().map(Job::left).sum::<usize>());
+                    match left {
+                        None => {
+                            q.turn[c].pop_front();
+                            q.lanes.remove(&lane);
+                        }
+                        Some(left) => {
+                            let n = left.min(share).min(MAX_MICRO_BATCH - taken);
+                            batch.push((lane, n));
+                            taken += n;
+                            q.turn[c].rotate_left(1);
+                            visited += 1;
+                        }
                     }
                 }
             }
@@ -172,21 +236,24 @@ impl Shared {
     }
 }
 
-impl Job {
-    fn left(&self) -> usize {
-        self.texts.len() - self.done.len()
+fn class(priority: Priority) -> usize {
+    match priority {
+        Priority::Interactive => 0,
+        Priority::Bulk => 1,
     }
 }
 
 impl Queue {
-    fn drop_abandoned(&mut self, lane: &str) {
+    fn drop_abandoned(&mut self, lane: &Lane) {
         let mut dropped = 0;
         if let Some(jobs) = self.lanes.get_mut(lane) {
-            while jobs.front().is_some_and(|j| j.reply.is_closed()) {
-                if let Some(j) = jobs.pop_front() {
+            jobs.retain(|j| {
+                let gone = j.reply.is_closed();
+                if gone {
                     dropped += j.left();
                 }
-            }
+                !gone
+            });
         }
         self.waiting -= dropped;
     }
@@ -248,18 +315,37 @@ impl Embedder {
         &self.info
     }
 
-    /// Embeds `texts`, in order, in `lane` (the caller's tenant). Concurrent callers share model
-    /// calls; lanes are served in turn. If the caller goes away before its turn, its texts are
-    /// never embedded.
+    /// Embeds `texts` (memories to store), in order, in `lane` (the caller's tenant).
+    /// Concurrent callers share model calls; lanes are served in turn. If the caller goes away
+    /// before its turn, its texts are never embedded.
     pub async fn embed(
         &self,
         lane: &str,
         texts: Vec<String>,
     ) -> Result<Vec<Embedding>, EmbedError> {
+        self.embed_as(lane, Priority::Bulk, texts).await
+    }
+
+    /// Embeds queries someone is waiting on: ahead of every bulk lane, so a search waits at most
+    /// for the model call in progress.
+    pub async fn embed_interactive(
+        &self,
+        lane: &str,
+        texts: Vec<String>,
+    ) -> Result<Vec<Embedding>, EmbedError> {
+        self.embed_as(lane, Priority::Interactive, texts).await
+    }
+
+    async fn embed_as(
+        &self,
+        lane: &str,
+        priority: Priority,
+        texts: Vec<String>,
+    ) -> Result<Vec<Embedding>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let rx = self.handle.0.submit(lane, texts)?;
+        let rx = self.handle.0.submit(lane, priority, texts)?;
         rx.await.map_err(|_| EmbedError::Stopped)?
     }
 
@@ -268,7 +354,7 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let rx = self.handle.0.submit(SYSTEM_LANE, texts)?;
+        let rx = self.handle.0.submit(SYSTEM_LANE, Priority::Bulk, texts)?;
         rx.blocking_recv().map_err(|_| EmbedError::Stopped)?
     }
 }
@@ -314,7 +400,7 @@ fn embed_batch<B: EmbedBackend>(
 /// that the call failed.
 fn answer(
     shared: &Shared,
-    batch: &[(String, usize)],
+    batch: &[(Lane, usize)],
     texts: &[String],
     outcome: anyhow::Result<Vec<Embedding>>,
 ) {
@@ -325,27 +411,33 @@ fn answer(
         let Some(jobs) = q.lanes.get_mut(lane) else {
             continue;
         };
-        let Some(job) = jobs.front_mut() else {
-            continue;
-        };
-        let finished = match (&outcome, out.as_mut()) {
-            (Ok(_), Some(vectors)) => {
-                job.done.extend(vectors.by_ref().take(*n));
-                job.left() == 0
-            }
-            _ => true,
-        };
-        if finished && let Some(job) = jobs.pop_front() {
-            // A failed job's texts beyond this slice will not be embedded either.
-            q.waiting -= job
-                .left()
-                .saturating_sub(if outcome.is_ok() { 0 } else { *n });
-            let reply = match &outcome {
-                Ok(_) => Ok(job.done),
-                Err(e) => Err(EmbedError::Failed(anyhow::anyhow!("{e:#}"))),
+        // The call took `n` texts from the lane's jobs, front first.
+        let mut taken = 0;
+        let mut settled = 0;
+        while taken < *n {
+            let Some(job) = jobs.front_mut() else {
+                break;
             };
-            let _ = job.reply.send(reply);
+            let m = job.left().min(n - taken);
+            taken += m;
+            let finished = match out.as_mut() {
+                Some(vectors) => {
+                    job.done.extend(vectors.by_ref().take(m));
+                    job.left() == 0
+                }
+                None => true,
+            };
+            if !finished {
+                break;
+            }
+            let Some(job) = jobs.pop_front() else {
+                break;
+            };
+            // A failed job's texts beyond this call will not be embedded either.
+            settled += job.left().saturating_sub(if out.is_some() { 0 } else { m });
+            job.settle(outcome.as_ref().err());
         }
+        q.waiting -= settled;
     }
 }
 
@@ -362,8 +454,12 @@ fn run_worker<B: EmbedBackend>(
             batch
                 .iter()
                 .flat_map(|(lane, n)| {
-                    let job = &q.lanes[lane][0];
-                    job.texts[job.done.len()..job.done.len() + n].to_vec()
+                    q.lanes[lane]
+                        .iter()
+                        .flat_map(|job| &job.texts[job.done.len()..])
+                        .take(*n)
+                        .cloned()
+                        .collect::<Vec<_>>()
                 })
                 .collect()
         };
@@ -468,6 +564,60 @@ mod tests {
         worker.join();
     }
 
+    /// Texts are run shortest first (little padding) and answered in the caller's order; single
+    /// texts from several callers of one tenant share a model call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn texts_run_by_length_and_small_jobs_share_a_call() {
+        let (go, gate) = mpsc::channel();
+        let (entered, started) = mpsc::channel();
+        let backend = Recorder {
+            gate: Some(Arc::new(Mutex::new(gate))),
+            entered: Some(entered),
+            ..Recorder::default()
+        };
+        let calls = backend.calls.clone();
+        let (embedder, worker, _) = spawn(backend);
+        let e = embedder.clone();
+        let first = tokio::spawn(async move { e.embed("t", vec!["hold".into()]).await });
+        started.recv().unwrap();
+        let texts = vec!["ccc".to_owned(), "a".to_owned(), "bb".to_owned()];
+        let e = embedder.clone();
+        let sorted = tokio::spawn(async move { e.embed("t", texts).await });
+        let mut singles = Vec::new();
+        for i in 0..8 {
+            let e = embedder.clone();
+            singles.push(tokio::spawn(async move {
+                e.embed("t", vec!["s".repeat(i + 1)]).await
+            }));
+        }
+        while embedder.handle.0.lock().waiting < 12 {
+            tokio::task::yield_now().await;
+        }
+        drop(go);
+        first.await.unwrap().unwrap();
+        let out: Vec<f32> = sorted
+            .await
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|e| e.vector[0])
+            .collect();
+        assert_eq!(out, [3.0, 1.0, 2.0], "answered in the caller's order");
+        for (i, s) in singles.into_iter().enumerate() {
+            assert_eq!(s.await.unwrap().unwrap()[0].vector[0], (i + 1) as f32);
+        }
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[1][..3], ["a", "bb", "ccc"], "run shortest first");
+        assert_eq!(
+            calls[1].len(),
+            11,
+            "the eight single texts joined the same call"
+        );
+        drop(embedder);
+        worker.join();
+    }
+
     /// A lane that ran dry and gets work again is served once per turn, and the count of
     /// waiting texts comes back to zero.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,6 +675,50 @@ mod tests {
             "the search was embedded in model call {position}"
         );
         assert_eq!(bulk.await.unwrap().unwrap().len(), 1000);
+        drop(embedder);
+        worker.join();
+    }
+
+    /// A search goes ahead of bulk work already queued, its own tenant's included: it waits for
+    /// the call in progress only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_search_goes_ahead_of_its_own_tenants_writes() {
+        let (go, gate) = mpsc::channel();
+        let backend = Recorder {
+            gate: Some(Arc::new(Mutex::new(gate))),
+            ..Recorder::default()
+        };
+        let calls = backend.calls.clone();
+        let (embedder, worker, _) = spawn(backend);
+        let (e1, e2) = (embedder.clone(), embedder.clone());
+        let bulk = tokio::spawn(async move {
+            e1.embed("t", (0..200).map(|i| format!("w{i}")).collect())
+                .await
+        });
+        while embedder.handle.0.lock().waiting < 200 {
+            tokio::task::yield_now().await;
+        }
+        let search =
+            tokio::spawn(async move { e2.embed_interactive("t", vec!["needle".into()]).await });
+        while embedder.handle.0.lock().waiting < 201 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..2 {
+            let _ = go.send(());
+        }
+        assert_eq!(search.await.unwrap().unwrap().len(), 1);
+        drop(go);
+        let calls = calls.lock().unwrap().clone();
+        let position = calls
+            .iter()
+            .position(|c| c.contains(&"needle".to_owned()))
+            .unwrap();
+        assert_eq!(
+            position, 1,
+            "embedded in the call after the one in progress"
+        );
+        assert_eq!(calls[1][0], "needle", "and first in it");
+        assert_eq!(bulk.await.unwrap().unwrap().len(), 200);
         drop(embedder);
         worker.join();
     }

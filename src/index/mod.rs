@@ -280,10 +280,26 @@ impl VectorIndex {
         k: usize,
         allow: Option<&HashSet<RowId>>,
     ) -> anyhow::Result<Vec<Hit>> {
+        self.search_with_ef(owner, query, k, allow, self.config.ef_search)
+    }
+
+    /// [`VectorIndex::search`] with another graph search breadth (benchmarks sweep it).
+    pub fn search_with_ef(
+        &self,
+        owner: &OwnerKey,
+        query: &[f32],
+        k: usize,
+        allow: Option<&HashSet<RowId>>,
+        ef_search: usize,
+    ) -> anyhow::Result<Vec<Hit>> {
         let Some(part) = self.partition(owner) else {
             return Ok(Vec::new());
         };
-        let candidates = read(&part).candidates(query, k, &self.config, allow);
+        let config = IndexConfig {
+            ef_search,
+            ..self.config.clone()
+        };
+        let candidates = read(&part).candidates(query, k, &config, allow);
         self.best(query, k, &candidates)
     }
 

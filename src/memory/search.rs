@@ -64,7 +64,7 @@ async fn embed_one(state: &AppState, owner: &Owner, text: String) -> ApiResult<V
     let mut out = state
         .memory
         .embedder
-        .embed(owner.tenant.as_str(), vec![text])
+        .embed_interactive(owner.tenant.as_str(), vec![text])
         .await
         .map_err(embedding_failed)?;
     out.pop()
@@ -432,7 +432,7 @@ pub async fn batch_search(
     let vectors = state
         .memory
         .embedder
-        .embed(owner.tenant.as_str(), texts)
+        .embed_interactive(owner.tenant.as_str(), texts)
         .await
         .map_err(embedding_failed)?
         .into_iter()
