@@ -14,10 +14,10 @@ use tokio::sync::oneshot;
 
 pub use onnx::{MODEL_DIM, MODEL_ID, ModelFiles, OnnxBackend, RuntimeLibrary};
 
-/// Texts embedded in one worker call at most; more queued texts wait for the next call. Small,
-/// so a search arriving meanwhile waits for one short call (~45 ms of 40-token texts on two
-/// cores), not for a long one; the model's own calls are bounded by tokens anyway (`onnx.rs`).
-const MAX_MICRO_BATCH: usize = 16;
+/// Texts taken from the queue at once; more queued texts wait for the next batch. A batch runs
+/// as several model calls of similar length (the backend's plan), and a search that arrives
+/// meanwhile is embedded between two of them.
+const MAX_MICRO_BATCH: usize = 64;
 
 /// One embedded text.
 #[derive(Debug, Clone)]
@@ -33,6 +33,12 @@ pub struct Embedding {
 /// What owns a model: blocking, `&mut self` (ONNX Runtime sessions are used by one caller).
 pub trait EmbedBackend: Send + 'static {
     fn embed(&mut self, texts: &[String]) -> anyhow::Result<Vec<Embedding>>;
+
+    /// How `texts` split into model calls: groups of indexes, each embedded by one call to
+    /// [`EmbedBackend::embed`]. The worker serves searches between groups. All in one by default.
+    fn plan(&mut self, texts: &[String]) -> Vec<Vec<usize>> {
+        vec![(0..texts.len()).collect()]
+    }
 }
 
 /// Identity of the model, recorded in the database so vectors of two models never mix.
@@ -182,8 +188,7 @@ impl Shared {
     }
 
     /// Waits for work, then takes up to [`MAX_MICRO_BATCH`] texts: the interactive lanes'
-    /// first, then the bulk lanes', a slice from each lane of a class in turn; jobs whose caller
-    /// has gone are dropped unembedded. `None` once stopped and drained.
+    /// first, then the bulk lanes'. `None` once stopped and drained.
     fn next_batch(&self) -> Option<Vec<(Lane, usize)>> {
         let mut q = self.lock();
         loop {
@@ -196,43 +201,65 @@ impl Shared {
                     .wait(q)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-            let mut batch: Vec<(Lane, usize)> = Vec::new();
-            let mut taken = 0;
-            for c in 0..q.turn.len() {
-                let mut visited = 0;
-                // Each lane of the class with work gets an equal share of what is left.
-                let share = ((MAX_MICRO_BATCH - taken) / q.turn[c].len().max(1)).max(1);
-                while taken < MAX_MICRO_BATCH && visited < q.turn[c].len() {
-                    let Some(lane) = q.turn[c].front().cloned() else {
-                        break;
-                    };
-                    q.drop_abandoned(&lane);
-                    // Texts of several small jobs of a lane share a call (eight clients writing
-                    // one memory each are embedded together).
-                    let left = q
-                        .lanes
-                        .get(&lane)
-                        .filter(|jobs| !jobs.is_empty())
-                        .map(|jobs| jobs.iter().map(Job::left).sum::<usize>());
-                    match left {
-                        None => {
-                            q.turn[c].pop_front();
-                            q.lanes.remove(&lane);
-                        }
-                        Some(left) => {
-                            let n = left.min(share).min(MAX_MICRO_BATCH - taken);
-                            batch.push((lane, n));
-                            taken += n;
-                            q.turn[c].rotate_left(1);
-                            visited += 1;
-                        }
-                    }
-                }
-            }
+            let batch = q.select(&[Priority::Interactive, Priority::Bulk]);
             if !batch.is_empty() {
                 return Some(batch);
             }
         }
+    }
+
+    /// Interactive texts queued while a bulk call runs, if any (never waits).
+    fn interactive_now(&self) -> Option<Vec<(Lane, usize)>> {
+        let mut q = self.lock();
+        let batch = q.select(&[Priority::Interactive]);
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    fn has_interactive(&self) -> bool {
+        !self.lock().turn[class(Priority::Interactive)].is_empty()
+    }
+}
+
+impl Queue {
+    /// Takes up to [`MAX_MICRO_BATCH`] texts from the lanes of `classes`, in that order, a
+    /// slice from each lane of a class in turn; jobs whose caller has gone are dropped
+    /// unembedded.
+    fn select(&mut self, classes: &[Priority]) -> Vec<(Lane, usize)> {
+        let mut batch: Vec<(Lane, usize)> = Vec::new();
+        let mut taken = 0;
+        for &priority in classes {
+            let c = class(priority);
+            let mut visited = 0;
+            // Each lane of the class with work gets an equal share of what is left.
+            let share = ((MAX_MICRO_BATCH - taken) / self.turn[c].len().max(1)).max(1);
+            while taken < MAX_MICRO_BATCH && visited < self.turn[c].len() {
+                let Some(lane) = self.turn[c].front().cloned() else {
+                    break;
+                };
+                self.drop_abandoned(&lane);
+                // Texts of several small jobs of a lane share a call (eight clients writing
+                // one memory each are embedded together).
+                let left = self
+                    .lanes
+                    .get(&lane)
+                    .filter(|jobs| !jobs.is_empty())
+                    .map(|jobs| jobs.iter().map(Job::left).sum::<usize>());
+                match left {
+                    None => {
+                        self.turn[c].pop_front();
+                        self.lanes.remove(&lane);
+                    }
+                    Some(left) => {
+                        let n = left.min(share).min(MAX_MICRO_BATCH - taken);
+                        batch.push((lane, n));
+                        taken += n;
+                        self.turn[c].rotate_left(1);
+                        visited += 1;
+                    }
+                }
+            }
+        }
+        batch
     }
 }
 
@@ -449,37 +476,80 @@ fn run_worker<B: EmbedBackend>(
     shared: &Shared,
 ) {
     while let Some(batch) = shared.next_batch() {
-        let texts: Vec<String> = {
-            let q = shared.lock();
-            batch
+        // Only an all-bulk batch yields: an interactive lane in flight must not be taken again.
+        let yields = batch.iter().all(|((_, p), _)| *p == Priority::Bulk);
+        run_batch(&mut backend, &mut restart, shared, batch, yields);
+    }
+}
+
+/// The texts of `batch`, in the order `answer` hands out their vectors.
+fn batch_texts(shared: &Shared, batch: &[(Lane, usize)]) -> Vec<String> {
+    let q = shared.lock();
+    batch
+        .iter()
+        .flat_map(|(lane, n)| {
+            q.lanes[lane]
                 .iter()
-                .flat_map(|(lane, n)| {
-                    q.lanes[lane]
-                        .iter()
-                        .flat_map(|job| &job.texts[job.done.len()..])
-                        .take(*n)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        };
+                .flat_map(|job| &job.texts[job.done.len()..])
+                .take(*n)
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Embeds one batch, a group at a time. Between the groups of a bulk batch, interactive texts
+/// that arrived meanwhile are embedded and answered first, so a search waits for one model
+/// call at most, however large the bulk batch.
+fn run_batch<B: EmbedBackend>(
+    backend: &mut B,
+    restart: &mut impl FnMut() -> anyhow::Result<B>,
+    shared: &Shared,
+    batch: Vec<(Lane, usize)>,
+    yields: bool,
+) {
+    let texts = batch_texts(shared, &batch);
+    let mut vectors: Vec<Option<Embedding>> = vec![None; texts.len()];
+    let mut failure = None;
+    for group in backend.plan(&texts) {
+        if yields
+            && shared.has_interactive()
+            && let Some(urgent) = shared.interactive_now()
+        {
+            run_batch(backend, restart, shared, urgent, false);
+        }
+        let slice: Vec<String> = group.iter().map(|&i| texts[i].clone()).collect();
         let mut panicked = false;
-        let outcome = embed_batch(&mut backend, &texts, &mut panicked);
-        if let Err(e) = &outcome {
-            tracing::error!(error = %format!("{e:#}"), texts = texts.len(), "embedding failed");
+        match embed_batch(backend, &slice, &mut panicked) {
+            Ok(out) => {
+                for (&i, e) in group.iter().zip(out) {
+                    vectors[i] = Some(e);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), texts = slice.len(), "embedding failed");
+                failure = Some(e);
+            }
         }
         if panicked {
             // Before anyone is answered, so the next request meets a sound model.
             tracing::error!("the embedding model panicked; restarting it");
             match restart() {
-                Ok(fresh) => backend = fresh,
+                Ok(fresh) => *backend = fresh,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "restarting the model failed; keeping the old one")
                 }
             }
         }
-        answer(shared, &batch, &texts, outcome);
+        if failure.is_some() {
+            break;
+        }
     }
+    let outcome = match failure {
+        None => Ok(vectors.into_iter().flatten().collect()),
+        Some(e) => Err(e),
+    };
+    answer(shared, &batch, &texts, outcome);
 }
 
 #[cfg(test)]
@@ -497,9 +567,20 @@ mod tests {
         gate: Option<Arc<Mutex<mpsc::Receiver<()>>>>,
         /// Told when a call has started (and is waiting at the gate).
         entered: Option<mpsc::Sender<()>>,
+        /// Plans calls of this many texts (default: one call a batch).
+        call_size: Option<usize>,
     }
 
     impl EmbedBackend for Recorder {
+        fn plan(&mut self, texts: &[String]) -> Vec<Vec<usize>> {
+            let size = self.call_size.unwrap_or(texts.len().max(1));
+            (0..texts.len())
+                .collect::<Vec<_>>()
+                .chunks(size)
+                .map(<[usize]>::to_vec)
+                .collect()
+        }
+
         fn embed(&mut self, texts: &[String]) -> anyhow::Result<Vec<Embedding>> {
             if let Some(entered) = &self.entered {
                 let _ = entered.send(());
@@ -684,8 +765,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_search_goes_ahead_of_its_own_tenants_writes() {
         let (go, gate) = mpsc::channel();
+        let (entered, started) = mpsc::channel();
         let backend = Recorder {
             gate: Some(Arc::new(Mutex::new(gate))),
+            entered: Some(entered),
             ..Recorder::default()
         };
         let calls = backend.calls.clone();
@@ -695,9 +778,8 @@ mod tests {
             e1.embed("t", (0..200).map(|i| format!("w{i}")).collect())
                 .await
         });
-        while embedder.handle.0.lock().waiting < 200 {
-            tokio::task::yield_now().await;
-        }
+        // The first bulk call is under way (held at the gate) before the search comes.
+        started.recv().unwrap();
         let search =
             tokio::spawn(async move { e2.embed_interactive("t", vec!["needle".into()]).await });
         while embedder.handle.0.lock().waiting < 201 {
@@ -719,6 +801,78 @@ mod tests {
         );
         assert_eq!(calls[1][0], "needle", "and first in it");
         assert_eq!(bulk.await.unwrap().unwrap().len(), 200);
+        drop(embedder);
+        worker.join();
+    }
+
+    /// Within a large bulk batch, a search that arrives is embedded between two model calls,
+    /// not after the whole batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_search_is_served_between_the_calls_of_a_bulk_batch() {
+        let (go, gate) = mpsc::channel();
+        let (entered, started) = mpsc::channel();
+        let backend = Recorder {
+            gate: Some(Arc::new(Mutex::new(gate))),
+            entered: Some(entered),
+            call_size: Some(4),
+            ..Recorder::default()
+        };
+        let calls = backend.calls.clone();
+        let (embedder, worker, _) = spawn(backend);
+        let e = embedder.clone();
+        let bulk = tokio::spawn(async move {
+            e.embed("t", (0..64).map(|i| format!("w{i:02}")).collect())
+                .await
+        });
+        started.recv().unwrap();
+        let e = embedder.clone();
+        let search =
+            tokio::spawn(async move { e.embed_interactive("u", vec!["needle".into()]).await });
+        while embedder.handle.0.lock().waiting < 65 {
+            tokio::task::yield_now().await;
+        }
+        drop(go);
+        assert_eq!(search.await.unwrap().unwrap().len(), 1);
+        assert_eq!(bulk.await.unwrap().unwrap().len(), 64);
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 17, "16 calls of 4 and the search's");
+        assert_eq!(calls[1], ["needle"], "right after the call in progress");
+        drop(embedder);
+        worker.join();
+    }
+
+    /// A batch holding a search is never interrupted to take that search again: every text is
+    /// embedded once and the count of waiting texts returns to zero.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_with_a_search_in_it_is_not_preempted() {
+        let (go, gate) = mpsc::channel();
+        let (entered, started) = mpsc::channel();
+        let backend = Recorder {
+            gate: Some(Arc::new(Mutex::new(gate))),
+            entered: Some(entered),
+            call_size: Some(1),
+            ..Recorder::default()
+        };
+        let calls = backend.calls.clone();
+        let (embedder, worker, _) = spawn(backend);
+        let e = embedder.clone();
+        let hold = tokio::spawn(async move { e.embed("t", vec!["hold".into()]).await });
+        started.recv().unwrap();
+        let (e1, e2) = (embedder.clone(), embedder.clone());
+        let search = tokio::spawn(async move { e1.embed_interactive("t", vec!["q".into()]).await });
+        let bulk = tokio::spawn(async move {
+            e2.embed("t", (0..6).map(|i| format!("b{i}")).collect())
+                .await
+        });
+        while embedder.handle.0.lock().waiting < 8 {
+            tokio::task::yield_now().await;
+        }
+        drop(go);
+        hold.await.unwrap().unwrap();
+        assert_eq!(search.await.unwrap().unwrap().len(), 1);
+        assert_eq!(bulk.await.unwrap().unwrap().len(), 6);
+        assert_eq!(calls.lock().unwrap().len(), 8, "each text embedded once");
+        assert_eq!(embedder.handle.0.lock().waiting, 0);
         drop(embedder);
         worker.join();
     }
