@@ -1,6 +1,7 @@
-//! The execution queue under 8 concurrent workers (issue 6): claim + heartbeat + complete cycles
-//! per second over HTTP against an in-process server with a fresh database, and a check that no
-//! execution was ever held by two workers. Run: `cargo bench --bench queue`
+//! The execution queue under 8 concurrent workers (issues 6 and 11): claim + heartbeat +
+//! complete cycles per second over HTTP against an in-process server with a fresh database,
+//! p50/p99 of each call of the cycle, and a check that no execution was ever held by two
+//! workers. Run: `cargo bench --bench queue`
 //! (`MEMESH_BENCH_CLAIMS` sets the number of executions, default 100,000;
 //! `MEMESH_BENCH_DURABILITY=normal` measures with `--durability normal`).
 
@@ -16,7 +17,10 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::InProcess;
+use common::{InProcess, percentile};
+
+/// The calls of a cycle, in order; latencies are kept per call.
+const CALLS: [&str; 4] = ["list", "claim", "heartbeat", "complete"];
 
 const WORKERS: usize = 8;
 
@@ -113,8 +117,10 @@ async fn bench(total: usize) {
         );
         workers.push(tokio::spawn(async move {
             let mut claimed = Vec::new();
+            let mut latencies: [Vec<f64>; 4] = Default::default();
             let mut n = 0usize;
             loop {
+                let t = Instant::now();
                 let list: Value = client
                     .get(format!("{base}/v1/agents/executions"))
                     .header("x-api-key", &agent)
@@ -124,9 +130,10 @@ async fn bench(total: usize) {
                     .json()
                     .await
                     .unwrap();
+                latencies[0].push(t.elapsed().as_secs_f64() * 1e3);
                 let pending = list["executions"].as_array().unwrap();
                 if pending.is_empty() {
-                    return claimed;
+                    return (claimed, latencies);
                 }
                 // Workers start at different places in the page to spread out.
                 for j in 0..pending.len() {
@@ -134,6 +141,7 @@ async fn bench(total: usize) {
                     let id = e["id"].as_str().unwrap();
                     n += 1;
                     let token = format!("w{w}-{n}");
+                    let t = Instant::now();
                     let resp = client
                         .post(format!("{base}/v1/agents/executions/{id}/claim"))
                         .header("x-api-key", &agent)
@@ -144,12 +152,14 @@ async fn bench(total: usize) {
                     let status = resp.status();
                     // Read every answer whole, as a worker would (and so the connection is kept).
                     resp.bytes().await.unwrap();
+                    latencies[1].push(t.elapsed().as_secs_f64() * 1e3);
                     if status == 409 {
                         conflicts.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     assert_eq!(status, 200);
-                    for action in ["heartbeat", "complete"] {
+                    for (k, action) in [(2, "heartbeat"), (3, "complete")] {
+                        let t = Instant::now();
                         let resp = client
                             .post(format!("{base}/v1/agents/executions/{id}/{action}"))
                             .header("x-api-key", &agent)
@@ -159,6 +169,7 @@ async fn bench(total: usize) {
                             .unwrap();
                         assert_eq!(resp.status(), 200, "{action}");
                         resp.bytes().await.unwrap();
+                        latencies[k].push(t.elapsed().as_secs_f64() * 1e3);
                     }
                     claimed.push(id.to_owned());
                     break;
@@ -167,8 +178,13 @@ async fn bench(total: usize) {
         }));
     }
     let mut all = Vec::new();
+    let mut latencies: [Vec<f64>; 4] = Default::default();
     for w in workers {
-        all.extend(w.await.unwrap());
+        let (claimed, lat) = w.await.unwrap();
+        all.extend(claimed);
+        for (into, from) in latencies.iter_mut().zip(lat) {
+            into.extend(from);
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     let distinct: HashSet<&String> = all.iter().collect();
@@ -202,6 +218,15 @@ async fn bench(total: usize) {
         all.len() - distinct.len()
     );
     println!("| executions completed in the database | {completed} |");
+    for (name, lat) in CALLS.iter().zip(latencies.iter_mut()) {
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "| {name}: p50 / p99 / max under that load | {:.2} / {:.2} / {:.1} ms |",
+            percentile(lat, 0.5),
+            percentile(lat, 0.99),
+            lat.last().copied().unwrap_or(0.0)
+        );
+    }
     assert_eq!(all.len(), distinct.len(), "an execution was claimed twice");
     assert_eq!(completed as usize, total);
     server.stop().await;

@@ -68,7 +68,7 @@ impl IndexConfig {
         IndexConfig {
             dim,
             graph_threshold: 20_000,
-            ef_search: 128,
+            ef_search: 256,
             ef_construction: 100,
             max_connections: 16,
             rebuild_ratio: 0.1,
