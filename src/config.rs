@@ -75,6 +75,12 @@ pub struct ModelArgs {
     #[arg(long, env = "MEMESH_EMBED_THREADS",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub embed_threads: Option<u16>,
+    /// Threads of a second session of the model that embeds only queries (search, query,
+    /// batch search), so a search never waits for a write's model call; 0 embeds queries with
+    /// the one model, between its calls (saves the second session's memory).
+    #[arg(long, env = "MEMESH_EMBED_QUERY_THREADS", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub embed_query_threads: u16,
 }
 
 impl ModelArgs {

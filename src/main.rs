@@ -158,7 +158,7 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         &db,
         MODEL_ID,
         // The worker thread runs detached for the life of the process.
-        || load_embedder(&args.model).map(|(embedder, _worker)| embedder),
+        || load_embedder(&args.model, true).map(|(embedder, _worker)| embedder),
         EngineConfig {
             index: IndexConfig {
                 graph_threshold: args.index.index_graph_threshold as usize,
@@ -187,13 +187,21 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Loads the model; a server (`queries`) also gets the query session `--embed-query-threads`
+/// asks for, an operator command does not.
 fn load_embedder(
     model: &ModelArgs,
+    queries: bool,
 ) -> anyhow::Result<(memesh::embed::Embedder, memesh::embed::EmbedWorker)> {
     memesh::embed::load_bundled(
         model.model_dir.as_deref(),
         model.ort_lib.as_deref(),
         model.threads(),
+        if queries {
+            usize::from(model.embed_query_threads)
+        } else {
+            0
+        },
     )
 }
 
@@ -203,7 +211,7 @@ fn load_embedder(
 fn reindex(global: &GlobalArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
     const BATCH: usize = 64;
     let db = open_db(global)?;
-    let (embedder, worker) = load_embedder(model)?;
+    let (embedder, worker) = load_embedder(model, false)?;
     let total = db.read_blocking(memesh::memory::store::count_all)?;
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template(

@@ -59,6 +59,11 @@ impl InProcess {
             Some(&root().join("models/all-minilm-l6-v2-int8")),
             Some(&root().join("runtime/libonnxruntime.so.1.31.1")),
             2,
+            // As the server's `--embed-query-threads` (the same variable).
+            std::env::var("MEMESH_EMBED_QUERY_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
         )
         .unwrap();
         let engine = MemoryEngine::open(

@@ -135,6 +135,9 @@ struct Queue {
     turn: [VecDeque<Lane>; 2],
     /// Texts waiting (not yet embedded) over all lanes.
     waiting: usize,
+    /// The model is in a call over bulk texts: queries that come meanwhile may go to the query
+    /// helper's model, if there is one.
+    bulk_busy: bool,
     stopped: bool,
 }
 
@@ -178,7 +181,9 @@ impl Shared {
             .or_default()
             .push_back(Job::new(texts, reply));
         drop(q);
-        self.ready.notify_one();
+        // Two workers may wait (one for queries, one for the rest): wake both, each checks
+        // for its own class.
+        self.ready.notify_all();
         Ok(rx)
     }
 
@@ -187,40 +192,92 @@ impl Shared {
         self.ready.notify_all();
     }
 
-    /// Waits for work, then takes up to [`MAX_MICRO_BATCH`] texts: the interactive lanes'
-    /// first, then the bulk lanes'. `None` once stopped and drained.
-    fn next_batch(&self) -> Option<Vec<(Lane, usize)>> {
+    /// Waits for work: queries first (whole jobs), then a batch of up to [`MAX_MICRO_BATCH`]
+    /// bulk texts, the lanes in turn. `None` once stopped and drained.
+    fn next_work(&self) -> Option<Work> {
         let mut q = self.lock();
         loop {
-            while q.turn.iter().all(VecDeque::is_empty) {
-                if q.stopped {
-                    return None;
-                }
-                q = self
-                    .ready
-                    .wait(q)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let queries = q.take_queries();
+            if !queries.is_empty() {
+                return Some(Work::Queries(queries));
             }
-            let batch = q.select(&[Priority::Interactive, Priority::Bulk]);
+            let batch = q.select(&[Priority::Bulk]);
             if !batch.is_empty() {
-                return Some(batch);
+                q.bulk_busy = true;
+                drop(q);
+                // A helper may now take the queries that arrive during this batch.
+                self.ready.notify_all();
+                return Some(Work::Bulk(batch));
             }
+            if q.stopped {
+                return None;
+            }
+            q = self
+                .ready
+                .wait(q)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
-    /// Interactive texts queued while a bulk call runs, if any (never waits).
-    fn interactive_now(&self) -> Option<Vec<(Lane, usize)>> {
+    /// Queries waiting now, if any (never waits).
+    fn queries_now(&self) -> Vec<Job> {
         let mut q = self.lock();
-        let batch = q.select(&[Priority::Interactive]);
-        (!batch.is_empty()).then_some(batch)
-    }
-
-    fn has_interactive(&self) -> bool {
-        !self.lock().turn[class(Priority::Interactive)].is_empty()
+        if q.turn[class(Priority::Interactive)].is_empty() {
+            return Vec::new();
+        }
+        q.take_queries()
     }
 }
 
+/// What a worker does next.
+enum Work {
+    /// Whole query jobs, taken out of the queue.
+    Queries(Vec<Job>),
+    /// Bulk texts: slices of jobs that stay in their lanes until answered.
+    Bulk(Vec<(Lane, usize)>),
+}
+
 impl Queue {
+    /// Takes whole query jobs out of the interactive lanes, one a lane in turn, until they hold
+    /// [`MAX_MICRO_BATCH`] texts or none is left; jobs whose caller has gone are dropped. A
+    /// taken job belongs to the worker that took it, so two workers never embed one query.
+    fn take_queries(&mut self) -> Vec<Job> {
+        let c = class(Priority::Interactive);
+        let mut jobs = Vec::new();
+        let mut texts = 0;
+        while texts < MAX_MICRO_BATCH {
+            let Some(lane) = self.turn[c].pop_front() else {
+                break;
+            };
+            let mut taken = None;
+            let mut dropped = 0;
+            let mut empty = true;
+            if let Some(lane_jobs) = self.lanes.get_mut(&lane) {
+                while let Some(job) = lane_jobs.pop_front() {
+                    if job.reply.is_closed() {
+                        dropped += job.left();
+                    } else {
+                        taken = Some(job);
+                        break;
+                    }
+                }
+                empty = lane_jobs.is_empty();
+            }
+            self.waiting -= dropped;
+            if empty {
+                self.lanes.remove(&lane);
+            } else {
+                self.turn[c].push_back(lane);
+            }
+            if let Some(job) = taken {
+                texts += job.left();
+                self.waiting -= job.left();
+                jobs.push(job);
+            }
+        }
+        jobs
+    }
+
     /// Takes up to [`MAX_MICRO_BATCH`] texts from the lanes of `classes`, in that order, a
     /// slice from each lane of a class in turn; jobs whose caller has gone are dropped
     /// unembedded.
@@ -301,41 +358,61 @@ impl Drop for Handle {
     }
 }
 
-/// The worker thread; joined after every [`Embedder`] handle is dropped.
+/// The worker threads; joined after every [`Embedder`] handle is dropped.
 pub struct EmbedWorker {
-    handle: JoinHandle<()>,
+    handles: Vec<JoinHandle<()>>,
 }
 
 impl EmbedWorker {
     pub fn join(self) {
-        if self.handle.join().is_err() {
-            tracing::error!("the embedding worker panicked");
+        for handle in self.handles {
+            if handle.join().is_err() {
+                tracing::error!("an embedding worker panicked");
+            }
         }
     }
 }
 
 impl Embedder {
     /// Starts the worker thread that owns `backend`; after a panic in the model the worker
-    /// starts again with a fresh backend from `restart`.
+    /// starts again with a fresh backend from `restart`. Queries are embedded by the same model,
+    /// between two calls of a bulk batch.
     pub fn spawn<B: EmbedBackend>(
         backend: B,
         info: ModelInfo,
         restart: impl FnMut() -> anyhow::Result<B> + Send + 'static,
+    ) -> (Embedder, EmbedWorker) {
+        Self::spawn_with_helper(backend, info, restart, None::<fn() -> anyhow::Result<B>>)
+    }
+
+    /// As [`Embedder::spawn`], and with `helper` (what loads a second model session) a query
+    /// helper thread: while the worker's model is in a bulk call, queries go to the helper's
+    /// model, so a search shares the cores with a write instead of waiting for its call.
+    pub fn spawn_with_helper<B: EmbedBackend>(
+        backend: B,
+        info: ModelInfo,
+        restart: impl FnMut() -> anyhow::Result<B> + Send + 'static,
+        helper: Option<impl FnMut() -> anyhow::Result<B> + Send + 'static>,
     ) -> (Embedder, EmbedWorker) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
         });
         let worker = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("memesh-embed".into())
-            .spawn(move || run_worker(backend, restart, &worker))
-            .expect("spawning the embedding thread");
+        let mut handles = vec![spawn_worker("memesh-embed", move || {
+            run_worker(backend, restart, &worker);
+        })];
+        if let Some(load) = helper {
+            let helper = shared.clone();
+            handles.push(spawn_worker("memesh-embed-query", move || {
+                run_query_helper(load, &helper);
+            }));
+        }
         let embedder = Embedder {
             handle: Arc::new(Handle(shared)),
             info,
         };
-        (embedder, EmbedWorker { handle })
+        (embedder, EmbedWorker { handles })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -387,18 +464,30 @@ impl Embedder {
 }
 
 /// Locates and verifies the bundled model and the ONNX Runtime library, loads the model, and
-/// starts its worker thread (which reloads the model if it ever panics).
+/// starts its worker thread (which reloads the model if it ever panics). With `query_threads`
+/// above 0, a query helper embeds queries with a second session of that many threads while
+/// the model is busy with writes (loaded when first needed, dropped after a minute unused).
 pub fn load_bundled(
     model_dir: Option<&Path>,
     ort_lib: Option<&Path>,
     threads: usize,
+    query_threads: usize,
 ) -> anyhow::Result<(Embedder, EmbedWorker)> {
     let files = ModelFiles::locate(model_dir)?;
     let runtime = RuntimeLibrary::locate(ort_lib)?;
     let (backend, info) = OnnxBackend::load(&files, &runtime, threads)?;
     tokens::warm_up();
-    let reload = move || OnnxBackend::load(&files, &runtime, threads).map(|(b, _)| b);
-    Ok(Embedder::spawn(backend, info, reload))
+    let loader = |threads: usize| {
+        let (files, runtime) = (files.clone(), runtime.clone());
+        move || OnnxBackend::load(&files, &runtime, threads).map(|(b, _)| b)
+    };
+    let helper = (query_threads > 0).then(|| loader(query_threads));
+    Ok(Embedder::spawn_with_helper(
+        backend,
+        info,
+        loader(threads),
+        helper,
+    ))
 }
 
 /// Embeds one batch of slices; `Err` when the model failed, returned too few vectors, or
@@ -468,18 +557,81 @@ fn answer(
     }
 }
 
-/// Serves batches until stopped: each batch is one model call over slices of several jobs; a
-/// job is answered when all its texts are embedded, or with the error of the call that failed it.
+/// Serves queries and bulk batches until stopped and drained: queries first; between two
+/// calls of a bulk batch, queries that arrived meanwhile (unless the helper took them).
 fn run_worker<B: EmbedBackend>(
     mut backend: B,
     mut restart: impl FnMut() -> anyhow::Result<B>,
     shared: &Shared,
 ) {
-    while let Some(batch) = shared.next_batch() {
-        // Only an all-bulk batch yields: an interactive lane in flight must not be taken again.
-        let yields = batch.iter().all(|((_, p), _)| *p == Priority::Bulk);
-        run_batch(&mut backend, &mut restart, shared, batch, yields);
+    while let Some(work) = shared.next_work() {
+        match work {
+            Work::Queries(jobs) => run_queries(&mut backend, &mut restart, jobs),
+            Work::Bulk(batch) => {
+                run_batch(&mut backend, &mut restart, shared, batch);
+                shared.lock().bulk_busy = false;
+            }
+        }
     }
+}
+
+/// How long the query helper keeps its model after its last query.
+const HELPER_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The query helper: while the worker's model is busy with bulk texts, embeds the queries
+/// that arrive with a second session of the model, loaded on first need and dropped after
+/// [`HELPER_IDLE`] without use (so an idle or read-only server holds one model).
+fn run_query_helper<B: EmbedBackend>(mut load: impl FnMut() -> anyhow::Result<B>, shared: &Shared) {
+    let mut model: Option<B> = None;
+    let mut last_used = std::time::Instant::now();
+    loop {
+        let mut q = shared.lock();
+        // Until queries wait while the model is busy with bulk texts.
+        while !q.bulk_busy || q.turn[class(Priority::Interactive)].is_empty() {
+            if q.stopped {
+                // The worker drains what is left.
+                return;
+            }
+            if model.is_some() && last_used.elapsed() >= HELPER_IDLE {
+                drop(q);
+                model = None;
+                onnx::trim_freed_memory();
+                tracing::debug!("the query helper's model was dropped after idling");
+                q = shared.lock();
+                continue;
+            }
+            q = shared
+                .ready
+                .wait_timeout(q, HELPER_IDLE)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        let Some(backend) = model.as_mut() else {
+            drop(q);
+            // Meanwhile the worker serves queries between its calls.
+            match load() {
+                Ok(b) => model = Some(b),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "the query helper could not load the model; queries share the one model");
+                    return;
+                }
+            }
+            continue;
+        };
+        let jobs = q.take_queries();
+        drop(q);
+        if !jobs.is_empty() {
+            run_queries(backend, &mut load, jobs);
+            last_used = std::time::Instant::now();
+        }
+    }
+}
+
+fn spawn_worker(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawning an embedding thread")
 }
 
 /// The texts of `batch`, in the order `answer` hands out their vectors.
@@ -498,39 +650,20 @@ fn batch_texts(shared: &Shared, batch: &[(Lane, usize)]) -> Vec<String> {
         .collect()
 }
 
-/// Embeds one batch, a group at a time. Between the groups of a bulk batch, interactive texts
-/// that arrived meanwhile are embedded and answered first, so a search waits for one model
-/// call at most, however large the bulk batch.
-fn run_batch<B: EmbedBackend>(
+/// Embeds `texts` in the calls the backend plans, calling `between` before each call; the
+/// model is restarted after a panic. Stops at the first failed call.
+fn embed_planned<B: EmbedBackend, R: FnMut() -> anyhow::Result<B>>(
     backend: &mut B,
-    restart: &mut impl FnMut() -> anyhow::Result<B>,
-    shared: &Shared,
-    batch: Vec<(Lane, usize)>,
-    yields: bool,
-) {
-    let texts = batch_texts(shared, &batch);
+    restart: &mut R,
+    texts: &[String],
+    mut between: impl FnMut(&mut B, &mut R),
+) -> anyhow::Result<Vec<Embedding>> {
     let mut vectors: Vec<Option<Embedding>> = vec![None; texts.len()];
-    let mut failure = None;
-    for group in backend.plan(&texts) {
-        if yields
-            && shared.has_interactive()
-            && let Some(urgent) = shared.interactive_now()
-        {
-            run_batch(backend, restart, shared, urgent, false);
-        }
+    for group in backend.plan(texts) {
+        between(backend, restart);
         let slice: Vec<String> = group.iter().map(|&i| texts[i].clone()).collect();
         let mut panicked = false;
-        match embed_batch(backend, &slice, &mut panicked) {
-            Ok(out) => {
-                for (&i, e) in group.iter().zip(out) {
-                    vectors[i] = Some(e);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), texts = slice.len(), "embedding failed");
-                failure = Some(e);
-            }
-        }
+        let outcome = embed_batch(backend, &slice, &mut panicked);
         if panicked {
             // Before anyone is answered, so the next request meets a sound model.
             tracing::error!("the embedding model panicked; restarting it");
@@ -541,14 +674,61 @@ fn run_batch<B: EmbedBackend>(
                 }
             }
         }
-        if failure.is_some() {
-            break;
+        match outcome {
+            Ok(out) => {
+                for (&i, e) in group.iter().zip(out) {
+                    vectors[i] = Some(e);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), texts = slice.len(), "embedding failed");
+                return Err(e);
+            }
         }
     }
-    let outcome = match failure {
-        None => Ok(vectors.into_iter().flatten().collect()),
-        Some(e) => Err(e),
-    };
+    Ok(vectors.into_iter().flatten().collect())
+}
+
+/// Embeds whole query jobs and answers them.
+fn run_queries<B: EmbedBackend>(
+    backend: &mut B,
+    restart: &mut impl FnMut() -> anyhow::Result<B>,
+    jobs: Vec<Job>,
+) {
+    let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
+    match embed_planned(backend, restart, &texts, |_, _| {}) {
+        Ok(vectors) => {
+            let mut vectors = vectors.into_iter();
+            for mut job in jobs {
+                let n = job.texts.len();
+                job.done.extend(vectors.by_ref().take(n));
+                job.settle(None);
+            }
+        }
+        Err(e) => {
+            for job in jobs {
+                job.settle(Some(&e));
+            }
+        }
+    }
+}
+
+/// Embeds one bulk batch, a call at a time. Before each call, queries that arrived meanwhile
+/// are embedded and answered first, so a search waits for one model call at most, however
+/// large the bulk batch.
+fn run_batch<B: EmbedBackend>(
+    backend: &mut B,
+    restart: &mut impl FnMut() -> anyhow::Result<B>,
+    shared: &Shared,
+    batch: Vec<(Lane, usize)>,
+) {
+    let texts = batch_texts(shared, &batch);
+    let outcome = embed_planned(backend, restart, &texts, |backend, restart| {
+        let queries = shared.queries_now();
+        if !queries.is_empty() {
+            run_queries(backend, restart, queries);
+        }
+    });
     answer(shared, &batch, &texts, outcome);
 }
 
@@ -695,6 +875,65 @@ mod tests {
             11,
             "the eight single texts joined the same call"
         );
+        drop(embedder);
+        worker.join();
+    }
+
+    /// With a query helper, a search is embedded while a bulk call is still in progress, by
+    /// the helper's model (loaded then, not before); with the model idle, by the model.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_helper_answers_while_the_model_is_busy_and_only_then() {
+        let (go, gate) = mpsc::channel();
+        let (entered, started) = mpsc::channel();
+        let bulk = Recorder {
+            gate: Some(Arc::new(Mutex::new(gate))),
+            entered: Some(entered),
+            ..Recorder::default()
+        };
+        let query = Recorder::default();
+        let (bulk_calls, query_calls) = (bulk.calls.clone(), query.calls.clone());
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, l) = (bulk.clone(), loads.clone());
+        let (embedder, worker) = Embedder::spawn_with_helper(
+            bulk,
+            info(),
+            move || Ok(b.clone()),
+            Some(move || {
+                l.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(query.clone())
+            }),
+        );
+        // Idle: the model answers the search (through the gate, opened once).
+        let e = embedder.clone();
+        let idle = tokio::spawn(async move { e.embed_interactive("t", vec!["idle".into()]).await });
+        started.recv().unwrap();
+        go.send(()).unwrap();
+        assert_eq!(idle.await.unwrap().unwrap()[0].vector[0], 4.0);
+        assert_eq!(
+            loads.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no helper model yet"
+        );
+
+        // Busy: a write's call is held at the gate; the search goes to the helper.
+        let e = embedder.clone();
+        let write = tokio::spawn(async move { e.embed("t", vec!["a memory".into()]).await });
+        started.recv().unwrap();
+        let found = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            embedder.embed_interactive("t", vec!["query".into()]),
+        )
+        .await
+        .expect("the search did not wait for the bulk call")
+        .unwrap();
+        assert_eq!(found[0].vector[0], 5.0);
+        assert!(!write.is_finished(), "the bulk call is still held");
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        drop(go);
+        assert_eq!(write.await.unwrap().unwrap()[0].vector[0], 8.0);
+        assert_eq!(*query_calls.lock().unwrap(), [["query"]]);
+        assert_eq!(*bulk_calls.lock().unwrap(), [["idle"], ["a memory"]]);
+        assert_eq!(embedder.handle.0.lock().waiting, 0);
         drop(embedder);
         worker.join();
     }

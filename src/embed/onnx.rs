@@ -55,6 +55,7 @@ fn candidates(explicit: Option<&Path>, relative: &Path) -> Vec<PathBuf> {
 }
 
 /// The model directory, located and verified.
+#[derive(Clone)]
 pub struct ModelFiles {
     dir: PathBuf,
 }
@@ -114,6 +115,7 @@ impl ModelFiles {
 }
 
 /// The ONNX Runtime shared library, located and verified.
+#[derive(Clone)]
 pub struct RuntimeLibrary {
     path: PathBuf,
 }
@@ -181,6 +183,19 @@ fn return_freed_memory() {
     }
 }
 
+/// Gives back the free pages inside glibc's heaps too (the trim threshold only returns the
+/// top of a heap): loading a session frees its parse buffers below the session's own
+/// allocations, where they would otherwise stay resident.
+pub(crate) fn trim_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only returns free memory to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// fastembed's text embedding over the bundled model.
 pub struct OnnxBackend {
     model: TextEmbedding,
@@ -213,6 +228,7 @@ impl OnnxBackend {
             .with_session_config("session.intra_op.allow_spinning", "0");
         let model = TextEmbedding::try_new_from_user_defined(model, options)
             .map_err(|e| anyhow::anyhow!("loading the embedding model: {e}"))?;
+        trim_freed_memory();
         let info = ModelInfo {
             id: MODEL_ID.to_owned(),
             dim: MODEL_DIM,

@@ -33,6 +33,7 @@ pub fn embedder() -> Embedder {
                 Some(&root.join("models/all-minilm-l6-v2-int8")),
                 Some(&root.join("runtime/libonnxruntime.so.1.31.1")),
                 2,
+                2,
             )
             .expect("the bundled model loads (run scripts/fetch-runtime.sh first)");
             // The worker lives as long as the test process.
