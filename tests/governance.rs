@@ -110,6 +110,26 @@ async fn registration_and_card_validation() {
     .await;
     assert_eq!(fetched["agentCard"]["name"], "Echo");
     assert_eq!(fetched["cardUrl"], base.as_str());
+    // The seed's vocabulary: `targetKind` for `kind`, `agentCardUrl` for `cardUrl`.
+    let aliased = create(
+        &s,
+        &k,
+        json!({ "name": "aliased", "targetKind": "REMOTE_A2A", "agentCardUrl": base }),
+    )
+    .await;
+    assert_eq!(
+        (aliased["kind"].as_str(), aliased["cardUrl"].as_str()),
+        (Some("REMOTE_A2A"), Some(base.as_str()))
+    );
+    assert_eq!(aliased["agentCard"]["name"], "Echo");
+    let (st, err) = s
+        .post(
+            "/v1/agents/dispatch-targets",
+            &k,
+            json!({ "name": "twice", "kind": "LOCAL_AGENT", "targetKind": "LOCAL_AGENT" }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{err}");
 
     let mut broken = card("ftp://nope");
     broken["skills"] = json!([]);

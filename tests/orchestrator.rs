@@ -684,3 +684,150 @@ async fn the_queue_is_for_agent_keys_of_the_target() {
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
+
+/// The reason codes of a runtime-health answer.
+fn reason_codes(h: &Value) -> Vec<String> {
+    h["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `GET /v1/orchestrator/runtime-health` says what needs doing: approvals waiting (attention),
+/// queued work with no live worker (degraded) until the target's agent key polls or a worker
+/// holds a lease, a worker gone quiet, governance (holds, incidents), and another tenant's
+/// targets are not in it.
+#[tokio::test]
+async fn runtime_health_tells_what_needs_doing() {
+    let t = setup().await;
+    let owner = t.s.owner_key.clone();
+    let health = |key: String| {
+        let s = &t.s;
+        async move {
+            let (st, h) = s.get("/v1/orchestrator/runtime-health", &key).await;
+            assert_eq!(st, StatusCode::OK, "{h}");
+            h
+        }
+    };
+
+    let h = health(owner.clone()).await;
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["reasons"], json!([]));
+    let local = &h["localCompatibility"]["targets"][0];
+    assert_eq!(local["targetId"], t.target.as_str());
+    assert_eq!(
+        (
+            local["pendingExecutions"].as_i64(),
+            local["workerLive"].as_bool()
+        ),
+        (Some(0), Some(false))
+    );
+    assert_eq!(h["jobs"]["leaseRecovery"]["late"], false, "{h}");
+
+    // A run waiting for approval: attention.
+    let (st, r) = t
+        .run(&owner, json!({ "input": {}, "requiresApproval": true }))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let h = health(owner.clone()).await;
+    assert_eq!(h["status"], "attention", "{h}");
+    assert_eq!(reason_codes(&h), ["approvals_waiting"]);
+    assert_eq!(h["attentionBacklog"]["approvalsWaiting"], 1);
+
+    // Approved, it waits in the queue and no worker has ever polled: degraded.
+    let path = format!(
+        "/v1/orchestrator/runs/{}/approvals/{}/approve",
+        r["id"].as_str().unwrap(),
+        r["approvals"][0]["id"].as_str().unwrap()
+    );
+    let (st, _) = t.s.post(&path, &t.admin, json!({})).await;
+    assert_eq!(st, StatusCode::OK);
+    let h = health(owner.clone()).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(reason_codes(&h), ["queued_work_without_worker"]);
+    assert_eq!(h["reasons"][0]["targetId"], t.target.as_str());
+    assert_eq!(
+        h["localCompatibility"]["targetsWithQueuedWorkAndNoLiveWorker"],
+        1
+    );
+    assert_eq!(h["attentionBacklog"]["approvalsWaiting"], 0);
+
+    // The target's worker polls: live, nothing to do.
+    let (st, list) = t.s.get("/v1/agents/executions", &t.agent).await;
+    assert_eq!(st, StatusCode::OK);
+    let h = health(owner.clone()).await;
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["localCompatibility"]["targets"][0]["workerLive"], true);
+
+    // Three minutes without a poll: the worker is gone and the work waits.
+    t.s.clock.advance_ms(3 * 60 * 1000);
+    let h = health(owner.clone()).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(reason_codes(&h).contains(&"queued_work_without_worker".to_owned()));
+
+    // A worker claims it and holds the lease: live again, nothing queued.
+    let id = list["executions"][0]["id"].as_str().unwrap();
+    let (st, _) = t
+        .exec(
+            id,
+            "claim",
+            json!({ "claimToken": "tok-1", "workerId": "w1" }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let h = health(owner.clone()).await;
+    let local = &h["localCompatibility"]["targets"][0];
+    assert_eq!(
+        (
+            local["pendingExecutions"].as_i64(),
+            local["claimedExecutions"].as_i64(),
+            local["workersHoldingLeases"].as_i64(),
+            local["workerLive"].as_bool()
+        ),
+        (Some(0), Some(1), Some(1), Some(true))
+    );
+    assert!(!reason_codes(&h).contains(&"queued_work_without_worker".to_owned()));
+
+    // An open incident needs someone: it is listed, with its reason.
+    let (_, target) =
+        t.s.get(&format!("/v1/agents/dispatch-targets/{}", t.target), &owner)
+            .await;
+    let tok = target["runtime"]["runtimeUpdatedAt"].clone();
+    let (st, _) =
+        t.s.post(
+            &format!("/v1/agents/dispatch-targets/{}/incident/open", t.target),
+            &owner,
+            json!({ "reason": "provider outage", "expectedRuntimeUpdatedAt": tok }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let h = health(owner.clone()).await;
+    assert!(
+        reason_codes(&h).contains(&"incident_open".to_owned()),
+        "{h}"
+    );
+    assert_eq!(
+        h["targetGovernance"]["openIncidents"][0]["reason"],
+        "provider outage"
+    );
+
+    // Another tenant sees its own (empty) house, and a viewer of ours may look.
+    let other = t.s.create_tenant("beta", "owner@beta.test");
+    let h = health(other.owner_key.clone()).await;
+    // (The background jobs are the server's and shown to all; the clock jump above may leave
+    // the one-second hold-expiry job late until its next pass.)
+    assert!(
+        reason_codes(&h).iter().all(|c| c == "background_job_late"),
+        "{h}"
+    );
+    assert_eq!(h["localCompatibility"]["targets"], json!([]));
+    assert_eq!(h["targetGovernance"]["openIncidents"], json!([]));
+    let (_, viewer) = t.s.add_member(&owner, "viewer@alpha.test", "VIEWER").await;
+    let h = health(viewer).await;
+    assert_eq!(
+        h["localCompatibility"]["targets"][0]["targetId"],
+        t.target.as_str()
+    );
+}

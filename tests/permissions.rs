@@ -419,6 +419,13 @@ fn rows() -> Vec<Row> {
             Some(("/v1/orchestrator/runs/{run}/resolve-remote", None)),
         ),
         row(
+            M::GET,
+            "/v1/orchestrator/runtime-health",
+            user(Viewer, RunsRead),
+            ("/v1/orchestrator/runtime-health", None, 200),
+            None,
+        ),
+        row(
             M::POST,
             "/v1/memory/write",
             user(Viewer, MemoryWrite),

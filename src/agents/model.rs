@@ -59,8 +59,12 @@ impl rusqlite::types::FromSql for TargetKind {
 pub struct CreateTarget {
     pub name: String,
     pub description: Option<String>,
+    /// `targetKind` too: the name the runs and the target lists use for it.
+    #[serde(alias = "targetKind")]
     pub kind: TargetKind,
     pub agent_card: Option<Value>,
+    /// `agentCardUrl` too, beside `agentCard`.
+    #[serde(alias = "agentCardUrl")]
     pub card_url: Option<String>,
     pub require_approval: Option<bool>,
 }
@@ -71,6 +75,7 @@ pub struct UpdateTarget {
     pub name: Option<String>,
     pub description: Option<String>,
     pub agent_card: Option<Value>,
+    #[serde(alias = "agentCardUrl")]
     pub card_url: Option<String>,
     pub require_approval: Option<bool>,
     pub expected_runtime_updated_at: Option<Timestamp>,

@@ -226,6 +226,17 @@ pub fn list(
     Ok((targets, total))
 }
 
+/// Every target of a tenant, by name (for the runtime-health summary; at most `cap`).
+pub fn all(conn: &Connection, tenant: &TenantId, cap: u32) -> ApiResult<Vec<Target>> {
+    let targets = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM dispatch_targets WHERE tenant_id = ?1 ORDER BY name, id LIMIT ?2"
+        ))?
+        .query_map(rusqlite::params![tenant, cap], target_from_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(targets)
+}
+
 /// Writes `rt` over the stored runtime if the stored token is still `expected`.
 pub fn save_runtime<P: Permission>(
     w: &Write<'_, P>,

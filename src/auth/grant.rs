@@ -24,7 +24,7 @@ use super::secret::{hash_secret, parse_api_key};
 use super::{Actor, Role, Scope, Scopes};
 
 /// `last_used_at` is refreshed at most this often, so authentication is a read, not a write.
-const TOUCH_INTERVAL_MS: i64 = 60_000;
+pub const TOUCH_INTERVAL_MS: i64 = 60_000;
 
 #[derive(Debug, Clone)]
 enum KeyKind {

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{KeyId, TenantId, UserId};
 
-pub use grant::{Grant, KeyCache, Principal, Refusal, RefusedCaller, Write, request_id};
+pub use grant::{
+    Grant, KeyCache, Principal, Refusal, RefusedCaller, TOUCH_INTERVAL_MS, Write, request_id,
+};
 pub use perm::{Access, Permission};
 pub use scope::{Scope, Scopes};
 pub use secret::{

@@ -268,6 +268,12 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX executions_queue;
     CREATE INDEX executions_queue ON executions(target_id, state, created_at, id);
     "#,
+    // 8: the runtime-health summary counts a tenant's runs by state and the pending approvals
+    // without reading every run or approval.
+    r#"
+    CREATE INDEX runs_tenant_state ON runs(tenant_id, state);
+    CREATE INDEX approvals_state ON approvals(state, run_id);
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

@@ -151,6 +151,7 @@ fn v1() -> Table {
         .on(M::POST, "/orchestrator/runs/{id}/reconcile", RunsAdmin, orchestrator::runs::reconcile)
         .on(M::POST, "/orchestrator/runs/{id}/retry-cancel", RunsAdmin, orchestrator::runs::retry_cancel)
         .on(M::POST, "/orchestrator/runs/{id}/resolve-remote", RunsAdmin, orchestrator::runs::resolve_remote)
+        .on(M::GET, "/orchestrator/runtime-health", RunsRead, orchestrator::health::runtime_health)
         // Memory
         .on(M::POST, "/memory/write", MemoryWrite, memory::handlers::write)
         .on(M::POST, "/memory/batch", MemoryWrite, memory::handlers::batch)

@@ -194,6 +194,27 @@ pub fn revoke_bound_to<P: Permission>(w: &Write<'_, P>, target: &TargetId) -> Ap
     Ok(live)
 }
 
+/// When each target's live agent access keys were last used (the latest of them; `None` if
+/// none has been): a worker polling its queue shows here, to the touch interval.
+pub fn bound_last_used(
+    conn: &Connection,
+    tenant: &TenantId,
+    now: Timestamp,
+) -> ApiResult<HashMap<TargetId, Option<Timestamp>>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT target_id, MAX(last_used_at) FROM api_keys
+             WHERE tenant_id = ?1 AND target_id IS NOT NULL AND revoked_at IS NULL
+               AND (expires_at IS NULL OR expires_at > ?2)
+             GROUP BY target_id",
+        )?
+        .query_map(rusqlite::params![tenant, now], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 /// Live agent access keys per target of a tenant.
 pub fn bound_counts(conn: &Connection, tenant: &TenantId) -> ApiResult<HashMap<TargetId, i64>> {
     let rows = conn

@@ -580,3 +580,58 @@ pub fn recover_lease<P: Permission>(
         },
     )? == 1)
 }
+
+/// One target's unfinished executions, for the runtime-health summary.
+#[derive(Debug, Default, Clone)]
+pub struct QueueHealth {
+    pub pending: i64,
+    pub claimed: i64,
+    /// Distinct workers holding an unexpired lease (a claim without a worker id counts as one).
+    pub leasing_workers: i64,
+}
+
+/// Unfinished executions per target of a tenant (through the lease index: finished ones are
+/// not read).
+pub fn queue_health(
+    conn: &Connection,
+    tenant: &TenantId,
+    now: Timestamp,
+) -> ApiResult<std::collections::HashMap<TargetId, QueueHealth>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT target_id,
+                    SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END),
+                    SUM(CASE WHEN state = 'claimed' THEN 1 ELSE 0 END),
+                    COUNT(DISTINCT CASE WHEN state = 'claimed' AND lease_expires_at > ?2
+                                        THEN COALESCE(worker_id, claim_token) END)
+             FROM executions
+             WHERE state IN ('pending', 'claimed') AND tenant_id = ?1
+             GROUP BY target_id",
+        )?
+        .query_map(rusqlite::params![tenant, now], |r| {
+            Ok((
+                r.get(0)?,
+                QueueHealth {
+                    pending: r.get(1)?,
+                    claimed: r.get(2)?,
+                    leasing_workers: r.get(3)?,
+                },
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Runs waiting on people: pending approvals (how many, since when) and blocked runs.
+pub fn attention(conn: &Connection, tenant: &TenantId) -> ApiResult<(i64, Option<Timestamp>, i64)> {
+    let (approvals, oldest) = conn
+        .prepare_cached(
+            "SELECT COUNT(*), MIN(a.created_at) FROM approvals a JOIN runs r ON r.id = a.run_id
+             WHERE r.tenant_id = ?1 AND a.state = 'pending'",
+        )?
+        .query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let blocked = conn
+        .prepare_cached("SELECT COUNT(*) FROM runs WHERE tenant_id = ?1 AND state = 'blocked'")?
+        .query_row([tenant], |r| r.get(0))?;
+    Ok((approvals, oldest, blocked))
+}
