@@ -158,17 +158,44 @@ impl Outbound {
         max_bytes: usize,
         deadline: Duration,
     ) -> Result<Value, OutboundError> {
+        self.json(url, None, &[], max_bytes, deadline).await
+    }
+
+    /// POSTs `body` as JSON to `url` with `headers` and parses the answer as [`Self::get_json`]
+    /// does.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+        max_bytes: usize,
+        deadline: Duration,
+    ) -> Result<Value, OutboundError> {
+        self.json(url, Some(body), headers, max_bytes, deadline)
+            .await
+    }
+
+    async fn json(
+        &self,
+        url: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        max_bytes: usize,
+        deadline: Duration,
+    ) -> Result<Value, OutboundError> {
         let parsed =
             reqwest::Url::parse(url).map_err(|_| OutboundError::NotHttp(url.to_owned()))?;
         check_url(&parsed, self.allow_private)?;
         let fetch = async {
-            let mut resp = self
-                .client
-                .get(parsed)
-                .header("accept", "application/json")
-                .send()
-                .await
-                .map_err(|e| request_error(url, e))?;
+            let mut request = match body {
+                Some(body) => self.client.post(parsed).json(body),
+                None => self.client.get(parsed),
+            }
+            .header("accept", "application/json");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let mut resp = request.send().await.map_err(|e| request_error(url, e))?;
             if !resp.status().is_success() {
                 return Err(OutboundError::Status {
                     url: url.to_owned(),

@@ -2,6 +2,7 @@
 //! A2A agents) and their governance — holds, reviews and incident handoffs, every change guarded
 //! by the runtime compare-and-swap token.
 
+pub mod a2a;
 pub mod card;
 pub mod governance;
 pub mod handlers;
