@@ -399,7 +399,13 @@ impl Embedder {
             ready: Condvar::new(),
         });
         let worker = shared.clone();
+        let lowered = helper.is_some();
         let mut handles = vec![spawn_worker("memesh-embed", move || {
+            if lowered {
+                // The worker takes part in its model's calls, and a model it reloads after a
+                // panic inherits its priority.
+                crate::lower_thread_priority();
+            }
             run_worker(backend, restart, &worker);
         })];
         if let Some(load) = helper {
@@ -475,7 +481,23 @@ pub fn load_bundled(
 ) -> anyhow::Result<(Embedder, EmbedWorker)> {
     let files = ModelFiles::locate(model_dir)?;
     let runtime = RuntimeLibrary::locate(ort_lib)?;
-    let (backend, info) = OnnxBackend::load(&files, &runtime, threads)?;
+    let (backend, info) = if query_threads > 0 {
+        // With a query helper, the bulk model runs at a lower CPU priority, so a search's model
+        // call (and the server's other threads) get the cores first when both want them.
+        // ONNX Runtime's pool threads inherit the priority of the thread that creates the
+        // session, so it is created on a thread that lowered its own.
+        let (f, r) = (files.clone(), runtime.clone());
+        std::thread::Builder::new()
+            .name("memesh-embed".into())
+            .spawn(move || {
+                crate::lower_thread_priority();
+                OnnxBackend::load(&f, &r, threads)
+            })?
+            .join()
+            .map_err(|_| anyhow::anyhow!("loading the model panicked"))??
+    } else {
+        OnnxBackend::load(&files, &runtime, threads)?
+    };
     tokens::warm_up();
     let loader = |threads: usize| {
         let (files, runtime) = (files.clone(), runtime.clone());

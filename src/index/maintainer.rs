@@ -164,6 +164,8 @@ impl Maintainer {
         let s = signal.clone();
         let handle = std::thread::Builder::new()
             .name("memesh-index".into())
+            // Not at a lower priority: it takes a partition's write lock for a millisecond at a
+            // time, and a preempted holder would keep searches waiting (priority inversion).
             .spawn(move || run(&index, &s))
             .expect("spawning the index thread");
         Maintainer {
