@@ -244,9 +244,14 @@ fn compatibility(t: &Target, agent_keys: i64) -> Value {
                 "cardShape": t.card_shape,
                 "protocolVersion": t.protocol_version,
                 "endpointUrl": t.endpoint_url,
-                // tasks/cancel and tasks/get are core A2A methods over every HTTP binding.
-                "canCancel": t.endpoint_url.is_some(),
-                "canRefresh": t.endpoint_url.is_some(),
+                // What memesh can do: runs are not dispatched to remote agents in this version,
+                // so there is nothing to cancel or refresh.
+                "canCancel": false,
+                "canRefresh": false,
+                // What the agent offers: tasks/cancel and tasks/get are core A2A methods over
+                // every HTTP binding.
+                "agentCanCancel": t.endpoint_url.is_some(),
+                "agentCanRefresh": t.endpoint_url.is_some(),
                 "streaming": capability("streaming"),
                 "pushNotifications": capability("pushNotifications"),
                 "lastProbe": t.runtime.probe,
@@ -287,8 +292,15 @@ pub fn target_view(t: &Target, agent_keys: i64, full: bool) -> Value {
                 v["agentCard"] = t.card.clone().unwrap_or(Value::Null);
                 v["remoteControl"] = json!({
                     "endpointUrl": t.endpoint_url,
-                    "canCancel": t.endpoint_url.is_some(),
-                    "canRefresh": t.endpoint_url.is_some(),
+                    "canDispatch": false,
+                    "canCancel": false,
+                    "canRefresh": false,
+                    "blockedBy": ["remote_dispatch_unavailable"],
+                    "guidance": "this version of memesh does not dispatch runs to REMOTE_A2A targets, \
+                        so it cannot cancel or refresh remote tasks; the target is registered, \
+                        governed and probed",
+                    "agentCanCancel": t.endpoint_url.is_some(),
+                    "agentCanRefresh": t.endpoint_url.is_some(),
                     "probe": t.runtime.probe,
                 });
             }
