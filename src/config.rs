@@ -147,6 +147,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MEMESH_PROBE_INTERVAL_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub probe_interval_secs: u64,
+    /// Seconds between looks at an unfinished remote task (a failing agent is looked at less
+    /// often: doubling, with jitter, up to five minutes).
+    #[arg(long, env = "MEMESH_REMOTE_REFRESH_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub remote_refresh_secs: u64,
     /// Consecutive failed probes that open a provider incident.
     #[arg(long, env = "MEMESH_PROBE_FAILURE_THRESHOLD", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -188,6 +193,7 @@ impl ServeArgs {
             max_result_bytes: usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX),
             allow_private_agent_urls: self.allow_private_agent_urls,
             sweep_interval: Duration::from_secs(1),
+            remote_refresh_interval: Duration::from_secs(self.remote_refresh_secs),
         }
     }
 }

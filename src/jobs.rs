@@ -80,7 +80,7 @@ struct Reporter {
 /// Starts every job; they stop when `cancel` fires (join the handles to wait for them).
 pub fn start(state: &AppState, cancel: &CancellationToken) -> Vec<JoinHandle<()>> {
     let s = &state.settings;
-    let jobs: [Job<AppState>; 4] = [
+    let jobs: [Job<AppState>; 5] = [
         Job {
             name: "holdExpiry",
             every: s.sweep_interval,
@@ -95,6 +95,11 @@ pub fn start(state: &AppState, cancel: &CancellationToken) -> Vec<JoinHandle<()>
             name: "probes",
             every: s.probe_interval,
             pass: |st| Box::pin(async move { probe_remote_targets(&st).await }),
+        },
+        Job {
+            name: "remoteRefresh",
+            every: s.remote_refresh_interval,
+            pass: |st| Box::pin(async move { refresh_remote_runs(&st).await }),
         },
         Job {
             name: "indexSnapshot",
@@ -295,6 +300,50 @@ pub async fn probe_remote_targets(state: &AppState) -> ApiResult<usize> {
         .count()
         .await;
     Ok(opened)
+}
+
+/// Remote tasks looked at per pass, and at once.
+const REMOTE_PER_PASS: u32 = 64;
+const REMOTE_CONCURRENCY: usize = 4;
+
+/// Looks at the remote tasks that are due (sends those never accepted, reads the unfinished)
+/// and applies what it saw; returns how many runs changed state.
+pub async fn refresh_remote_runs(state: &AppState) -> ApiResult<usize> {
+    let now = state.clock.now();
+    let due = state
+        .db
+        .read(move |c| runs::due_remote(c, now, REMOTE_PER_PASS))
+        .await?;
+    let every = crate::orchestrator::remote::every_ms(state);
+    let looks = due.into_iter().map(|row| async move {
+        let tenant = row.tenant_id.clone();
+        let (run, _) = crate::orchestrator::remote::load(state, &tenant, &row.run_id)
+            .await
+            .ok()?;
+        let outcome = crate::orchestrator::remote::look(state, &row, &run.input).await;
+        let now = state.clock.now();
+        let id = row.run_id.clone();
+        let applied = state
+            .db
+            .write(move |tx| {
+                let w = Write::<RunsAdmin>::system(tx, tenant, now);
+                lifecycle::apply_remote(&w, &id, outcome, every)
+            })
+            .await;
+        match applied {
+            Ok(summary) => Some(summary["changed"] == true),
+            Err(e) => {
+                tracing::error!(error = %e, run = %row.run_id, "recording a remote task failed");
+                None
+            }
+        }
+    });
+    let changed = futures_util::stream::iter(looks)
+        .buffer_unordered(REMOTE_CONCURRENCY)
+        .filter(|c| std::future::ready(*c == Some(true)))
+        .count()
+        .await;
+    Ok(changed)
 }
 
 /// Probes one target and records the outcome; true if that opened an incident.

@@ -34,6 +34,8 @@ pub struct Settings {
     /// How often expired holds and leases are looked for (the snapshot interval is the memory
     /// engine's).
     pub sweep_interval: Duration,
+    /// How often an unfinished remote task is looked at (failed looks back off from it).
+    pub remote_refresh_interval: Duration,
 }
 
 impl Default for Settings {
@@ -49,6 +51,7 @@ impl Default for Settings {
             max_result_bytes: 1024 * 1024,
             allow_private_agent_urls: false,
             sweep_interval: Duration::from_secs(1),
+            remote_refresh_interval: Duration::from_secs(5),
         }
     }
 }

@@ -1,6 +1,13 @@
 //! memesh's A2A client against a real agent built with the official A2A SDK (`tests/a2a/agent.py`:
 //! a2a-sdk's JSON-RPC routes on uvicorn, installed by scripts/test), in both protocol versions:
 //! send, read and cancel tasks; a failing agent; a 0.3-only agent; an agent that is not there.
+//! Then runs on REMOTE_A2A targets end to end through the server: dispatch, the refresh job,
+//! reconcile, governance holding a run back, and what cannot be done yet (cancel).
+
+mod common;
+
+use common::{TestServer, code};
+use reqwest::StatusCode;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -209,4 +216,193 @@ async fn an_agent_that_is_not_there_is_a_transient_failure() {
         .await
         .unwrap_err();
     assert!(!err.is_transient(), "{err}");
+}
+
+/// A REMOTE_A2A target registered by the peer's card URL; its id.
+async fn remote_target(s: &TestServer, peer: &Peer, name: &str) -> String {
+    let (st, t) = s
+        .post(
+            "/v1/agents/dispatch-targets",
+            &s.owner_key,
+            json!({ "name": name, "kind": "REMOTE_A2A", "cardUrl": peer.base }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{t}");
+    t["id"].as_str().unwrap().to_owned()
+}
+
+async fn run_on(s: &TestServer, target: &str, input: Value) -> Value {
+    let (st, r) = s
+        .post(
+            "/v1/orchestrator/runs",
+            &s.owner_key,
+            json!({ "targetId": target, "input": input }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{r}");
+    r
+}
+
+async fn reconcile(s: &TestServer, run: &str) -> Value {
+    let (st, r) = s
+        .post(
+            &format!("/v1/orchestrator/runs/{run}/reconcile"),
+            &s.owner_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    r
+}
+
+/// Reconciles until the run leaves `running` (the agent works asynchronously).
+async fn reconcile_until_done(s: &TestServer, run: &str) -> Value {
+    for _ in 0..200 {
+        let r = reconcile(s, run).await;
+        if r["state"] != "running" && r["state"] != "dispatched" {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("run {run} never finished");
+}
+
+async fn remote_run_goes_through(protocol_args: &[&str]) {
+    let peer = Peer::start(protocol_args);
+    let s = TestServer::start().await;
+    let target = remote_target(&s, &peer, "echo").await;
+
+    // Sent at once; the agent answers before finishing, so the run is running (or done).
+    let r = run_on(&s, &target, json!({ "question": "調子はどう?" })).await;
+    assert!(
+        ["running", "succeeded"].contains(&r["state"].as_str().unwrap()),
+        "{r}"
+    );
+    let run = r["id"].as_str().unwrap().to_owned();
+    let done = reconcile_until_done(&s, &run).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"][0]["parts"][0]["text"],
+        r#"echo: {"question":"調子はどう?"}"#
+    );
+    // A terminal run: nothing to do, nothing changes.
+    let again = reconcile(&s, &run).await;
+    assert_eq!(again["reconciled"]["changed"], false);
+    assert_eq!(again["state"], "succeeded");
+
+    // Held by the agent: running, not cancelable here, reconcilable; released, it succeeds
+    // through the background refresh job.
+    peer.switch("hold").await;
+    let r = run_on(&s, &target, json!("long job")).await;
+    let run = r["id"].as_str().unwrap().to_owned();
+    let r = reconcile(&s, &run).await;
+    assert_eq!(r["state"], "running", "{r}");
+    let (st, err) = s
+        .post(
+            &format!("/v1/orchestrator/runs/{run}/cancel"),
+            &s.owner_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (st, code(&err)),
+        (StatusCode::CONFLICT, "invalid_run_state")
+    );
+    let (_, control) = s
+        .get(
+            &format!("/v1/orchestrator/runs/{run}/control"),
+            &s.owner_key,
+        )
+        .await;
+    assert_eq!(
+        control["actions"]["cancel"]["blockReasons"][0],
+        "remote_cancel_unavailable"
+    );
+    assert_eq!(control["actions"]["reconcile"]["allowed"], true);
+    let task = r["reconciled"]["remoteTaskId"].as_str().unwrap().to_owned();
+    peer.release(&task).await;
+    let mut finished = false;
+    for _ in 0..200 {
+        s.clock.advance_ms(3_600_001);
+        memesh::jobs::refresh_remote_runs(&s.state).await.unwrap();
+        let (_, now) = s
+            .get(&format!("/v1/orchestrator/runs/{run}"), &s.owner_key)
+            .await;
+        if now["state"] == "succeeded" {
+            finished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(finished, "the refresh job never saw the task complete");
+
+    // A failing agent: the run fails.
+    peer.switch("fail").await;
+    let r = run_on(&s, &target, json!("doomed")).await;
+    let failed = reconcile_until_done(&s, r["id"].as_str().unwrap()).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    peer.switch("complete").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_run_on_an_a2a_1_0_agent() {
+    remote_run_goes_through(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_run_on_an_a2a_0_3_agent() {
+    remote_run_goes_through(&["--only-0.3"]).await;
+}
+
+/// A held target keeps a remote run back (nothing is sent); the release dispatches it and the
+/// refresh job sends it. A local run's remote actions stay refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_remote_target_sends_nothing_until_released() {
+    let peer = Peer::start(&[]);
+    let s = TestServer::start().await;
+    let target = remote_target(&s, &peer, "held").await;
+    let (_, t) = s
+        .get(
+            &format!("/v1/agents/dispatch-targets/{target}"),
+            &s.owner_key,
+        )
+        .await;
+    let (st, held) = s
+        .post(
+            &format!("/v1/agents/dispatch-targets/{target}/hold"),
+            &s.owner_key,
+            json!({ "reason": "maintenance", "expectedRuntimeUpdatedAt": t["runtime"]["runtimeUpdatedAt"] }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{held}");
+    let r = run_on(&s, &target, json!("later")).await;
+    assert_eq!(r["state"], "blocked", "{r}");
+    let run = r["id"].as_str().unwrap().to_owned();
+    let (st, err) = s
+        .post(
+            &format!("/v1/orchestrator/runs/{run}/reconcile"),
+            &s.owner_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (st, code(&err)),
+        (StatusCode::CONFLICT, "invalid_run_state"),
+        "{err}"
+    );
+    let (st, _) = s
+        .post(
+            &format!("/v1/agents/dispatch-targets/{target}/release"),
+            &s.owner_key,
+            json!({ "expectedRuntimeUpdatedAt": held["runtime"]["runtimeUpdatedAt"] }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, r) = s
+        .get(&format!("/v1/orchestrator/runs/{run}"), &s.owner_key)
+        .await;
+    assert_eq!(r["state"], "dispatched", "{r}");
+    memesh::jobs::refresh_remote_runs(&s.state).await.unwrap();
+    let done = reconcile_until_done(&s, &run).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
 }

@@ -31,7 +31,13 @@ async fn health_shows_each_background_jobs_last_pass() {
         let names: Vec<&str> = jobs.keys().map(String::as_str).collect();
         assert_eq!(
             names,
-            ["holdExpiry", "indexSnapshot", "leaseRecovery", "probes"]
+            [
+                "holdExpiry",
+                "indexSnapshot",
+                "leaseRecovery",
+                "probes",
+                "remoteRefresh"
+            ]
         );
         if jobs.values().all(|j| j["lastSuccessAt"] == common::START) {
             assert!(

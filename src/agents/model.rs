@@ -244,10 +244,10 @@ fn compatibility(t: &Target, agent_keys: i64) -> Value {
                 "cardShape": t.card_shape,
                 "protocolVersion": t.protocol_version,
                 "endpointUrl": t.endpoint_url,
-                // What memesh can do: runs are not dispatched to remote agents in this version,
-                // so there is nothing to cancel or refresh.
+                // What memesh can do: dispatch runs and follow their tasks (tasks/get), not yet
+                // cancel them.
                 "canCancel": false,
-                "canRefresh": false,
+                "canRefresh": t.endpoint_url.is_some(),
                 // What the agent offers: tasks/cancel and tasks/get are core A2A methods over
                 // every HTTP binding.
                 "agentCanCancel": t.endpoint_url.is_some(),
@@ -292,13 +292,13 @@ pub fn target_view(t: &Target, agent_keys: i64, full: bool) -> Value {
                 v["agentCard"] = t.card.clone().unwrap_or(Value::Null);
                 v["remoteControl"] = json!({
                     "endpointUrl": t.endpoint_url,
-                    "canDispatch": false,
+                    "canDispatch": t.endpoint_url.is_some(),
                     "canCancel": false,
-                    "canRefresh": false,
-                    "blockedBy": ["remote_dispatch_unavailable"],
-                    "guidance": "this version of memesh does not dispatch runs to REMOTE_A2A targets, \
-                        so it cannot cancel or refresh remote tasks; the target is registered, \
-                        governed and probed",
+                    "canRefresh": t.endpoint_url.is_some(),
+                    "blockedBy": ["remote_cancel_unavailable"],
+                    "guidance": "memesh sends runs to this agent and follows their tasks (refresh \
+                        in the background, reconcile on demand); this version cannot cancel a \
+                        remote task",
                     "agentCanCancel": t.endpoint_url.is_some(),
                     "agentCanRefresh": t.endpoint_url.is_some(),
                     "probe": t.runtime.probe,

@@ -274,6 +274,27 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_tenant_state ON runs(tenant_id, state);
     CREATE INDEX approvals_state ON approvals(state, run_id);
     "#,
+    // 9: runs on remote A2A agents: the remote task behind each, what was last seen of it, and
+    // when to look again.
+    r#"
+    CREATE TABLE remote_tasks (
+        run_id            TEXT PRIMARY KEY REFERENCES runs(id),
+        tenant_id         TEXT NOT NULL,
+        endpoint          TEXT NOT NULL,
+        protocol          TEXT NOT NULL CHECK (protocol IN ('1.0', '0.3')),
+        message_id        TEXT NOT NULL,
+        task_id           TEXT,
+        context_id        TEXT,
+        remote_state      TEXT,
+        remote_state_raw  TEXT,
+        last_seen_at      INTEGER,
+        last_error        TEXT,
+        failures          INTEGER NOT NULL DEFAULT 0,
+        next_check_at     INTEGER NOT NULL,
+        done              INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX remote_tasks_due ON remote_tasks(done, next_check_at);
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

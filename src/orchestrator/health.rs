@@ -223,8 +223,8 @@ pub async fn runtime_health(
         "remoteEscalation": {
             "remoteTargets": remote,
             "failingTargets": unreachable,
-            // Runs on remote targets are not dispatched by this version: nothing can wait on
-            // a remote cancel or an operator's resolution yet.
+            // This version does not send remote cancels: nothing can wait on one, or on an
+            // operator's resolution of one, yet.
             "cancelsPending": 0,
             "cancelsExhausted": 0,
             "runsNeedingOperator": 0,

@@ -9,12 +9,16 @@
 //!                        ├─cancel─▶ cancel_requested ─ack/lease lapse─▶ canceled
 //!                        └─lease lapse─▶ dispatched (next attempt) │ failed (attempts spent)
 //! awaiting_approval ─reject─▶ rejected;   anything unfinished and unclaimed ─cancel─▶ canceled
+//! remote: dispatched ─agent accepts─▶ running ─task completed─▶ succeeded
+//!                                       └─failed/rejected─▶ failed, canceled─▶ canceled
 //! ```
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::agents::a2a::{Protocol, RemoteState, RemoteTask};
 use crate::agents::governance::{self, Change};
+use crate::agents::model::TargetKind;
 use crate::agents::policy::Policy;
 use crate::agents::store::{self as targets, Target};
 use crate::audit::{self, AuditEvent};
@@ -82,6 +86,29 @@ fn dispatch_or_block<P: Permission>(
         );
     }
     run.block_reason = None;
+    if run.target_kind == TargetKind::RemoteA2a {
+        // Recorded here; the message is sent after the commit (no network inside a mutation)
+        // by the request that dispatched it, or else by the remote refresh job.
+        let target = targets::load(w, w.tenant(), &run.target_id)?;
+        let endpoint = target.endpoint_url.ok_or_else(|| {
+            ApiError::new(
+                Code::InvalidRunState,
+                "the remote target's card names no endpoint to send the run to",
+            )
+        })?;
+        let protocol = match Protocol::of(target.protocol_version.as_deref()) {
+            Protocol::V0_3 => "0.3",
+            Protocol::V1_0 => "1.0",
+        };
+        store::insert_remote(w, run, &endpoint, protocol)?;
+        return transition(
+            w,
+            run,
+            RunState::Dispatched,
+            "dispatched",
+            json!({ "remote": { "endpoint": endpoint, "protocol": protocol } }),
+        );
+    }
     let execution = store::enqueue(w, run)?;
     transition(
         w,
@@ -90,6 +117,124 @@ fn dispatch_or_block<P: Permission>(
         "dispatched",
         json!({ "executionId": execution }),
     )
+}
+
+/// What one look at a remote task gave.
+pub enum RemoteOutcome {
+    Seen(RemoteTask),
+    /// No answer (`transient`: a timeout or transport failure, worth another try) or a refusal.
+    Failed {
+        error: String,
+        transient: bool,
+    },
+}
+
+/// The longest wait between two looks at a remote task that keeps failing.
+const MAX_REMOTE_BACKOFF_MS: i64 = 5 * 60 * 1000;
+
+/// Applies what was seen of a run's remote task: the run follows the remote state (accepted →
+/// running; completed → succeeded with the task's artifacts; failed or rejected → failed;
+/// canceled → canceled), each change an event; a failed look is recorded and the next one
+/// backs off (doubling, with jitter, up to five minutes). A terminal run stays as it is.
+/// `every_ms`: how often an unfinished task is looked at. Returns what changed, for the caller.
+pub fn apply_remote<P: Permission>(
+    w: &Write<'_, P>,
+    run_id: &RunId,
+    outcome: RemoteOutcome,
+    every_ms: i64,
+) -> ApiResult<Value> {
+    let mut run = store::load_run(w, w.tenant(), run_id)?;
+    let mut row = store::load_remote(w, run_id)?.ok_or_else(|| {
+        ApiError::new(
+            Code::InvalidRunState,
+            format!("run {run_id} has no remote task"),
+        )
+    })?;
+    let now = w.now();
+    let before = run.state;
+    match outcome {
+        RemoteOutcome::Failed { error, transient } => {
+            row.failures += 1;
+            row.last_error = Some(error.clone());
+            if !transient && row.task_id.is_none() && !run.state.is_terminal() {
+                // The agent refused the message: nothing runs there.
+                row.done = true;
+                store::save_remote(w, &row)?;
+                run.result = Some(json!({ "error": error }));
+                transition(
+                    w,
+                    &mut run,
+                    RunState::Failed,
+                    "remote_refused",
+                    json!({ "error": error }),
+                )?;
+            } else {
+                let exp = row.failures.clamp(0, 16) as u32;
+                let backoff = every_ms
+                    .saturating_mul(1_i64 << exp.min(10))
+                    .min(MAX_REMOTE_BACKOFF_MS);
+                let jitter = rand::random_range(0..=backoff / 4);
+                row.next_check_at = now.plus_ms(backoff + jitter);
+                row.done = run.state.is_terminal();
+                store::save_remote(w, &row)?;
+                if row.failures == 1 {
+                    store::append_event(
+                        w,
+                        &run.id,
+                        "remote_unreachable",
+                        &json!({ "error": error, "transient": transient }),
+                    )?;
+                }
+            }
+        }
+        RemoteOutcome::Seen(task) => {
+            let state = task.state.as_str();
+            let changed = row.remote_state.as_deref() != Some(state);
+            if task.id.is_some() {
+                row.task_id = task.id.clone();
+            }
+            if task.context_id.is_some() {
+                row.context_id = task.context_id.clone();
+            }
+            row.remote_state = Some(state.to_owned());
+            row.remote_state_raw = Some(task.raw_state.clone());
+            row.last_seen_at = Some(now);
+            row.last_error = None;
+            row.failures = 0;
+            row.next_check_at = now.plus_ms(every_ms);
+            row.done = task.state.is_terminal() || run.state.is_terminal();
+            store::save_remote(w, &row)?;
+            let detail = json!({ "remoteState": state, "remoteTaskId": row.task_id });
+            if !run.state.is_terminal() {
+                match task.state {
+                    RemoteState::Completed => {
+                        run.result = Some(task.output);
+                        transition(w, &mut run, RunState::Succeeded, "remote_completed", detail)?;
+                    }
+                    RemoteState::Failed | RemoteState::Rejected => {
+                        run.result = Some(json!({ "remoteState": state, "output": task.output }));
+                        transition(w, &mut run, RunState::Failed, "remote_failed", detail)?;
+                    }
+                    RemoteState::Canceled => {
+                        transition(w, &mut run, RunState::Canceled, "remote_canceled", detail)?;
+                    }
+                    _ if run.state == RunState::Dispatched => {
+                        transition(w, &mut run, RunState::Running, "remote_accepted", detail)?;
+                    }
+                    _ if changed => store::append_event(w, &run.id, "remote_state", &detail)?,
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(json!({
+        "from": before,
+        "to": run.state,
+        "changed": before != run.state,
+        "remoteState": row.remote_state,
+        "remoteTaskId": row.task_id,
+        "lastError": row.last_error,
+    }))
 }
 
 /// Creates a run on `target`, or returns the run an earlier request with the same idempotency
@@ -209,6 +354,14 @@ pub fn cancel(w: &Write<'_, RunsWrite>, run_id: &RunId, any: bool) -> ApiResult<
         return Err(ApiError::new(
             Code::InsufficientRole,
             "only the requester or an OWNER or ADMIN may cancel this run",
+        ));
+    }
+    if !run.state.is_terminal() && store::load_remote(w, run_id)?.is_some() {
+        // Sent to a remote agent: only the agent can stop it, and this version does not send
+        // A2A cancels yet. Saying canceled here would be untrue.
+        return Err(ApiError::new(
+            Code::InvalidRunState,
+            "the run was sent to a remote A2A agent, and this version of memesh cannot cancel a remote task; POST …/reconcile shows where it stands",
         ));
     }
     match run.state {

@@ -6,5 +6,6 @@ pub mod health;
 pub mod lifecycle;
 pub mod model;
 pub mod queue;
+pub mod remote;
 pub mod runs;
 pub mod store;

@@ -186,12 +186,53 @@ pub fn control_view(run: &Run, approvals: &[Approval]) -> Value {
     let terminal = run.state.is_terminal();
     let remote_only =
         "only runs on REMOTE_A2A targets have remote state; this run is on a LOCAL_AGENT";
+    let remote = run.target_kind == TargetKind::RemoteA2a;
+    // A remote run has been sent once it is dispatched (or further along).
+    let sent = remote
+        && matches!(
+            run.state,
+            RunState::Dispatched | RunState::Running | RunState::CancelRequested
+        );
+    let no_remote_cancel = "this version of memesh cannot cancel a task on a remote A2A agent; POST /v1/orchestrator/runs/{id}/reconcile shows where it stands";
+    let (reconcile, retry_cancel, resolve_remote) = if !remote {
+        (
+            action(false, vec!["local_run"], remote_only),
+            action(false, vec!["local_run"], remote_only),
+            action(false, vec!["local_run"], remote_only),
+        )
+    } else {
+        (
+            if terminal {
+                action(
+                    false,
+                    vec!["run_finished"],
+                    "the run has finished; reconcile reports nothing to do",
+                )
+            } else if sent {
+                action(
+                    true,
+                    vec![],
+                    "POST /v1/orchestrator/runs/{id}/reconcile reads the remote task now",
+                )
+            } else {
+                action(
+                    false,
+                    vec!["not_sent"],
+                    "the run has not been sent to the agent yet",
+                )
+            },
+            action(false, vec!["remote_cancel_unavailable"], no_remote_cancel),
+            action(false, vec!["remote_cancel_unavailable"], no_remote_cancel),
+        )
+    };
     json!({
         "targetKind": run.target_kind.as_str(),
         "state": run.state,
         "actions": {
             "cancel": if terminal {
                 action(false, vec!["run_finished"], "the run has finished; nothing to cancel")
+            } else if sent {
+                action(false, vec!["remote_cancel_unavailable"], no_remote_cancel)
             } else if run.state == RunState::CancelRequested {
                 action(false, vec!["cancel_already_requested"], "the worker is told through its heartbeat; wait for its acknowledgement")
             } else {
@@ -201,9 +242,9 @@ pub fn control_view(run: &Run, approvals: &[Approval]) -> Value {
                 Some(a) => action(true, vec![], &format!("an OWNER or ADMIN other than the requester decides approval {}", a.id)),
                 None => action(false, vec!["no_pending_approval"], "nothing is waiting for approval"),
             },
-            "reconcile": action(false, vec!["local_run"], remote_only),
-            "retryCancel": action(false, vec!["local_run"], remote_only),
-            "resolveRemote": action(false, vec!["local_run"], remote_only),
+            "reconcile": reconcile,
+            "retryCancel": retry_cancel,
+            "resolveRemote": resolve_remote,
         }
     })
 }

@@ -17,12 +17,12 @@ use crate::http::extract::{
 use crate::ids::{ApprovalId, RunId, TargetId, TenantId};
 use crate::state::AppState;
 
-use super::lifecycle;
 use super::model::{
     Approval, CreateRun, DecideBody, Detail, Execution, ListParams, Run, RunParts, RunState,
     RunViewParams, run_view,
 };
 use super::store::{self, RunFilter};
+use super::{lifecycle, remote};
 
 /// Largest run input, as JSON text.
 pub const MAX_INPUT_BYTES: usize = 1 << 20;
@@ -111,16 +111,18 @@ pub async fn create(
     let (view, created) = grant
         .write(&state.db, move |w| {
             let target = targets::load(w, w.tenant(), &target_id)?;
-            if target.kind != TargetKind::LocalAgent {
-                return Err(ApiError::field(
-                    "targetId",
-                    "dispatch to REMOTE_A2A targets is not available in this version; use a LOCAL_AGENT target",
-                ));
-            }
             let (run, created) = lifecycle::create(w, &target, &input, asked, key.as_deref())?;
             Ok((full_view(w, w.tenant(), &run.id, FIRST_EVENTS)?, created))
         })
         .await?;
+    // A remote run just dispatched is sent now, after its commit; if the agent does not answer,
+    // the refresh job sends it later.
+    let mut view = view;
+    if created && view["state"] == "dispatched" && view["targetKind"] == "REMOTE_A2A" {
+        let id = RunId::parse(view["id"].as_str().unwrap_or_default())
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a run view without its id")))?;
+        view = look_now(&grant, &state, &id).await?;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -303,12 +305,57 @@ async fn remote_only(
     ))
 }
 
+/// Looks at a run's remote task now and applies what it saw; the run's view with what changed
+/// (`reconciled`). A terminal run is left as it is ("nothing to do").
 pub async fn reconcile(
     grant: Grant<RunsAdmin>,
     State(state): State<AppState>,
     Ids(id): Ids<RunId>,
 ) -> ApiResult<axum::Json<Value>> {
-    remote_only(grant, state, id).await
+    let (run, row) = remote::load(&state, grant.tenant(), &id).await?;
+    if row.is_none() {
+        return remote_only(grant, state, id).await;
+    }
+    if run.state.is_terminal() {
+        let tenant = grant.tenant().clone();
+        let mut view = state
+            .db
+            .read(move |c| full_view(c, &tenant, &id, FIRST_EVENTS))
+            .await?;
+        view["reconciled"] = json!({
+            "changed": false,
+            "message": format!("the run is {}: nothing to do", run.state.as_str()),
+        });
+        return Ok(axum::Json(view));
+    }
+    Ok(axum::Json(look_now(&grant, &state, &id).await?))
+}
+
+/// One look at a remote run's task, applied with the caller's capability; the run's view with
+/// what changed (`reconciled`).
+async fn look_now<P: crate::auth::Permission>(
+    grant: &Grant<P>,
+    state: &AppState,
+    id: &RunId,
+) -> ApiResult<Value> {
+    let (run, row) = remote::load(state, grant.tenant(), id).await?;
+    let Some(row) = row else {
+        return Err(ApiError::new(
+            Code::InvalidRunState,
+            format!("run {id} has no remote task"),
+        ));
+    };
+    let outcome = remote::look(state, &row, &run.input).await;
+    let every = remote::every_ms(state);
+    let id = id.clone();
+    grant
+        .write(&state.db, move |w| {
+            let summary = lifecycle::apply_remote(w, &id, outcome, every)?;
+            let mut view = full_view(w, w.tenant(), &id, FIRST_EVENTS)?;
+            view["reconciled"] = summary;
+            Ok(view)
+        })
+        .await
 }
 
 pub async fn retry_cancel(

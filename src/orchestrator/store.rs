@@ -635,3 +635,114 @@ pub fn attention(conn: &Connection, tenant: &TenantId) -> ApiResult<(i64, Option
         .query_row([tenant], |r| r.get(0))?;
     Ok((approvals, oldest, blocked))
 }
+
+/// A run's remote task, as memesh last saw it.
+#[derive(Debug, Clone)]
+pub struct RemoteTaskRow {
+    pub run_id: RunId,
+    pub tenant_id: TenantId,
+    pub endpoint: String,
+    /// `1.0` or `0.3`.
+    pub protocol: String,
+    pub message_id: String,
+    pub task_id: Option<String>,
+    pub context_id: Option<String>,
+    pub remote_state: Option<String>,
+    pub remote_state_raw: Option<String>,
+    pub last_seen_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub failures: i64,
+    pub next_check_at: Timestamp,
+    pub done: bool,
+}
+
+const REMOTE_COLUMNS: &str = "run_id, tenant_id, endpoint, protocol, message_id, task_id,
+    context_id, remote_state, remote_state_raw, last_seen_at, last_error, failures,
+    next_check_at, done";
+
+fn remote_from_row(r: &Row<'_>) -> rusqlite::Result<RemoteTaskRow> {
+    let d = Decoded::new(r, "remote_tasks", 0)?;
+    Ok(RemoteTaskRow {
+        run_id: d.get(0)?,
+        tenant_id: d.get(1)?,
+        endpoint: d.get(2)?,
+        protocol: d.get(3)?,
+        message_id: d.get(4)?,
+        task_id: d.get(5)?,
+        context_id: d.get(6)?,
+        remote_state: d.get(7)?,
+        remote_state_raw: d.get(8)?,
+        last_seen_at: d.get(9)?,
+        last_error: d.get(10)?,
+        failures: d.get(11)?,
+        next_check_at: d.get(12)?,
+        done: d.get(13)?,
+    })
+}
+
+/// Records that `run` goes to the agent at `endpoint`, to be sent at once.
+pub fn insert_remote<P: Permission>(
+    w: &Write<'_, P>,
+    run: &Run,
+    endpoint: &str,
+    protocol: &str,
+) -> ApiResult<()> {
+    crate::db::exec(
+        w,
+        "INSERT INTO remote_tasks (run_id, tenant_id, endpoint, protocol, message_id, next_check_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![
+            run.id,
+            w.tenant(),
+            endpoint,
+            protocol,
+            format!("memesh-{}", run.id),
+            w.now()
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn load_remote(conn: &Connection, run: &RunId) -> ApiResult<Option<RemoteTaskRow>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {REMOTE_COLUMNS} FROM remote_tasks WHERE run_id = ?1"
+        ))?
+        .query_row([run], remote_from_row)
+        .optional()?)
+}
+
+pub fn save_remote<P: Permission>(w: &Write<'_, P>, row: &RemoteTaskRow) -> ApiResult<()> {
+    crate::db::exec(
+        w,
+        "UPDATE remote_tasks SET task_id = ?2, context_id = ?3, remote_state = ?4,
+             remote_state_raw = ?5, last_seen_at = ?6, last_error = ?7, failures = ?8,
+             next_check_at = ?9, done = ?10
+         WHERE run_id = ?1",
+        rusqlite::params![
+            row.run_id,
+            row.task_id,
+            row.context_id,
+            row.remote_state,
+            row.remote_state_raw,
+            row.last_seen_at,
+            row.last_error,
+            row.failures,
+            row.next_check_at,
+            row.done
+        ],
+    )?;
+    Ok(())
+}
+
+/// Remote tasks due for a look (unsent or unfinished), soonest first, at most `limit`.
+pub fn due_remote(conn: &Connection, now: Timestamp, limit: u32) -> ApiResult<Vec<RemoteTaskRow>> {
+    let rows = conn
+        .prepare_cached(&format!(
+            "SELECT {REMOTE_COLUMNS} FROM remote_tasks WHERE done = 0 AND next_check_at <= ?1
+             ORDER BY next_check_at LIMIT ?2"
+        ))?
+        .query_map(rusqlite::params![now, limit], remote_from_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}

@@ -72,6 +72,7 @@ pub fn test_settings() -> Settings {
         allow_private_agent_urls: true,
         probe_interval: Duration::from_secs(3600),
         sweep_interval: Duration::from_secs(3600),
+        remote_refresh_interval: Duration::from_secs(3600),
         ..Settings::default()
     }
 }
