@@ -317,10 +317,9 @@ pub async fn refresh_remote_runs(state: &AppState) -> ApiResult<usize> {
     let every = crate::orchestrator::remote::every_ms(state);
     let looks = due.into_iter().map(|row| async move {
         let tenant = row.tenant_id.clone();
-        let (run, _) = crate::orchestrator::remote::load(state, &tenant, &row.run_id)
+        let outcome = crate::orchestrator::remote::fetch(state, &tenant, &row.run_id)
             .await
-            .ok()?;
-        let outcome = crate::orchestrator::remote::look(state, &row, &run.input).await;
+            .ok()??;
         let now = state.clock.now();
         let id = row.run_id.clone();
         let applied = state

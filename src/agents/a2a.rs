@@ -32,6 +32,14 @@ impl Protocol {
         }
     }
 
+    /// As stored with a remote task: `1.0` or `0.3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V1_0 => "1.0",
+            Protocol::V0_3 => "0.3",
+        }
+    }
+
     fn method(self, m: Method) -> &'static str {
         match (self, m) {
             (Protocol::V1_0, Method::Send) => "SendMessage",

@@ -773,6 +773,21 @@ mod tests {
         call_size: Option<usize>,
     }
 
+    impl Recorder {
+        /// A recorder whose every call waits at a gate: `go` lets calls through (dropping it
+        /// opens the gate for good) and `started` hears of each call as it begins.
+        fn gated() -> (Recorder, mpsc::Sender<()>, mpsc::Receiver<()>) {
+            let (go, gate) = mpsc::channel();
+            let (entered, started) = mpsc::channel();
+            let backend = Recorder {
+                gate: Some(Arc::new(Mutex::new(gate))),
+                entered: Some(entered),
+                ..Recorder::default()
+            };
+            (backend, go, started)
+        }
+    }
+
     impl EmbedBackend for Recorder {
         fn plan(&mut self, texts: &[String]) -> Vec<Vec<usize>> {
             let size = self.call_size.unwrap_or(texts.len().max(1));
@@ -851,13 +866,7 @@ mod tests {
     /// texts from several callers of one tenant share a model call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn texts_run_by_length_and_small_jobs_share_a_call() {
-        let (go, gate) = mpsc::channel();
-        let (entered, started) = mpsc::channel();
-        let backend = Recorder {
-            gate: Some(Arc::new(Mutex::new(gate))),
-            entered: Some(entered),
-            ..Recorder::default()
-        };
+        let (backend, go, started) = Recorder::gated();
         let calls = backend.calls.clone();
         let (embedder, worker, _) = spawn(backend);
         let e = embedder.clone();
@@ -905,13 +914,7 @@ mod tests {
     /// the helper's model (loaded then, not before); with the model idle, by the model.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_query_helper_answers_while_the_model_is_busy_and_only_then() {
-        let (go, gate) = mpsc::channel();
-        let (entered, started) = mpsc::channel();
-        let bulk = Recorder {
-            gate: Some(Arc::new(Mutex::new(gate))),
-            entered: Some(entered),
-            ..Recorder::default()
-        };
+        let (bulk, go, started) = Recorder::gated();
         let query = Recorder::default();
         let (bulk_calls, query_calls) = (bulk.calls.clone(), query.calls.clone());
         let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1025,13 +1028,7 @@ mod tests {
     /// the call in progress only.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_search_goes_ahead_of_its_own_tenants_writes() {
-        let (go, gate) = mpsc::channel();
-        let (entered, started) = mpsc::channel();
-        let backend = Recorder {
-            gate: Some(Arc::new(Mutex::new(gate))),
-            entered: Some(entered),
-            ..Recorder::default()
-        };
+        let (backend, go, started) = Recorder::gated();
         let calls = backend.calls.clone();
         let (embedder, worker, _) = spawn(backend);
         let (e1, e2) = (embedder.clone(), embedder.clone());
@@ -1070,14 +1067,8 @@ mod tests {
     /// not after the whole batch.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_search_is_served_between_the_calls_of_a_bulk_batch() {
-        let (go, gate) = mpsc::channel();
-        let (entered, started) = mpsc::channel();
-        let backend = Recorder {
-            gate: Some(Arc::new(Mutex::new(gate))),
-            entered: Some(entered),
-            call_size: Some(4),
-            ..Recorder::default()
-        };
+        let (mut backend, go, started) = Recorder::gated();
+        backend.call_size = Some(4);
         let calls = backend.calls.clone();
         let (embedder, worker, _) = spawn(backend);
         let e = embedder.clone();
@@ -1106,14 +1097,8 @@ mod tests {
     /// embedded once and the count of waiting texts returns to zero.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_with_a_search_in_it_is_not_preempted() {
-        let (go, gate) = mpsc::channel();
-        let (entered, started) = mpsc::channel();
-        let backend = Recorder {
-            gate: Some(Arc::new(Mutex::new(gate))),
-            entered: Some(entered),
-            call_size: Some(1),
-            ..Recorder::default()
-        };
+        let (mut backend, go, started) = Recorder::gated();
+        backend.call_size = Some(1);
         let calls = backend.calls.clone();
         let (embedder, worker, _) = spawn(backend);
         let e = embedder.clone();
@@ -1140,13 +1125,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_refuses_and_a_gone_caller_is_never_embedded() {
-        let (go, gate) = mpsc::channel();
-        let (entered, started) = mpsc::channel();
-        let backend = Recorder {
-            gate: Some(Arc::new(Mutex::new(gate))),
-            entered: Some(entered),
-            ..Recorder::default()
-        };
+        let (backend, go, started) = Recorder::gated();
         let calls = backend.calls.clone();
         let (embedder, worker, _) = spawn(backend);
         let e = embedder.clone();

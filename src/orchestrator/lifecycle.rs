@@ -96,10 +96,7 @@ fn dispatch_or_block<P: Permission>(
                 "the remote target's card names no endpoint to send the run to",
             )
         })?;
-        let protocol = match Protocol::of(target.protocol_version.as_deref()) {
-            Protocol::V0_3 => "0.3",
-            Protocol::V1_0 => "1.0",
-        };
+        let protocol = Protocol::of(target.protocol_version.as_deref()).as_str();
         store::insert_remote(w, run, &endpoint, protocol)?;
         return transition(
             w,

@@ -20,11 +20,8 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Sends the task if it was never accepted, else reads it.
 pub async fn look(state: &AppState, row: &RemoteTaskRow, input: &Value) -> RemoteOutcome {
-    let protocol = if row.protocol == "0.3" {
-        Protocol::V0_3
-    } else {
-        Protocol::V1_0
-    };
+    // Stored as `Protocol::as_str` wrote it, which `Protocol::of` reads back.
+    let protocol = Protocol::of(Some(&row.protocol));
     let client = A2aClient {
         outbound: &state.outbound,
         endpoint: &row.endpoint,
@@ -42,6 +39,19 @@ pub async fn look(state: &AppState, row: &RemoteTaskRow, input: &Value) -> Remot
             error: e.to_string(),
         },
     }
+}
+
+/// Loads a remote run and looks at its task: `None` when the run has no remote task.
+pub async fn fetch(
+    state: &AppState,
+    tenant: &TenantId,
+    id: &RunId,
+) -> ApiResult<Option<RemoteOutcome>> {
+    let (run, row) = load(state, tenant, id).await?;
+    Ok(match row {
+        Some(row) => Some(look(state, &row, &run.input).await),
+        None => None,
+    })
 }
 
 /// The run and its remote task, if it is a remote run.

@@ -338,14 +338,12 @@ async fn look_now<P: crate::auth::Permission>(
     state: &AppState,
     id: &RunId,
 ) -> ApiResult<Value> {
-    let (run, row) = remote::load(state, grant.tenant(), id).await?;
-    let Some(row) = row else {
+    let Some(outcome) = remote::fetch(state, grant.tenant(), id).await? else {
         return Err(ApiError::new(
             Code::InvalidRunState,
             format!("run {id} has no remote task"),
         ));
     };
-    let outcome = remote::look(state, &row, &run.input).await;
     let every = remote::every_ms(state);
     let id = id.clone();
     grant
