@@ -152,6 +152,16 @@ pub struct ServeArgs {
     #[arg(long, env = "MEMESH_REMOTE_REFRESH_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub remote_refresh_secs: u64,
+    /// Failed attempts to cancel a task on a remote agent (no answer, an error, or accepted and
+    /// not carried out in time) after which memesh stops and an operator resolves the run.
+    #[arg(long, env = "MEMESH_REMOTE_CANCEL_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub remote_cancel_attempts: u32,
+    /// Seconds a remote agent that accepted a cancel has to stop the task before the attempt
+    /// counts as failed.
+    #[arg(long, env = "MEMESH_REMOTE_CANCEL_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub remote_cancel_timeout_secs: u64,
     /// Consecutive failed probes that open a provider incident.
     #[arg(long, env = "MEMESH_PROBE_FAILURE_THRESHOLD", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -194,6 +204,8 @@ impl ServeArgs {
             allow_private_agent_urls: self.allow_private_agent_urls,
             sweep_interval: Duration::from_secs(1),
             remote_refresh_interval: Duration::from_secs(self.remote_refresh_secs),
+            remote_cancel_attempts: self.remote_cancel_attempts,
+            remote_cancel_timeout: Duration::from_secs(self.remote_cancel_timeout_secs),
         }
     }
 }

@@ -53,6 +53,8 @@ pub enum Code {
     LeaseLost,
     ExecutionNotClaimable,
     CancelNotRequested,
+    CancelNotRetryable,
+    RemoteRecoveryNotExhausted,
     RateLimited,
     Overloaded,
     Internal,
@@ -77,7 +79,9 @@ impl Code {
             | Code::DuplicateClaim
             | Code::LeaseLost
             | Code::ExecutionNotClaimable
-            | Code::CancelNotRequested => StatusCode::CONFLICT,
+            | Code::CancelNotRequested
+            | Code::CancelNotRetryable
+            | Code::RemoteRecoveryNotExhausted => StatusCode::CONFLICT,
             Code::StaleRuntimeSnapshot
             | Code::StalePolicyEpoch
             | Code::StaleIncidentEpoch
@@ -155,6 +159,8 @@ impl Code {
             Code::LeaseLost => "lease_lost",
             Code::ExecutionNotClaimable => "execution_not_claimable",
             Code::CancelNotRequested => "cancel_not_requested",
+            Code::CancelNotRetryable => "cancel_not_retryable",
+            Code::RemoteRecoveryNotExhausted => "remote_recovery_not_exhausted",
             Code::RateLimited => "rate_limited",
             Code::Internal => "internal_error",
             Code::Unavailable => "unavailable",

@@ -23,6 +23,7 @@ use crate::clock::{SharedClock, Timestamp};
 use crate::db::run_blocking;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{TargetId, TenantId};
+use crate::orchestrator::remote::Look;
 use crate::orchestrator::{lifecycle, store as runs};
 use crate::state::AppState;
 
@@ -314,10 +315,10 @@ pub async fn refresh_remote_runs(state: &AppState) -> ApiResult<usize> {
         .db
         .read(move |c| runs::due_remote(c, now, REMOTE_PER_PASS))
         .await?;
-    let every = crate::orchestrator::remote::every_ms(state);
+    let rules = crate::orchestrator::remote::rules(state);
     let looks = due.into_iter().map(|row| async move {
         let tenant = row.tenant_id.clone();
-        let outcome = crate::orchestrator::remote::fetch(state, &tenant, &row.run_id)
+        let outcome = crate::orchestrator::remote::fetch(state, &tenant, &row.run_id, Look::Due)
             .await
             .ok()??;
         let now = state.clock.now();
@@ -326,7 +327,7 @@ pub async fn refresh_remote_runs(state: &AppState) -> ApiResult<usize> {
             .db
             .write(move |tx| {
                 let w = Write::<RunsAdmin>::system(tx, tenant, now);
-                lifecycle::apply_remote(&w, &id, outcome, every)
+                lifecycle::apply_remote(&w, &id, outcome, rules)
             })
             .await;
         match applied {

@@ -36,6 +36,11 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// How often an unfinished remote task is looked at (failed looks back off from it).
     pub remote_refresh_interval: Duration,
+    /// Failed attempts to cancel a remote task after which an operator resolves the run.
+    pub remote_cancel_attempts: u32,
+    /// How long a cancel the agent accepted may take to stop its task before it counts as
+    /// failed.
+    pub remote_cancel_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -52,6 +57,8 @@ impl Default for Settings {
             allow_private_agent_urls: false,
             sweep_interval: Duration::from_secs(1),
             remote_refresh_interval: Duration::from_secs(5),
+            remote_cancel_attempts: 5,
+            remote_cancel_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -2,7 +2,9 @@
 //! a2a-sdk's JSON-RPC routes on uvicorn, installed by scripts/test), in both protocol versions:
 //! send, read and cancel tasks; a failing agent; a 0.3-only agent; an agent that is not there.
 //! Then runs on REMOTE_A2A targets end to end through the server: dispatch, the refresh job,
-//! reconcile, governance holding a run back, and what cannot be done yet (cancel).
+//! reconcile, governance holding a run back, and cancels: accepted, failing and retried, lost
+//! and timed out (on the test's clock) until exhausted and resolved by an operator, and late
+//! completion after a cancel.
 
 mod common;
 
@@ -68,6 +70,16 @@ impl Peer {
         let resp = reqwest::Client::new()
             .post(format!("{}/fault", self.base))
             .json(&json!({ "mode": mode }))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+    }
+
+    async fn cancels(&self, mode: &str) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/fault", self.base))
+            .json(&json!({ "cancel": mode }))
             .send()
             .await
             .unwrap();
@@ -267,6 +279,15 @@ async fn reconcile_until_done(s: &TestServer, run: &str) -> Value {
     panic!("run {run} never finished");
 }
 
+/// The protocol memesh speaks to the peer started with these arguments.
+fn protocol(protocol_args: &[&str]) -> &'static str {
+    if protocol_args.contains(&"--only-0.3") {
+        "0.3"
+    } else {
+        "1.0"
+    }
+}
+
 async fn remote_run_goes_through(protocol_args: &[&str]) {
     let peer = Peer::start(protocol_args);
     let s = TestServer::start().await;
@@ -290,35 +311,33 @@ async fn remote_run_goes_through(protocol_args: &[&str]) {
     assert_eq!(again["reconciled"]["changed"], false);
     assert_eq!(again["state"], "succeeded");
 
-    // Held by the agent: running, not cancelable here, reconcilable; released, it succeeds
-    // through the background refresh job.
+    // Held by the agent: running, cancelable and reconcilable, nothing to retry or resolve;
+    // released, it succeeds through the background refresh job.
     peer.switch("hold").await;
     let r = run_on(&s, &target, json!("long job")).await;
     let run = r["id"].as_str().unwrap().to_owned();
     let r = reconcile(&s, &run).await;
     assert_eq!(r["state"], "running", "{r}");
-    let (st, err) = s
-        .post(
-            &format!("/v1/orchestrator/runs/{run}/cancel"),
-            &s.owner_key,
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        (st, code(&err)),
-        (StatusCode::CONFLICT, "invalid_run_state")
-    );
+    assert_eq!(r["remote"]["protocol"], protocol(protocol_args));
+    assert!(r["remote"]["taskId"].is_string(), "{r}");
+    assert!(r["remote"]["cancel"].is_null(), "{r}");
     let (_, control) = s
         .get(
             &format!("/v1/orchestrator/runs/{run}/control"),
             &s.owner_key,
         )
         .await;
+    let actions = &control["actions"];
+    assert_eq!(actions["cancel"]["allowed"], true, "{control}");
+    assert_eq!(actions["reconcile"]["allowed"], true);
     assert_eq!(
-        control["actions"]["cancel"]["blockReasons"][0],
-        "remote_cancel_unavailable"
+        actions["retryCancel"]["blockReasons"][0],
+        "no_cancel_requested"
     );
-    assert_eq!(control["actions"]["reconcile"]["allowed"], true);
+    assert_eq!(
+        actions["resolveRemote"]["blockReasons"][0],
+        "no_cancel_requested"
+    );
     let task = r["reconciled"]["remoteTaskId"].as_str().unwrap().to_owned();
     peer.release(&task).await;
     let mut finished = false;
@@ -405,4 +424,393 @@ async fn a_held_remote_target_sends_nothing_until_released() {
     memesh::jobs::refresh_remote_runs(&s.state).await.unwrap();
     let done = reconcile_until_done(&s, &run).await;
     assert_eq!(done["state"], "succeeded", "{done}");
+}
+
+async fn post(s: &TestServer, key: &str, path: String, body: Value) -> (StatusCode, Value) {
+    s.post(&path, key, body).await
+}
+
+/// `POST /v1/orchestrator/runs/{run}/{action}` with an empty body.
+async fn act(s: &TestServer, key: &str, run: &str, action: &str) -> (StatusCode, Value) {
+    s.post(
+        &format!("/v1/orchestrator/runs/{run}/{action}"),
+        key,
+        json!({}),
+    )
+    .await
+}
+
+/// A held run on the peer, read until the agent works on it; its id and remote task id.
+async fn working_run(s: &TestServer, target: &str, key: &str) -> (String, String) {
+    let (st, r) = s
+        .post(
+            "/v1/orchestrator/runs",
+            key,
+            json!({ "targetId": target, "input": "長い仕事" }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{r}");
+    let run = r["id"].as_str().unwrap().to_owned();
+    for _ in 0..200 {
+        let r = reconcile(s, &run).await;
+        if r["remote"]["remoteState"] == "working" {
+            return (run, r["remote"]["taskId"].as_str().unwrap().to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("run {run} never got to working");
+}
+
+fn events(view: &Value) -> Vec<&str> {
+    view["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default())
+        .collect()
+}
+
+async fn health(s: &TestServer) -> Value {
+    let (st, h) = s.get("/v1/orchestrator/runtime-health", &s.owner_key).await;
+    assert_eq!(st, StatusCode::OK, "{h}");
+    h
+}
+
+fn reasons(h: &Value) -> Vec<&str> {
+    h["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect()
+}
+
+/// Reconciles until the run is terminal (the agent acts asynchronously).
+async fn until_terminal(s: &TestServer, run: &str) -> Value {
+    for _ in 0..200 {
+        let r = reconcile(s, run).await;
+        if ["succeeded", "failed", "canceled"].contains(&r["state"].as_str().unwrap()) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("run {run} never finished");
+}
+
+/// Every cancel path of a remote run against the SDK agent: an accepted cancel; a failing one
+/// (503) retried by hand; a lost one (accepted, never carried out) timing out on the test's
+/// clock, retried until exhausted, then resolved by an OWNER; and a completion that arrives
+/// after the cancel timed out. Role checks on each remote action, runtime health at each step.
+async fn remote_cancels(protocol_args: &[&str]) {
+    let peer = Peer::start(protocol_args);
+    let s = TestServer::start().await;
+    let owner = s.owner_key.clone();
+    let (_, member) = s.add_member(&owner, "member@alpha.test", "MEMBER").await;
+    let (_, other) = s.add_member(&owner, "other@alpha.test", "MEMBER").await;
+    let (_, viewer) = s.add_member(&owner, "viewer@alpha.test", "VIEWER").await;
+    let target = remote_target(&s, &peer, "canceler").await;
+    peer.switch("hold").await;
+
+    // 1. The agent cancels: the run is canceled by the same request.
+    let (run, _) = working_run(&s, &target, &member).await;
+    let (st, r) = act(&s, &member, &run, "cancel").await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let r = if r["state"] == "canceled" {
+        r
+    } else {
+        until_terminal(&s, &run).await
+    };
+    assert_eq!(r["state"], "canceled", "{r}");
+    assert!(events(&r).contains(&"remote_canceled"), "{r}");
+    assert_eq!(r["remote"]["remoteState"], "canceled");
+    assert_eq!(r["remote"]["followed"], false);
+
+    // 2. The agent answers cancels with 503: the cancel is pending with the failure recorded,
+    //    the run waits in cancel_requested; only the requester or an OWNER/ADMIN may retry it,
+    //    and resolve-remote is refused until recovery is exhausted.
+    peer.cancels("error").await;
+    let (run, _) = working_run(&s, &target, &member).await;
+    let (st, r) = act(&s, &member, &run, "cancel").await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "cancel_requested", "{r}");
+    let cancel = &r["remote"]["cancel"];
+    assert_eq!(cancel["state"], "pending", "{r}");
+    assert_eq!(cancel["failedAttempts"], 1);
+    assert!(cancel["lastError"].as_str().unwrap().contains("503"), "{r}");
+    assert!(events(&r).contains(&"remote_cancel_failed"), "{r}");
+    assert_eq!(
+        r["control"]["actions"]["retryCancel"]["allowed"], true,
+        "{r}"
+    );
+    assert_eq!(
+        r["control"]["actions"]["resolveRemote"]["blockReasons"][0],
+        "remote_recovery_not_exhausted"
+    );
+    assert!(
+        r["recommendedActions"][0]
+            .as_str()
+            .unwrap()
+            .contains("retry-cancel"),
+        "{r}"
+    );
+    let h = health(&s).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(reasons(&h).contains(&"remote_cancels_failing"), "{h}");
+    assert_eq!(h["remoteEscalation"]["cancelsPending"], 1);
+    assert_eq!(h["remoteEscalation"]["cancelsFailing"], 1);
+    assert_eq!(h["remoteEscalation"]["cancelsExhausted"], 0);
+    // Asking to cancel again changes nothing.
+    let (st, again) = act(&s, &member, &run, "cancel").await;
+    assert_eq!(
+        (st, &again["remote"]["cancel"]["failedAttempts"]),
+        (StatusCode::OK, &json!(1))
+    );
+    for (key, status, error) in [
+        (&viewer, StatusCode::FORBIDDEN, "insufficient_role"),
+        (&other, StatusCode::FORBIDDEN, "insufficient_role"),
+    ] {
+        let (st, e) = act(&s, key, &run, "retry-cancel").await;
+        assert_eq!((st, code(&e)), (status, error), "{e}");
+    }
+    for key in [&viewer, &member] {
+        let (st, e) = act(&s, key, &run, "reconcile").await;
+        assert_eq!(
+            (st, code(&e)),
+            (StatusCode::FORBIDDEN, "insufficient_role"),
+            "{e}"
+        );
+        let body = json!({ "resolution": "canceled", "note": "checked" });
+        let (st, e) = post(
+            &s,
+            key,
+            format!("/v1/orchestrator/runs/{run}/resolve-remote"),
+            body,
+        )
+        .await;
+        assert_eq!(
+            (st, code(&e)),
+            (StatusCode::FORBIDDEN, "insufficient_role"),
+            "{e}"
+        );
+    }
+    let body = json!({ "resolution": "canceled", "note": "checked" });
+    let (st, e) = post(
+        &s,
+        &owner,
+        format!("/v1/orchestrator/runs/{run}/resolve-remote"),
+        body,
+    )
+    .await;
+    assert_eq!(
+        (st, code(&e)),
+        (StatusCode::CONFLICT, "remote_recovery_not_exhausted"),
+        "{e}"
+    );
+    // Still failing: the retry is a second failed attempt. Then the agent recovers.
+    let (st, r) = act(&s, &member, &run, "retry-cancel").await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["remote"]["cancel"]["failedAttempts"], 2, "{r}");
+    peer.cancels("ok").await;
+    let (st, r) = act(&s, &member, &run, "retry-cancel").await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let r = if r["state"] == "canceled" {
+        r
+    } else {
+        until_terminal(&s, &run).await
+    };
+    assert_eq!(r["state"], "canceled", "{r}");
+    let (st, e) = act(&s, &member, &run, "retry-cancel").await;
+    assert_eq!(
+        (st, code(&e)),
+        (StatusCode::CONFLICT, "cancel_not_retryable"),
+        "{e}"
+    );
+    assert_eq!(e["error"]["details"]["reason"], "run_finished");
+    let h = health(&s).await;
+    assert_eq!(h["remoteEscalation"]["cancelsPending"], 0, "{h}");
+
+    // 3. The agent takes the cancel and drops it: the cancel is sent and the task keeps
+    //    working. Retry is refused while the cancel may still take effect; past the deadline
+    //    (the test's clock) the attempt counts as failed. Three failed attempts exhaust it.
+    peer.cancels("ignore").await;
+    let (run, task) = working_run(&s, &target, &owner).await;
+    let (st, r) = act(&s, &owner, &run, "cancel").await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "cancel_requested", "{r}");
+    assert_eq!(r["remote"]["cancel"]["state"], "sent", "{r}");
+    assert_eq!(r["remote"]["cancel"]["failedAttempts"], 0);
+    assert!(events(&r).contains(&"remote_cancel_sent"), "{r}");
+    let (st, e) = act(&s, &owner, &run, "retry-cancel").await;
+    assert_eq!(
+        (st, code(&e)),
+        (StatusCode::CONFLICT, "cancel_not_retryable"),
+        "{e}"
+    );
+    assert_eq!(e["error"]["details"]["reason"], "cancel_in_flight");
+    // Before the deadline a look changes nothing.
+    s.clock.advance_ms(59_000);
+    let r = reconcile(&s, &run).await;
+    assert_eq!(r["remote"]["cancel"]["state"], "sent", "{r}");
+    // Past it, the refresh job (the look is due at the deadline) counts the attempt as failed.
+    s.clock.advance_ms(1_001);
+    memesh::jobs::refresh_remote_runs(&s.state).await.unwrap();
+    let (_, r) = s.get(&format!("/v1/orchestrator/runs/{run}"), &owner).await;
+    assert_eq!(r["remote"]["cancel"]["state"], "pending", "{r}");
+    assert_eq!(r["remote"]["cancel"]["failedAttempts"], 1);
+    assert!(
+        r["remote"]["cancel"]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("accepted the cancel"),
+        "{r}"
+    );
+    for attempt in 2..=3 {
+        let (st, r) = act(&s, &owner, &run, "retry-cancel").await;
+        assert_eq!(
+            (st, &r["remote"]["cancel"]["state"]),
+            (StatusCode::OK, &json!("sent")),
+            "{r}"
+        );
+        s.clock.advance_ms(60_001);
+        let r = reconcile(&s, &run).await;
+        assert_eq!(r["remote"]["cancel"]["failedAttempts"], attempt, "{r}");
+    }
+    let (_, r) = s.get(&format!("/v1/orchestrator/runs/{run}"), &owner).await;
+    assert_eq!(r["state"], "cancel_requested", "{r}");
+    assert_eq!(r["remote"]["cancel"]["state"], "exhausted", "{r}");
+    assert!(events(&r).contains(&"remote_cancel_exhausted"), "{r}");
+    assert_eq!(
+        r["control"]["actions"]["resolveRemote"]["allowed"], true,
+        "{r}"
+    );
+    assert_eq!(
+        r["control"]["actions"]["retryCancel"]["blockReasons"][0],
+        "cancel_exhausted"
+    );
+    assert!(
+        r["recommendedActions"][0]
+            .as_str()
+            .unwrap()
+            .contains("resolve-remote"),
+        "{r}"
+    );
+    let h = health(&s).await;
+    assert_eq!(h["status"], "attention", "{h}");
+    assert!(reasons(&h).contains(&"runs_need_operator"), "{h}");
+    assert_eq!(h["remoteEscalation"]["cancelsExhausted"], 1);
+    assert_eq!(h["remoteEscalation"]["runsNeedingOperator"], 1);
+    assert_eq!(h["attentionBacklog"]["runsNeedingOperator"], 1);
+    let (st, e) = act(&s, &owner, &run, "retry-cancel").await;
+    assert_eq!(
+        (st, code(&e)),
+        (StatusCode::CONFLICT, "cancel_not_retryable"),
+        "{e}"
+    );
+    assert_eq!(e["error"]["details"]["reason"], "cancel_exhausted");
+    // The operator's resolution: guarded by the remote record's timestamp, validated, audited.
+    let path = format!("/v1/orchestrator/runs/{run}/resolve-remote");
+    let stale = json!({ "resolution": "canceled", "note": "n", "expectedRuntimeUpdatedAt": "2020-01-01T00:00:00.000Z" });
+    let (st, e) = post(&s, &owner, path.clone(), stale).await;
+    assert_eq!(
+        (st, code(&e)),
+        (StatusCode::CONFLICT, "stale_runtime_snapshot"),
+        "{e}"
+    );
+    for bad in [
+        json!({ "resolution": "vanished", "note": "n" }),
+        json!({ "resolution": "canceled" }),
+        json!({ "resolution": "canceled", "note": "" }),
+        json!({ "resolution": "canceled", "note": "n", "expectedRuntimeUpdatedAt": "yesterday" }),
+    ] {
+        let (st, e) = post(&s, &owner, path.clone(), bad.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad} → {e}");
+    }
+    let token = r["remote"]["runtimeUpdatedAt"].clone();
+    let body = json!({ "resolution": "canceled", "note": "プロバイダに確認: 停止済み",
+                       "expectedRuntimeUpdatedAt": token });
+    let (st, r) = post(&s, &owner, path.clone(), body.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "canceled");
+    assert_eq!(
+        r["result"]["operatorResolution"]["note"],
+        "プロバイダに確認: 停止済み"
+    );
+    assert_eq!(r["remote"]["cancel"]["state"], "resolved");
+    assert_eq!(r["remote"]["followed"], false);
+    assert!(events(&r).contains(&"remote_resolved"), "{r}");
+    let (st, e) = post(&s, &owner, path, body).await;
+    assert_eq!(
+        (st, code(&e)),
+        (StatusCode::CONFLICT, "invalid_run_state"),
+        "{e}"
+    );
+    let (_, audit) = s
+        .get(
+            "/v1/audit/logs?action=orchestrator.run.resolve_remote",
+            &owner,
+        )
+        .await;
+    assert_eq!(audit["logs"].as_array().map(Vec::len), Some(1), "{audit}");
+    let h = health(&s).await;
+    assert_eq!(h["remoteEscalation"]["runsNeedingOperator"], 0, "{h}");
+    // The task still runs on the agent (it dropped every cancel); memesh no longer follows it.
+    peer.release(&task).await;
+
+    // 4. Late terminal truth: a lost cancel times out, then the agent completes the task; the
+    //    next look makes the run succeeded and says why.
+    let (run, task) = working_run(&s, &target, &owner).await;
+    let (st, _) = act(&s, &owner, &run, "cancel").await;
+    assert_eq!(st, StatusCode::OK);
+    s.clock.advance_ms(60_001);
+    let r = reconcile(&s, &run).await;
+    assert_eq!(r["remote"]["cancel"]["failedAttempts"], 1, "{r}");
+    peer.release(&task).await;
+    let r = until_terminal(&s, &run).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["reconciled"]["changed"], true);
+    assert!(events(&r).contains(&"remote_completed_after_cancel"), "{r}");
+    assert_eq!(r["result"][0]["parts"][0]["text"], "echo: 長い仕事");
+    let again = reconcile(&s, &run).await;
+    assert_eq!(again["reconciled"]["changed"], false);
+    let h = health(&s).await;
+    assert_eq!(h["status"], "ok", "{h}");
+    peer.cancels("ok").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_cancels_on_an_a2a_1_0_agent() {
+    remote_cancels(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_cancels_on_an_a2a_0_3_agent() {
+    remote_cancels(&["--only-0.3"]).await;
+}
+
+/// A run canceled before the agent accepted its message: memesh stops sending it and the run
+/// is canceled at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_run_canceled_before_the_agent_accepts_it() {
+    let peer = Peer::start(&[]);
+    let s = TestServer::start().await;
+    let target = remote_target(&s, &peer, "gone").await;
+    drop(peer); // the agent is gone: the message cannot be delivered
+    let r = run_on(&s, &target, json!("never delivered")).await;
+    assert_eq!(r["state"], "dispatched", "{r}");
+    assert!(r["remote"]["taskId"].is_null(), "{r}");
+    assert_eq!(r["remote"]["consecutiveFailures"], 1, "{r}");
+    let h = health(&s).await;
+    assert_eq!(h["remoteEscalation"]["unreachableRuns"], 1, "{h}");
+    assert!(reasons(&h).contains(&"remote_runs_unreachable"), "{h}");
+    let run = r["id"].as_str().unwrap();
+    let (st, r) = act(&s, &s.owner_key, run, "cancel").await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "canceled", "{r}");
+    assert_eq!(r["remote"]["followed"], false);
+    assert_eq!(
+        memesh::jobs::refresh_remote_runs(&s.state).await.unwrap(),
+        0
+    );
+    let h = health(&s).await;
+    assert_eq!(h["remoteEscalation"]["unreachableRuns"], 0, "{h}");
 }

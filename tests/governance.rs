@@ -95,22 +95,19 @@ async fn registration_and_card_validation() {
     let inline = create(&s, &k, json!({ "name": "echo", "kind": "REMOTE_A2A", "agentCard": card("https://agent.example/a2a") })).await;
     assert_eq!(inline["compatibility"]["cardShape"], "a2a-1.0");
     assert_eq!(inline["compatibility"]["protocolVersion"], "1.0");
-    // The agent can cancel (a core A2A method); memesh dispatches and follows, not yet cancels.
+    // The agent can cancel (a core A2A method), and memesh dispatches, follows and cancels.
     assert_eq!(inline["compatibility"]["agentCanCancel"], true);
-    assert_eq!(inline["compatibility"]["canCancel"], false);
+    assert_eq!(inline["compatibility"]["canCancel"], true);
     assert_eq!(
         (
             inline["remoteControl"]["canDispatch"].as_bool(),
             inline["remoteControl"]["canCancel"].as_bool(),
             inline["remoteControl"]["canRefresh"].as_bool(),
-            inline["remoteControl"]["blockedBy"][0].as_str()
+            inline["remoteControl"]["blockedBy"]
+                .as_array()
+                .map(Vec::len)
         ),
-        (
-            Some(true),
-            Some(false),
-            Some(true),
-            Some("remote_cancel_unavailable")
-        )
+        (Some(true), Some(true), Some(true), Some(0))
     );
     assert_eq!(
         inline["remoteControl"]["endpointUrl"],

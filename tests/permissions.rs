@@ -407,7 +407,7 @@ fn rows() -> Vec<Row> {
         row(
             M::POST,
             "/v1/orchestrator/runs/{id}/retry-cancel",
-            user(Admin, RunsWrite),
+            user(Member, RunsWrite),
             ("/v1/orchestrator/runs/{run}/retry-cancel", None, 409),
             Some(("/v1/orchestrator/runs/{run}/retry-cancel", None)),
         ),
@@ -415,8 +415,15 @@ fn rows() -> Vec<Row> {
             M::POST,
             "/v1/orchestrator/runs/{id}/resolve-remote",
             user(Admin, RunsWrite),
-            ("/v1/orchestrator/runs/{run}/resolve-remote", None, 409),
-            Some(("/v1/orchestrator/runs/{run}/resolve-remote", None)),
+            (
+                "/v1/orchestrator/runs/{run}/resolve-remote",
+                Some(json!({ "resolution": "canceled", "note": "checked with the provider" })),
+                409,
+            ),
+            Some((
+                "/v1/orchestrator/runs/{run}/resolve-remote",
+                Some(json!({ "resolution": "canceled", "note": "checked with the provider" })),
+            )),
         ),
         row(
             M::GET,

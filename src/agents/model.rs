@@ -244,9 +244,9 @@ fn compatibility(t: &Target, agent_keys: i64) -> Value {
                 "cardShape": t.card_shape,
                 "protocolVersion": t.protocol_version,
                 "endpointUrl": t.endpoint_url,
-                // What memesh can do: dispatch runs and follow their tasks (tasks/get), not yet
-                // cancel them.
-                "canCancel": false,
+                // What memesh can do with this agent: dispatch runs, follow their tasks
+                // (GetTask / tasks/get) and cancel them (CancelTask / tasks/cancel).
+                "canCancel": t.endpoint_url.is_some(),
                 "canRefresh": t.endpoint_url.is_some(),
                 // What the agent offers: tasks/cancel and tasks/get are core A2A methods over
                 // every HTTP binding.
@@ -293,12 +293,16 @@ pub fn target_view(t: &Target, agent_keys: i64, full: bool) -> Value {
                 v["remoteControl"] = json!({
                     "endpointUrl": t.endpoint_url,
                     "canDispatch": t.endpoint_url.is_some(),
-                    "canCancel": false,
+                    "canCancel": t.endpoint_url.is_some(),
                     "canRefresh": t.endpoint_url.is_some(),
-                    "blockedBy": ["remote_cancel_unavailable"],
-                    "guidance": "memesh sends runs to this agent and follows their tasks (refresh \
-                        in the background, reconcile on demand); this version cannot cancel a \
-                        remote task",
+                    "blockedBy": if t.endpoint_url.is_some() { json!([]) } else { json!(["no_endpoint"]) },
+                    "guidance": if t.endpoint_url.is_some() {
+                        "memesh sends runs to this agent over A2A, follows their tasks (refresh in \
+                         the background, reconcile on demand) and cancels them (retried on \
+                         failure; an OWNER or ADMIN resolves a run whose cancel attempts are spent)"
+                    } else {
+                        "the agent's card names no endpoint: memesh cannot send it runs"
+                    },
                     "agentCanCancel": t.endpoint_url.is_some(),
                     "agentCanRefresh": t.endpoint_url.is_some(),
                     "probe": t.runtime.probe,

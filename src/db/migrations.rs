@@ -295,6 +295,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX remote_tasks_due ON remote_tasks(done, next_check_at);
     "#,
+    // 10: cancels of remote tasks: where each stands (NULL: none asked), the failed attempts and
+    // the last failure, when a cancel the agent accepted must have taken effect, and when the
+    // remote record last changed (the CAS token of resolve-remote).
+    r#"
+    ALTER TABLE remote_tasks ADD COLUMN cancel_state TEXT
+        CHECK (cancel_state IN ('pending', 'sent', 'exhausted', 'resolved'));
+    ALTER TABLE remote_tasks ADD COLUMN cancel_requested_at INTEGER;
+    ALTER TABLE remote_tasks ADD COLUMN cancel_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE remote_tasks ADD COLUMN cancel_error TEXT;
+    ALTER TABLE remote_tasks ADD COLUMN cancel_deadline INTEGER;
+    ALTER TABLE remote_tasks ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;
+    UPDATE remote_tasks SET updated_at = COALESCE(last_seen_at, next_check_at);
+    CREATE INDEX remote_tasks_tenant ON remote_tasks(tenant_id, done);
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

@@ -149,7 +149,7 @@ fn v1() -> Table {
         .on(M::POST, "/orchestrator/runs/{id}/approvals/{approval_id}/approve", RunsAdmin, orchestrator::runs::approve)
         .on(M::POST, "/orchestrator/runs/{id}/approvals/{approval_id}/reject", RunsAdmin, orchestrator::runs::reject)
         .on(M::POST, "/orchestrator/runs/{id}/reconcile", RunsAdmin, orchestrator::runs::reconcile)
-        .on(M::POST, "/orchestrator/runs/{id}/retry-cancel", RunsAdmin, orchestrator::runs::retry_cancel)
+        .on(M::POST, "/orchestrator/runs/{id}/retry-cancel", RunsWrite, orchestrator::runs::retry_cancel)
         .on(M::POST, "/orchestrator/runs/{id}/resolve-remote", RunsAdmin, orchestrator::runs::resolve_remote)
         .on(M::GET, "/orchestrator/runtime-health", RunsRead, orchestrator::health::runtime_health)
         // Memory

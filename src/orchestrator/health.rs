@@ -4,9 +4,10 @@
 //! the attention backlog (approvals, blocked runs) and the background jobs, with an overall
 //! status and the reasons for it:
 //! - `degraded`: work is not moving: a local target has queued work and no live worker, a
-//!   remote target fails its probes past the threshold, or a background job is failing or late;
+//!   remote target fails its probes past the threshold, a remote run's agent does not answer, a
+//!   remote cancel keeps failing, or a background job is failing or late;
 //! - `attention`: work waits on people: approvals, open incidents, pending reviews, runs blocked
-//!   by governance;
+//!   by governance, remote runs whose cancel attempts are spent (an operator resolves them);
 //! - `ok`: neither.
 //!
 //! Composition at the edge: it reads the agents, keys and orchestrator stores and the job board.
@@ -53,7 +54,7 @@ pub async fn runtime_health(
 ) -> ApiResult<axum::Json<Value>> {
     let tenant = grant.tenant().clone();
     let now = grant.now();
-    let (all, queues, key_use, (approvals, oldest_approval, blocked_runs)) = state
+    let (all, queues, key_use, (approvals, oldest_approval, blocked_runs), tally) = state
         .db
         .read(move |c| {
             Ok((
@@ -61,6 +62,7 @@ pub async fn runtime_health(
                 store::queue_health(c, &tenant, now)?,
                 keys::bound_last_used(c, &tenant, now)?,
                 store::attention(c, &tenant)?,
+                store::remote_tally(c, &tenant)?,
             ))
         })
         .await?;
@@ -166,6 +168,36 @@ pub async fn runtime_health(
             }));
         }
     }
+    if tally.unreachable > 0 {
+        degraded.push(reason(
+            "remote_runs_unreachable",
+            format!(
+                "{} remote runs' agents did not answer the last look; memesh keeps trying with backoff",
+                tally.unreachable
+            ),
+            None,
+        ));
+    }
+    if tally.cancels_failing > 0 {
+        degraded.push(reason(
+            "remote_cancels_failing",
+            format!(
+                "{} cancels of remote tasks failed and are being retried (POST …/retry-cancel retries one now)",
+                tally.cancels_failing
+            ),
+            None,
+        ));
+    }
+    if tally.cancels_exhausted > 0 {
+        attention.push(reason(
+            "runs_need_operator",
+            format!(
+                "{} remote runs could not be canceled and need an OWNER or ADMIN to resolve them (POST …/resolve-remote)",
+                tally.cancels_exhausted
+            ),
+            None,
+        ));
+    }
     if approvals > 0 {
         attention.push(reason(
             "approvals_waiting",
@@ -223,11 +255,11 @@ pub async fn runtime_health(
         "remoteEscalation": {
             "remoteTargets": remote,
             "failingTargets": unreachable,
-            // This version does not send remote cancels: nothing can wait on one, or on an
-            // operator's resolution of one, yet.
-            "cancelsPending": 0,
-            "cancelsExhausted": 0,
-            "runsNeedingOperator": 0,
+            "unreachableRuns": tally.unreachable,
+            "cancelsPending": tally.cancels_pending,
+            "cancelsFailing": tally.cancels_failing,
+            "cancelsExhausted": tally.cancels_exhausted,
+            "runsNeedingOperator": tally.cancels_exhausted,
         },
         "targetGovernance": {
             "held": held,
@@ -238,7 +270,7 @@ pub async fn runtime_health(
             "approvalsWaiting": approvals,
             "oldestApprovalSince": oldest_approval,
             "blockedRuns": blocked_runs,
-            "runsNeedingOperator": 0,
+            "runsNeedingOperator": tally.cancels_exhausted,
         },
         "jobs": job_view,
     })))

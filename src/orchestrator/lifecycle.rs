@@ -10,7 +10,11 @@
 //!                        └─lease lapse─▶ dispatched (next attempt) │ failed (attempts spent)
 //! awaiting_approval ─reject─▶ rejected;   anything unfinished and unclaimed ─cancel─▶ canceled
 //! remote: dispatched ─agent accepts─▶ running ─task completed─▶ succeeded
-//!                                       └─failed/rejected─▶ failed, canceled─▶ canceled
+//!                                       ├─failed/rejected─▶ failed, canceled─▶ canceled
+//!                                       └─cancel─▶ cancel_requested (cancel pending ─sent─▶ sent
+//!            ─task canceled─▶ canceled; failure or deadline ─▶ pending again, retried ─…─▶
+//!            exhausted ─resolve-remote─▶ the operator's resolution); late terminal truth
+//!            (completed, failed, canceled) wins at every step before the resolution
 //! ```
 
 use serde_json::{Value, json};
@@ -27,7 +31,10 @@ use crate::auth::{Permission, Write};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::ids::{ApprovalId, ExecutionId, RunId, TargetId};
 
-use super::model::{ApprovalState, Execution, ExecutionState, Run, RunState};
+use super::model::{
+    ApprovalState, CancelProgress, CancelState, Execution, ExecutionState, RemoteTaskRow,
+    Resolution, Run, RunState,
+};
 use super::store::{self, Ending, ExpiredLease};
 
 /// Moves a run to `to`, appends the event and the audit row.
@@ -116,9 +123,25 @@ fn dispatch_or_block<P: Permission>(
     )
 }
 
+/// Which call a look at a remote task made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// The message was sent (the agent had not accepted it yet).
+    Send,
+    /// The task was read.
+    Get,
+    /// A cancel of the task was sent.
+    Cancel,
+}
+
 /// What one look at a remote task gave.
-pub enum RemoteOutcome {
-    Seen(RemoteTask),
+pub struct RemoteOutcome {
+    pub call: Call,
+    pub seen: Seen,
+}
+
+pub enum Seen {
+    Task(RemoteTask),
     /// No answer (`transient`: a timeout or transport failure, worth another try) or a refusal.
     Failed {
         error: String,
@@ -126,19 +149,125 @@ pub enum RemoteOutcome {
     },
 }
 
+/// How remote tasks are followed: from the server's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteRules {
+    /// How often an unfinished task is read, in ms.
+    pub every_ms: i64,
+    /// Failed cancel attempts after which memesh stops and an operator decides.
+    pub cancel_attempts: i64,
+    /// How long a cancel the agent accepted may take to stop the task, in ms.
+    pub cancel_timeout_ms: i64,
+}
+
 /// The longest wait between two looks at a remote task that keeps failing.
 const MAX_REMOTE_BACKOFF_MS: i64 = 5 * 60 * 1000;
 
+/// `every_ms` doubled `n` times (at most five minutes), plus up to a quarter of jitter.
+fn backoff(every_ms: i64, n: i64) -> i64 {
+    let exp = n.clamp(0, 10) as u32;
+    let wait = every_ms
+        .saturating_mul(1_i64 << exp)
+        .min(MAX_REMOTE_BACKOFF_MS);
+    wait + rand::random_range(0..=wait / 4)
+}
+
+/// Counts a failed cancel attempt: memesh retries it (backing off) until the attempts are
+/// spent, then the run needs an operator.
+fn cancel_failed<P: Permission>(
+    w: &Write<'_, P>,
+    run: &Run,
+    row: &mut RemoteTaskRow,
+    error: String,
+    rules: RemoteRules,
+) -> ApiResult<()> {
+    row.cancel.attempts += 1;
+    row.cancel.error = Some(error.clone());
+    row.cancel.deadline = None;
+    let detail = json!({ "attempt": row.cancel.attempts, "maxAttempts": rules.cancel_attempts,
+                         "error": error });
+    if row.cancel.attempts >= rules.cancel_attempts {
+        row.cancel.state = Some(CancelState::Exhausted);
+        row.next_check_at = w
+            .now()
+            .plus_ms(backoff(rules.every_ms, row.cancel.attempts));
+        store::append_event(w, &run.id, "remote_cancel_exhausted", &detail)?;
+        audit::append(
+            w,
+            &AuditEvent::success(
+                "orchestrator.run.remote_cancel_exhausted",
+                "run",
+                run.id.as_str(),
+                detail,
+            ),
+        )
+    } else {
+        row.cancel.state = Some(CancelState::Pending);
+        row.next_check_at = w
+            .now()
+            .plus_ms(backoff(rules.every_ms, row.cancel.attempts));
+        store::append_event(w, &run.id, "remote_cancel_failed", &detail)
+    }
+}
+
+/// A run canceled before the agent accepted its message, whose message the agent then
+/// accepted after all (the send was in flight): the task is canceled on the agent too, as far
+/// as memesh can; the run stays canceled.
+fn follow_up_orphan<P: Permission>(
+    w: &Write<'_, P>,
+    run: &Run,
+    row: &mut RemoteTaskRow,
+    outcome: RemoteOutcome,
+    rules: RemoteRules,
+) -> ApiResult<()> {
+    match (outcome.call, outcome.seen) {
+        (Call::Send, Seen::Task(task)) if !task.state.is_terminal() && !row.accepted() => {
+            row.task_id = task.id;
+            row.context_id = task.context_id;
+            row.cancel = CancelProgress {
+                state: Some(CancelState::Pending),
+                requested_at: Some(w.now()),
+                ..CancelProgress::default()
+            };
+            row.done = false;
+            row.next_check_at = w.now();
+            let detail = json!({ "remoteTaskId": row.task_id });
+            store::append_event(w, &run.id, "remote_accepted_after_cancel", &detail)?;
+        }
+        (Call::Cancel, Seen::Failed { error, .. })
+            if row.cancel.attempts + 1 < rules.cancel_attempts =>
+        {
+            row.cancel.attempts += 1;
+            row.cancel.error = Some(error);
+            row.next_check_at = w
+                .now()
+                .plus_ms(backoff(rules.every_ms, row.cancel.attempts));
+        }
+        (Call::Cancel, seen) => {
+            row.done = true;
+            let detail = match seen {
+                Seen::Task(t) => json!({ "remoteState": t.state.as_str() }),
+                Seen::Failed { error, .. } => json!({ "error": error, "gaveUp": true }),
+            };
+            store::append_event(w, &run.id, "remote_orphan_cancel", &detail)?;
+        }
+        _ => row.done = true,
+    }
+    store::save_remote(w, row)
+}
+
 /// Applies what was seen of a run's remote task: the run follows the remote state (accepted →
 /// running; completed → succeeded with the task's artifacts; failed or rejected → failed;
-/// canceled → canceled), each change an event; a failed look is recorded and the next one
-/// backs off (doubling, with jitter, up to five minutes). A terminal run stays as it is.
-/// `every_ms`: how often an unfinished task is looked at. Returns what changed, for the caller.
+/// canceled → canceled), each change an event. Late terminal truth wins over a cancel that
+/// failed or timed out. A failed look is recorded and the next one backs off (doubling, with
+/// jitter, up to five minutes); a failed cancel counts an attempt, and a cancel the agent
+/// accepted that has not stopped the task by its deadline counts as failed. A terminal run
+/// stays as it is. Returns what changed, for the caller.
 pub fn apply_remote<P: Permission>(
     w: &Write<'_, P>,
     run_id: &RunId,
     outcome: RemoteOutcome,
-    every_ms: i64,
+    rules: RemoteRules,
 ) -> ApiResult<Value> {
     let mut run = store::load_run(w, w.tenant(), run_id)?;
     let mut row = store::load_remote(w, run_id)?.ok_or_else(|| {
@@ -149,14 +278,18 @@ pub fn apply_remote<P: Permission>(
     })?;
     let now = w.now();
     let before = run.state;
-    match outcome {
-        RemoteOutcome::Failed { error, transient } => {
+    if run.state.is_terminal() {
+        follow_up_orphan(w, &run, &mut row, outcome, rules)?;
+        return Ok(summary(&run, before, &row));
+    }
+    match outcome.seen {
+        Seen::Failed { error, transient } => {
             row.failures += 1;
             row.last_error = Some(error.clone());
-            if !transient && row.task_id.is_none() && !run.state.is_terminal() {
+            if !transient && outcome.call == Call::Send {
                 // The agent refused the message: nothing runs there.
                 row.done = true;
-                store::save_remote(w, &row)?;
+                store::save_remote(w, &mut row)?;
                 run.result = Some(json!({ "error": error }));
                 transition(
                     w,
@@ -165,26 +298,22 @@ pub fn apply_remote<P: Permission>(
                     "remote_refused",
                     json!({ "error": error }),
                 )?;
-            } else {
-                let exp = row.failures.clamp(0, 16) as u32;
-                let backoff = every_ms
-                    .saturating_mul(1_i64 << exp.min(10))
-                    .min(MAX_REMOTE_BACKOFF_MS);
-                let jitter = rand::random_range(0..=backoff / 4);
-                row.next_check_at = now.plus_ms(backoff + jitter);
-                row.done = run.state.is_terminal();
-                store::save_remote(w, &row)?;
-                if row.failures == 1 {
-                    store::append_event(
-                        w,
-                        &run.id,
-                        "remote_unreachable",
-                        &json!({ "error": error, "transient": transient }),
-                    )?;
-                }
+                return Ok(summary(&run, before, &row));
+            }
+            row.next_check_at = now.plus_ms(backoff(rules.every_ms, row.failures));
+            if row.failures == 1 {
+                store::append_event(
+                    w,
+                    &run.id,
+                    "remote_unreachable",
+                    &json!({ "error": error, "transient": transient, "call": format!("{:?}", outcome.call) }),
+                )?;
+            }
+            if outcome.call == Call::Cancel {
+                cancel_failed(w, &run, &mut row, error, rules)?;
             }
         }
-        RemoteOutcome::Seen(task) => {
+        Seen::Task(task) => {
             let state = task.state.as_str();
             let changed = row.remote_state.as_deref() != Some(state);
             if task.id.is_some() {
@@ -198,40 +327,78 @@ pub fn apply_remote<P: Permission>(
             row.last_seen_at = Some(now);
             row.last_error = None;
             row.failures = 0;
-            row.next_check_at = now.plus_ms(every_ms);
-            row.done = task.state.is_terminal() || run.state.is_terminal();
-            store::save_remote(w, &row)?;
-            let detail = json!({ "remoteState": state, "remoteTaskId": row.task_id });
-            if !run.state.is_terminal() {
-                match task.state {
-                    RemoteState::Completed => {
-                        run.result = Some(task.output);
-                        transition(w, &mut run, RunState::Succeeded, "remote_completed", detail)?;
-                    }
-                    RemoteState::Failed | RemoteState::Rejected => {
-                        run.result = Some(json!({ "remoteState": state, "output": task.output }));
-                        transition(w, &mut run, RunState::Failed, "remote_failed", detail)?;
-                    }
-                    RemoteState::Canceled => {
-                        transition(w, &mut run, RunState::Canceled, "remote_canceled", detail)?;
-                    }
-                    _ if run.state == RunState::Dispatched => {
-                        transition(w, &mut run, RunState::Running, "remote_accepted", detail)?;
-                    }
-                    _ if changed => store::append_event(w, &run.id, "remote_state", &detail)?,
-                    _ => {}
+            row.next_check_at = now.plus_ms(rules.every_ms);
+            row.done = task.state.is_terminal();
+            let mut detail = json!({ "remoteState": state, "remoteTaskId": row.task_id });
+            if let Some(c) = row.cancel.state {
+                detail["cancel"] = json!({ "state": c, "failedAttempts": row.cancel.attempts,
+                                           "lastError": row.cancel.error });
+            }
+            match task.state {
+                RemoteState::Completed => {
+                    run.result = Some(task.output);
+                    let event = if row.cancel.state.is_some() {
+                        detail["message"] = json!(
+                            "the agent completed the task after memesh asked it to cancel; the completion is what happened, so the run succeeded"
+                        );
+                        "remote_completed_after_cancel"
+                    } else {
+                        "remote_completed"
+                    };
+                    transition(w, &mut run, RunState::Succeeded, event, detail)?;
                 }
+                RemoteState::Failed | RemoteState::Rejected => {
+                    run.result = Some(json!({ "remoteState": state, "output": task.output }));
+                    transition(w, &mut run, RunState::Failed, "remote_failed", detail)?;
+                }
+                RemoteState::Canceled => {
+                    transition(w, &mut run, RunState::Canceled, "remote_canceled", detail)?;
+                }
+                _ if outcome.call == Call::Cancel => {
+                    // Accepted; the task has not stopped yet. It must by the deadline.
+                    let deadline = now.plus_ms(rules.cancel_timeout_ms);
+                    row.cancel.state = Some(CancelState::Sent);
+                    row.cancel.deadline = Some(deadline);
+                    detail["deadline"] = json!(deadline);
+                    store::append_event(w, &run.id, "remote_cancel_sent", &detail)?;
+                }
+                _ if run.state == RunState::Dispatched => {
+                    transition(w, &mut run, RunState::Running, "remote_accepted", detail)?;
+                }
+                _ if changed => store::append_event(w, &run.id, "remote_state", &detail)?,
+                _ => {}
             }
         }
     }
-    Ok(json!({
+    if !run.state.is_terminal()
+        && row.cancel.state == Some(CancelState::Sent)
+        && let Some(deadline) = row.cancel.deadline
+    {
+        if now >= deadline {
+            let error = format!(
+                "the agent accepted the cancel but the task was still {} at {deadline}",
+                row.remote_state.as_deref().unwrap_or("unknown")
+            );
+            cancel_failed(w, &run, &mut row, error, rules)?;
+        } else if row.next_check_at > deadline {
+            row.next_check_at = deadline;
+        }
+    }
+    store::save_remote(w, &mut row)?;
+    Ok(summary(&run, before, &row))
+}
+
+/// What a look changed, for the caller.
+fn summary(run: &Run, before: RunState, row: &RemoteTaskRow) -> Value {
+    json!({
         "from": before,
         "to": run.state,
         "changed": before != run.state,
         "remoteState": row.remote_state,
         "remoteTaskId": row.task_id,
         "lastError": row.last_error,
-    }))
+        "cancelState": row.cancel.state,
+    })
 }
 
 /// Creates a run on `target`, or returns the run an earlier request with the same idempotency
@@ -347,19 +514,11 @@ pub fn decide(
 /// their own run; `any` (OWNER, ADMIN) lets the caller cancel anyone's.
 pub fn cancel(w: &Write<'_, RunsWrite>, run_id: &RunId, any: bool) -> ApiResult<Run> {
     let mut run = store::load_run(w, w.tenant(), run_id)?;
-    if !any && w.user() != Some(&run.requested_by) {
-        return Err(ApiError::new(
-            Code::InsufficientRole,
-            "only the requester or an OWNER or ADMIN may cancel this run",
-        ));
-    }
-    if !run.state.is_terminal() && store::load_remote(w, run_id)?.is_some() {
-        // Sent to a remote agent: only the agent can stop it, and this version does not send
-        // A2A cancels yet. Saying canceled here would be untrue.
-        return Err(ApiError::new(
-            Code::InvalidRunState,
-            "the run was sent to a remote A2A agent, and this version of memesh cannot cancel a remote task; POST …/reconcile shows where it stands",
-        ));
+    may_cancel(w, &run, any)?;
+    if !run.state.is_terminal()
+        && let Some(mut row) = store::load_remote(w, run_id)?
+    {
+        return cancel_remote(w, run, &mut row);
     }
     match run.state {
         s if s.is_terminal() => Err(ApiError::new(
@@ -386,6 +545,151 @@ pub fn cancel(w: &Write<'_, RunsWrite>, run_id: &RunId, any: bool) -> ApiResult<
             Ok(run)
         }
     }
+}
+
+/// Cancel of a run sent to a remote agent. Not accepted yet: memesh stops sending the message
+/// and the run is canceled here. Accepted: the cancel is recorded as pending (the run is
+/// `cancel_requested`) and sent after the commit; asking again changes nothing.
+fn cancel_remote(
+    w: &Write<'_, RunsWrite>,
+    mut run: Run,
+    row: &mut RemoteTaskRow,
+) -> ApiResult<Run> {
+    if run.state == RunState::CancelRequested {
+        return Ok(run);
+    }
+    if !row.accepted() {
+        row.done = true;
+        store::save_remote(w, row)?;
+        let detail = json!({ "before": "remote_accept", "messageId": row.message_id });
+        transition(w, &mut run, RunState::Canceled, "canceled", detail)?;
+        return Ok(run);
+    }
+    row.cancel = CancelProgress {
+        state: Some(CancelState::Pending),
+        requested_at: Some(w.now()),
+        ..CancelProgress::default()
+    };
+    row.next_check_at = w.now();
+    store::save_remote(w, row)?;
+    let detail = json!({ "remoteTaskId": row.task_id });
+    transition(
+        w,
+        &mut run,
+        RunState::CancelRequested,
+        "cancel_requested",
+        detail,
+    )?;
+    Ok(run)
+}
+
+/// The requester, or an OWNER or ADMIN (`any`), may cancel a run and retry its cancel.
+fn may_cancel(w: &Write<'_, RunsWrite>, run: &Run, any: bool) -> ApiResult<()> {
+    if !any && w.user() != Some(&run.requested_by) {
+        return Err(ApiError::new(
+            Code::InsufficientRole,
+            "only the requester or an OWNER or ADMIN may cancel this run",
+        ));
+    }
+    Ok(())
+}
+
+/// A remote run's task, or 409 for a local run.
+fn remote_of<P: Permission>(w: &Write<'_, P>, run: &Run) -> ApiResult<RemoteTaskRow> {
+    store::load_remote(w, &run.id)?.ok_or_else(|| {
+        let (code, why) = refusal(run, None);
+        ApiError::new(Code::InvalidRunState, why).with_details(json!({ "reason": code }))
+    })
+}
+
+fn refusal(run: &Run, row: Option<&RemoteTaskRow>) -> (&'static str, String) {
+    super::model::remote_refusal(run, row, "do")
+}
+
+/// Makes a failed remote cancel due now; the caller sends it after the commit. Allowed only
+/// while the cancel is pending with a failed attempt (409 `cancel_not_retryable` otherwise).
+pub fn retry_cancel(w: &Write<'_, RunsWrite>, run_id: &RunId, any: bool) -> ApiResult<Run> {
+    let run = store::load_run(w, w.tenant(), run_id)?;
+    may_cancel(w, &run, any)?;
+    let mut row = remote_of(w, &run)?;
+    if run.state.is_terminal() || !row.cancel_retryable() {
+        let (reason, why) = refusal(&run, Some(&row));
+        return Err(ApiError::new(Code::CancelNotRetryable, why).with_details(
+            json!({ "reason": reason, "runState": run.state, "cancelState": row.cancel.state }),
+        ));
+    }
+    row.next_check_at = w.now();
+    store::save_remote(w, &mut row)?;
+    let detail = json!({ "by": w.user(), "failedAttempts": row.cancel.attempts });
+    store::append_event(w, run_id, "retry_cancel", &detail)?;
+    audit::append(
+        w,
+        &AuditEvent::success(
+            "orchestrator.run.retry_cancel",
+            "run",
+            run_id.as_str(),
+            detail,
+        ),
+    )?;
+    Ok(run)
+}
+
+/// An operator's resolution of a remote run whose cancel attempts are spent: the run becomes
+/// terminal as the operator says, with their note; memesh stops following the task. Guarded by
+/// the remote record's `runtimeUpdatedAt` when given.
+pub fn resolve_remote(
+    w: &Write<'_, RunsAdmin>,
+    run_id: &RunId,
+    resolution: Resolution,
+    note: &str,
+    expected: Option<crate::clock::Timestamp>,
+) -> ApiResult<Run> {
+    let mut run = store::load_run(w, w.tenant(), run_id)?;
+    let mut row = remote_of(w, &run)?;
+    if run.state.is_terminal() {
+        let (_, why) = refusal(&run, Some(&row));
+        return Err(ApiError::new(Code::InvalidRunState, why));
+    }
+    if row.cancel.state != Some(CancelState::Exhausted) {
+        let (reason, why) = refusal(&run, Some(&row));
+        return Err(ApiError::new(Code::RemoteRecoveryNotExhausted, why)
+            .with_details(json!({ "reason": reason, "cancelState": row.cancel.state })));
+    }
+    if let Some(expected) = expected
+        && expected != row.updated_at
+    {
+        return Err(ApiError::new(
+            Code::StaleRuntimeSnapshot,
+            "the run's remote record changed since you read it; read it again and decide on what it says now",
+        )
+        .with_details(json!({ "runtimeUpdatedAt": row.updated_at })));
+    }
+    row.cancel.state = Some(CancelState::Resolved);
+    row.done = true;
+    store::save_remote(w, &mut row)?;
+    let detail = json!({
+        "resolution": resolution.run_state(), "note": note, "by": w.user(),
+        "failedCancelAttempts": row.cancel.attempts, "lastCancelError": row.cancel.error,
+        "lastRemoteState": row.remote_state,
+    });
+    run.result = Some(json!({ "operatorResolution": detail }));
+    transition(
+        w,
+        &mut run,
+        resolution.run_state(),
+        "remote_resolved",
+        detail.clone(),
+    )?;
+    audit::append(
+        w,
+        &AuditEvent::success(
+            "orchestrator.run.resolve_remote",
+            "run",
+            run_id.as_str(),
+            detail,
+        ),
+    )?;
+    Ok(run)
 }
 
 /// An agent's worker and the execution it acts on with its claim token.

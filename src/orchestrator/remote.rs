@@ -1,25 +1,45 @@
-//! Runs on remote A2A agents: one look at a run's remote task (sent if it was not yet, read
-//! otherwise), made outside any transaction; what it saw is applied by
+//! Runs on remote A2A agents: one look at a run's remote task (sent if it was not yet, its
+//! cancel sent if one is pending, read otherwise), made outside any transaction; what it saw is applied by
 //! [`super::lifecycle::apply_remote`] in the caller's mutation.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::agents::a2a::{A2aClient, Protocol};
+use crate::agents::a2a::{A2aClient, A2aError, Protocol};
 use crate::error::ApiResult;
 use crate::ids::{RunId, TenantId};
 use crate::state::AppState;
 
-use super::lifecycle::RemoteOutcome;
-use super::model::Run;
-use super::store::{self, RemoteTaskRow};
+use super::lifecycle::{Call, RemoteOutcome, RemoteRules, Seen};
+use super::model::{CancelState, RemoteTaskRow, Run};
+use super::store;
 
 /// How long one call to an agent may take.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Sends the task if it was never accepted, else reads it.
-pub async fn look(state: &AppState, row: &RemoteTaskRow, input: &Value) -> RemoteOutcome {
+/// JSON-RPC error an agent answers a cancel of a task that can no longer be canceled with
+/// (`TaskNotCancelableError`, the same code in A2A 1.0 and 0.3).
+const TASK_NOT_CANCELABLE: i64 = -32002;
+
+/// What a look may do besides reading the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// Whatever is due: the message if never accepted, a pending cancel, else a read.
+    Due,
+    /// Read only (reconcile): the message if never accepted, never a cancel.
+    Read,
+}
+
+/// Sends the message if the agent never accepted it, sends the cancel if one is pending (and
+/// `look` is [`Look::Due`]), else reads the task. An agent that says the task can no longer be
+/// canceled is asked where the task stands instead.
+pub async fn look(
+    state: &AppState,
+    row: &RemoteTaskRow,
+    input: &Value,
+    look: Look,
+) -> RemoteOutcome {
     // Stored as `Protocol::as_str` wrote it, which `Protocol::of` reads back.
     let protocol = Protocol::of(Some(&row.protocol));
     let client = A2aClient {
@@ -28,17 +48,26 @@ pub async fn look(state: &AppState, row: &RemoteTaskRow, input: &Value) -> Remot
         protocol,
         deadline: DEADLINE,
     };
-    let seen = match &row.task_id {
-        None => client.send(&row.message_id, input).await,
-        Some(id) => client.get(id).await,
+    let (call, seen) = match (&row.task_id, row.cancel.state) {
+        (None, _) => (Call::Send, client.send(&row.message_id, input).await),
+        (Some(id), Some(CancelState::Pending)) if look == Look::Due => {
+            match client.cancel(id).await {
+                Err(A2aError::Rpc { code, .. }) if code == TASK_NOT_CANCELABLE => {
+                    (Call::Get, client.get(id).await)
+                }
+                seen => (Call::Cancel, seen),
+            }
+        }
+        (Some(id), _) => (Call::Get, client.get(id).await),
     };
-    match seen {
-        Ok(task) => RemoteOutcome::Seen(task),
-        Err(e) => RemoteOutcome::Failed {
+    let seen = match seen {
+        Ok(task) => Seen::Task(task),
+        Err(e) => Seen::Failed {
             transient: e.is_transient(),
             error: e.to_string(),
         },
-    }
+    };
+    RemoteOutcome { call, seen }
 }
 
 /// Loads a remote run and looks at its task: `None` when the run has no remote task.
@@ -46,10 +75,11 @@ pub async fn fetch(
     state: &AppState,
     tenant: &TenantId,
     id: &RunId,
+    kind: Look,
 ) -> ApiResult<Option<RemoteOutcome>> {
     let (run, row) = load(state, tenant, id).await?;
     Ok(match row {
-        Some(row) => Some(look(state, &row, &run.input).await),
+        Some(row) => Some(look(state, &row, &run.input, kind).await),
         None => None,
     })
 }
@@ -72,7 +102,16 @@ pub async fn load(
         .await
 }
 
-/// How often unfinished remote tasks are looked at, in ms.
-pub fn every_ms(state: &AppState) -> i64 {
-    i64::try_from(state.settings.remote_refresh_interval.as_millis()).unwrap_or(i64::MAX)
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// How remote tasks are followed, from the settings.
+pub fn rules(state: &AppState) -> RemoteRules {
+    let s = &state.settings;
+    RemoteRules {
+        every_ms: ms(s.remote_refresh_interval),
+        cancel_attempts: i64::from(s.remote_cancel_attempts),
+        cancel_timeout_ms: ms(s.remote_cancel_timeout),
+    }
 }

@@ -18,9 +18,10 @@ use crate::ids::{ApprovalId, RunId, TargetId, TenantId};
 use crate::state::AppState;
 
 use super::model::{
-    Approval, CreateRun, DecideBody, Detail, Execution, ListParams, Run, RunParts, RunState,
-    RunViewParams, run_view,
+    Approval, CreateRun, DecideBody, Detail, Execution, ListParams, RemoteTaskRow,
+    ResolveRemoteBody, Run, RunParts, RunState, RunViewParams, run_view,
 };
+use super::remote::Look;
 use super::store::{self, RunFilter};
 use super::{lifecycle, remote};
 
@@ -39,6 +40,7 @@ struct Loaded {
     approvals: Vec<Approval>,
     execution: Option<Execution>,
     queue_block: Option<Vec<String>>,
+    remote: Option<RemoteTaskRow>,
 }
 
 impl Loaded {
@@ -51,6 +53,10 @@ impl Loaded {
                 .as_ref()
                 .and_then(lifecycle::queue_block)
                 .map(<[String]>::to_vec),
+            remote: match run.target_kind {
+                TargetKind::RemoteA2a => store::load_remote(conn, &run.id)?,
+                TargetKind::LocalAgent => None,
+            },
         })
     }
 
@@ -59,6 +65,7 @@ impl Loaded {
             approvals: &self.approvals,
             execution: self.execution.as_ref(),
             queue_block: self.queue_block.as_deref(),
+            remote: self.remote.as_ref(),
         };
         run_view(run, &parts, detail)
     }
@@ -121,7 +128,7 @@ pub async fn create(
     if created && view["state"] == "dispatched" && view["targetKind"] == "REMOTE_A2A" {
         let id = RunId::parse(view["id"].as_str().unwrap_or_default())
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a run view without its id")))?;
-        view = look_now(&grant, &state, &id).await?;
+        view = look_now(&grant, &state, &id, Look::Due).await?;
     }
     let status = if created {
         StatusCode::CREATED
@@ -236,6 +243,73 @@ pub async fn cancel(
             full_view(w, w.tenant(), &id, FIRST_EVENTS)
         })
         .await?;
+    // Only a cancel this request asked for is sent now; asking again is not a retry.
+    let fresh = view["remote"]["cancel"]["lastError"].is_null();
+    Ok(axum::Json(send_cancel(&grant, &state, view, fresh).await?))
+}
+
+/// A remote cancel recorded as pending is sent now (`send`), after its commit (if the agent
+/// does not answer, the refresh job retries it).
+async fn send_cancel<P: crate::auth::Permission>(
+    grant: &Grant<P>,
+    state: &AppState,
+    view: Value,
+    send: bool,
+) -> ApiResult<Value> {
+    if !send
+        || view["remote"]["cancel"]["state"] != "pending"
+        || view["state"] != "cancel_requested"
+    {
+        return Ok(view);
+    }
+    let id = RunId::parse(view["id"].as_str().unwrap_or_default())
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a run view without its id")))?;
+    look_now(grant, state, &id, Look::Due).await
+}
+
+/// Sends a remote run's failed cancel again now: allowed only while the cancel is pending after
+/// a failed attempt (409 `cancel_not_retryable` otherwise, with the reason). The requester may
+/// retry their own run's cancel; OWNERs and ADMINs any run's.
+pub async fn retry_cancel(
+    grant: Grant<RunsWrite>,
+    State(state): State<AppState>,
+    Ids(id): Ids<RunId>,
+) -> ApiResult<axum::Json<Value>> {
+    let any = grant.also::<RunsAdmin>().is_ok();
+    let view = grant
+        .write(&state.db, move |w| {
+            lifecycle::retry_cancel(w, &id, any)?;
+            full_view(w, w.tenant(), &id, FIRST_EVENTS)
+        })
+        .await?;
+    Ok(axum::Json(send_cancel(&grant, &state, view, true).await?))
+}
+
+/// `{resolution: canceled|failed|succeeded, note, expectedRuntimeUpdatedAt?}`: an OWNER or
+/// ADMIN closes a remote run whose cancel attempts are spent (409
+/// `remote_recovery_not_exhausted` before that).
+pub async fn resolve_remote(
+    grant: Grant<RunsAdmin>,
+    State(state): State<AppState>,
+    Ids(id): Ids<RunId>,
+    Json(body): Json<ResolveRemoteBody>,
+) -> ApiResult<axum::Json<Value>> {
+    let note = required_text("note", body.note, MAX_NOTE_CHARS)?;
+    let expected = body
+        .expected_runtime_updated_at
+        .map(|t| {
+            crate::clock::Timestamp::parse(&t).ok_or_else(|| {
+                ApiError::field("expectedRuntimeUpdatedAt", "must be an RFC 3339 time")
+            })
+        })
+        .transpose()?;
+    let resolution = body.resolution;
+    let view = grant
+        .write(&state.db, move |w| {
+            lifecycle::resolve_remote(w, &id, resolution, &note, expected)?;
+            full_view(w, w.tenant(), &id, FIRST_EVENTS)
+        })
+        .await?;
     Ok(axum::Json(view))
 }
 
@@ -283,28 +357,6 @@ pub async fn reject(
     decide(grant, state, ids, false, &body).await
 }
 
-/// Reconcile, retry-cancel and resolve-remote act on a remote agent's task; runs on local
-/// agents have none, so these are refused with the reason.
-async fn remote_only(
-    grant: Grant<RunsAdmin>,
-    state: AppState,
-    id: RunId,
-) -> ApiResult<axum::Json<Value>> {
-    let tenant = grant.tenant().clone();
-    let run = state
-        .db
-        .read(move |c| store::load_run(c, &tenant, &id))
-        .await?;
-    Err(ApiError::new(
-        Code::InvalidRunState,
-        format!(
-            "run {} is on a {} target: this action applies to REMOTE_A2A runs only",
-            run.id,
-            run.target_kind.as_str()
-        ),
-    ))
-}
-
 /// Looks at a run's remote task now and applies what it saw; the run's view with what changed
 /// (`reconciled`). A terminal run is left as it is ("nothing to do").
 pub async fn reconcile(
@@ -314,7 +366,10 @@ pub async fn reconcile(
 ) -> ApiResult<axum::Json<Value>> {
     let (run, row) = remote::load(&state, grant.tenant(), &id).await?;
     if row.is_none() {
-        return remote_only(grant, state, id).await;
+        let (reason, why) = super::model::remote_refusal(&run, None, "reconcile");
+        return Err(
+            ApiError::new(Code::InvalidRunState, why).with_details(json!({ "reason": reason }))
+        );
     }
     if run.state.is_terminal() {
         let tenant = grant.tenant().clone();
@@ -328,7 +383,7 @@ pub async fn reconcile(
         });
         return Ok(axum::Json(view));
     }
-    Ok(axum::Json(look_now(&grant, &state, &id).await?))
+    Ok(axum::Json(look_now(&grant, &state, &id, Look::Read).await?))
 }
 
 /// One look at a remote run's task, applied with the caller's capability; the run's view with
@@ -337,37 +392,22 @@ async fn look_now<P: crate::auth::Permission>(
     grant: &Grant<P>,
     state: &AppState,
     id: &RunId,
+    kind: Look,
 ) -> ApiResult<Value> {
-    let Some(outcome) = remote::fetch(state, grant.tenant(), id).await? else {
+    let Some(outcome) = remote::fetch(state, grant.tenant(), id, kind).await? else {
         return Err(ApiError::new(
             Code::InvalidRunState,
             format!("run {id} has no remote task"),
         ));
     };
-    let every = remote::every_ms(state);
+    let rules = remote::rules(state);
     let id = id.clone();
     grant
         .write(&state.db, move |w| {
-            let summary = lifecycle::apply_remote(w, &id, outcome, every)?;
+            let summary = lifecycle::apply_remote(w, &id, outcome, rules)?;
             let mut view = full_view(w, w.tenant(), &id, FIRST_EVENTS)?;
             view["reconciled"] = summary;
             Ok(view)
         })
         .await
-}
-
-pub async fn retry_cancel(
-    grant: Grant<RunsAdmin>,
-    State(state): State<AppState>,
-    Ids(id): Ids<RunId>,
-) -> ApiResult<axum::Json<Value>> {
-    remote_only(grant, state, id).await
-}
-
-pub async fn resolve_remote(
-    grant: Grant<RunsAdmin>,
-    State(state): State<AppState>,
-    Ids(id): Ids<RunId>,
-) -> ApiResult<axum::Json<Value>> {
-    remote_only(grant, state, id).await
 }

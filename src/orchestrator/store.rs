@@ -14,7 +14,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::extract::Paging;
 use crate::ids::{ApprovalId, ExecutionId, RunId, TargetId, TenantId};
 
-use super::model::{Approval, ApprovalState, Execution, ExecutionState, Run, RunState};
+use super::model::{
+    Approval, ApprovalState, CancelProgress, Execution, ExecutionState, RemoteTaskRow, Run,
+    RunState,
+};
 
 const RUN_COLUMNS: &str = "id, target_id, target_kind, requested_by, input, idempotency_key,
     requires_approval, state, block_reason, result, created_at, updated_at, tenant_id";
@@ -636,29 +639,10 @@ pub fn attention(conn: &Connection, tenant: &TenantId) -> ApiResult<(i64, Option
     Ok((approvals, oldest, blocked))
 }
 
-/// A run's remote task, as memesh last saw it.
-#[derive(Debug, Clone)]
-pub struct RemoteTaskRow {
-    pub run_id: RunId,
-    pub tenant_id: TenantId,
-    pub endpoint: String,
-    /// `1.0` or `0.3`.
-    pub protocol: String,
-    pub message_id: String,
-    pub task_id: Option<String>,
-    pub context_id: Option<String>,
-    pub remote_state: Option<String>,
-    pub remote_state_raw: Option<String>,
-    pub last_seen_at: Option<Timestamp>,
-    pub last_error: Option<String>,
-    pub failures: i64,
-    pub next_check_at: Timestamp,
-    pub done: bool,
-}
-
 const REMOTE_COLUMNS: &str = "run_id, tenant_id, endpoint, protocol, message_id, task_id,
     context_id, remote_state, remote_state_raw, last_seen_at, last_error, failures,
-    next_check_at, done";
+    next_check_at, done, cancel_state, cancel_requested_at, cancel_attempts, cancel_error,
+    cancel_deadline, updated_at";
 
 fn remote_from_row(r: &Row<'_>) -> rusqlite::Result<RemoteTaskRow> {
     let d = Decoded::new(r, "remote_tasks", 0)?;
@@ -677,6 +661,14 @@ fn remote_from_row(r: &Row<'_>) -> rusqlite::Result<RemoteTaskRow> {
         failures: d.get(11)?,
         next_check_at: d.get(12)?,
         done: d.get(13)?,
+        cancel: CancelProgress {
+            state: d.get(14)?,
+            requested_at: d.get(15)?,
+            attempts: d.get(16)?,
+            error: d.get(17)?,
+            deadline: d.get(18)?,
+        },
+        updated_at: d.get(19)?,
     })
 }
 
@@ -689,8 +681,9 @@ pub fn insert_remote<P: Permission>(
 ) -> ApiResult<()> {
     crate::db::exec(
         w,
-        "INSERT INTO remote_tasks (run_id, tenant_id, endpoint, protocol, message_id, next_check_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO remote_tasks (run_id, tenant_id, endpoint, protocol, message_id, next_check_at,
+                                   updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
         rusqlite::params![
             run.id,
             w.tenant(),
@@ -712,12 +705,15 @@ pub fn load_remote(conn: &Connection, run: &RunId) -> ApiResult<Option<RemoteTas
         .optional()?)
 }
 
-pub fn save_remote<P: Permission>(w: &Write<'_, P>, row: &RemoteTaskRow) -> ApiResult<()> {
+/// Saves the row as changed; its `updated_at` becomes now.
+pub fn save_remote<P: Permission>(w: &Write<'_, P>, row: &mut RemoteTaskRow) -> ApiResult<()> {
+    row.updated_at = w.now();
     crate::db::exec(
         w,
         "UPDATE remote_tasks SET task_id = ?2, context_id = ?3, remote_state = ?4,
              remote_state_raw = ?5, last_seen_at = ?6, last_error = ?7, failures = ?8,
-             next_check_at = ?9, done = ?10
+             next_check_at = ?9, done = ?10, cancel_state = ?11, cancel_requested_at = ?12,
+             cancel_attempts = ?13, cancel_error = ?14, cancel_deadline = ?15, updated_at = ?16
          WHERE run_id = ?1",
         rusqlite::params![
             row.run_id,
@@ -729,7 +725,13 @@ pub fn save_remote<P: Permission>(w: &Write<'_, P>, row: &RemoteTaskRow) -> ApiR
             row.last_error,
             row.failures,
             row.next_check_at,
-            row.done
+            row.done,
+            row.cancel.state,
+            row.cancel.requested_at,
+            row.cancel.attempts,
+            row.cancel.error,
+            row.cancel.deadline,
+            row.updated_at
         ],
     )?;
     Ok(())
@@ -745,4 +747,37 @@ pub fn due_remote(conn: &Connection, now: Timestamp, limit: u32) -> ApiResult<Ve
         .query_map(rusqlite::params![now, limit], remote_from_row)?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+/// A tenant's unfinished remote runs by how far their cancels and looks have got.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RemoteTally {
+    /// Cancels not yet confirmed by the agent (being sent, failed and to be retried, or sent
+    /// and waiting for the task to stop).
+    pub cancels_pending: i64,
+    /// Of those, the ones whose last attempt failed.
+    pub cancels_failing: i64,
+    /// Cancels whose attempts are spent: the run needs an operator.
+    pub cancels_exhausted: i64,
+    /// Runs whose agent did not answer the last look.
+    pub unreachable: i64,
+}
+
+pub fn remote_tally(conn: &Connection, tenant: &TenantId) -> ApiResult<RemoteTally> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(cancel_state IN ('pending', 'sent')), 0),
+                    COALESCE(SUM(cancel_state = 'pending' AND cancel_error IS NOT NULL), 0),
+                    COALESCE(SUM(cancel_state = 'exhausted'), 0),
+                    COALESCE(SUM(failures > 0), 0)
+             FROM remote_tasks WHERE tenant_id = ?1 AND done = 0",
+        )?
+        .query_row([tenant], |r| {
+            Ok(RemoteTally {
+                cancels_pending: r.get(0)?,
+                cancels_failing: r.get(1)?,
+                cancels_exhausted: r.get(2)?,
+                unreachable: r.get(3)?,
+            })
+        })?)
 }

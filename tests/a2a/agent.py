@@ -7,6 +7,12 @@ Fault switch: POST /fault with {"mode": ...} sets how the next tasks behave:
   "complete" (default): the task completes at once with an artifact echoing the input text;
   "hold":     the task stays working until POST /release {"taskId"} completes it;
   "fail":     the task fails.
+and {"cancel": ...} how cancels (CancelTask, tasks/cancel) are answered:
+  "ok" (default): the task is canceled;
+  "error":  HTTP 503, nothing canceled (a transient failure);
+  "ignore": the cancel is answered with the task as it is (still working) and dropped: the
+            agent never cancels it (a lost cancel; the task may still complete on release).
+Both keys may be given at once; a key left out keeps its setting.
 Prints "READY <port>" on stdout once it listens.
 """
 
@@ -32,7 +38,10 @@ from a2a.server.tasks.inmemory_task_store import InMemoryTaskStore
 from a2a.server.tasks.task_updater import TaskUpdater
 from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Part, TaskState
 
-state = {"mode": "complete", "held": {}}
+state = {"mode": "complete", "cancel": "ok", "held": {}}
+
+# A cancel answered as a read of the task, for "ignore": the same params in both versions.
+CANCEL_AS_GET = {"CancelTask": "GetTask", "tasks/cancel": "tasks/get"}
 
 
 class Echo(AgentExecutor):
@@ -106,8 +115,11 @@ def main() -> None:
         return JSONResponse(card_json)
 
     async def fault(request: Request):
-        state["mode"] = (await request.json())["mode"]
-        return JSONResponse({"mode": state["mode"]})
+        body = await request.json()
+        for key in ("mode", "cancel"):
+            if key in body:
+                state[key] = body[key]
+        return JSONResponse({"mode": state["mode"], "cancel": state["cancel"]})
 
     async def release(request: Request):
         task = (await request.json())["taskId"]
@@ -118,19 +130,26 @@ def main() -> None:
         return JSONResponse({"released": task})
 
     rpc = create_jsonrpc_routes(handler, "/a2a", enable_v0_3_compat=True)
-    if args.only_03:
-        inner = rpc[0].endpoint
+    inner = rpc[0].endpoint
 
-        async def only_03(request: Request):
-            body = json.loads(await request.body())
-            if "/" not in body.get("method", ""):
-                return JSONResponse(
-                    {"jsonrpc": "2.0", "id": body.get("id"),
-                     "error": {"code": -32601, "message": "method not found"}}
-                )
-            return await inner(request)
+    async def dispatch(request: Request):
+        body = json.loads(await request.body())
+        method = body.get("method", "")
+        if args.only_03 and "/" not in method:
+            return JSONResponse(
+                {"jsonrpc": "2.0", "id": body.get("id"),
+                 "error": {"code": -32601, "message": "method not found"}}
+            )
+        if method in CANCEL_AS_GET:
+            if state["cancel"] == "error":
+                return JSONResponse({"error": "cancel service unavailable"}, status_code=503)
+            if state["cancel"] == "ignore":
+                body["method"] = CANCEL_AS_GET[method]
+                # Starlette caches the body it read; the SDK's route reads the rewritten one.
+                request._body = json.dumps(body).encode()
+        return await inner(request)
 
-        rpc = [Route("/a2a", only_03, methods=["POST"])]
+    rpc = [Route("/a2a", dispatch, methods=["POST"])]
 
     app = Starlette(
         routes=rpc

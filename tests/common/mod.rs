@@ -73,6 +73,8 @@ pub fn test_settings() -> Settings {
         probe_interval: Duration::from_secs(3600),
         sweep_interval: Duration::from_secs(3600),
         remote_refresh_interval: Duration::from_secs(3600),
+        remote_cancel_attempts: 3,
+        remote_cancel_timeout: Duration::from_secs(60),
         ..Settings::default()
     }
 }
