@@ -46,6 +46,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
 pub enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
@@ -59,6 +60,20 @@ pub enum Command {
     Audit(AuditCommand),
     /// Re-embed every memory with the bundled model (after a model change); stop the server first.
     Reindex(ModelArgs),
+    /// Sign this machine in to a memesh server: approve a code in a browser, get an API key
+    /// (stored in the config directory, mode 0600).
+    Login {
+        /// The server, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "MEMESH_SERVER")]
+        server: String,
+        /// Space-separated key scopes to ask for (default: what the approving key may do).
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Revoke the stored key on its server and forget it.
+    Logout,
+    /// Show the server, user, tenant, role and scopes of the stored key.
+    Whoami,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -162,6 +177,26 @@ pub struct ServeArgs {
     #[arg(long, env = "MEMESH_REMOTE_CANCEL_TIMEOUT_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub remote_cancel_timeout_secs: u64,
+    /// OAuth client ids that may ask for a key by device authorization, comma-separated.
+    #[arg(
+        long,
+        env = "MEMESH_DEVICE_CLIENTS",
+        default_value = "memesh-cli,memesh-mcp",
+        value_delimiter = ','
+    )]
+    pub device_clients: Vec<String>,
+    /// Seconds a device code (and its user code) stays valid.
+    #[arg(long, env = "MEMESH_DEVICE_CODE_TTL_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub device_code_ttl_secs: u64,
+    /// Seconds a device client waits between polls (RFC 8628 `interval`).
+    #[arg(long, env = "MEMESH_DEVICE_POLL_INTERVAL_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub device_poll_interval_secs: u64,
+    /// The URL people reach this server at, for the verification links device clients show
+    /// (default: from each request's Host header).
+    #[arg(long, env = "MEMESH_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Consecutive failed probes that open a provider incident.
     #[arg(long, env = "MEMESH_PROBE_FAILURE_THRESHOLD", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -206,6 +241,20 @@ impl ServeArgs {
             remote_refresh_interval: Duration::from_secs(self.remote_refresh_secs),
             remote_cancel_attempts: self.remote_cancel_attempts,
             remote_cancel_timeout: Duration::from_secs(self.remote_cancel_timeout_secs),
+            device: crate::state::DeviceSettings {
+                clients: self
+                    .device_clients
+                    .iter()
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty())
+                    .collect(),
+                code_ttl: Duration::from_secs(self.device_code_ttl_secs),
+                interval: Duration::from_secs(self.device_poll_interval_secs),
+                public_url: self
+                    .public_url
+                    .as_deref()
+                    .map(|u| u.trim_end_matches('/').to_owned()),
+            },
         }
     }
 }

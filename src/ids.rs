@@ -116,6 +116,12 @@ prefixed_id!(
     "exe_",
     "execution"
 );
+prefixed_id!(
+    /// A device authorization request (RFC 8628).
+    DeviceGrantId,
+    "dev_",
+    "device authorization"
+);
 
 #[cfg(test)]
 mod tests {

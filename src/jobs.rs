@@ -446,6 +446,7 @@ mod tests {
             "src/team/store.rs",
             "src/auth/grant.rs",
             "src/audit/store.rs",
+            "src/device/store.rs",
         ];
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut stack = vec![root.join("src")];

@@ -5,9 +5,11 @@ pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod device;
 pub mod embed;
 pub mod error;
 pub mod http;
@@ -50,9 +52,12 @@ pub async fn serve(
     });
     let cancel = tokio_util::sync::CancellationToken::new();
     let jobs = jobs::start(&state, &cancel);
-    let served = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        listener,
+        app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     cancel.cancel();
     for job in jobs {
         if let Err(e) = job.await {

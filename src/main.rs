@@ -40,6 +40,29 @@ fn main() -> ExitCode {
         Some(Command::Audit(AuditCommand::Verify)) => verify_audit(&cli.global),
         Some(Command::Audit(AuditCommand::Head)) => audit_heads(&cli.global),
         Some(Command::Reindex(model)) => reindex(&cli.global, &model),
+        Some(Command::Login { server, scope }) => client(async move {
+            memesh::client::login(&server, scope.as_deref()).await?;
+            Ok(())
+        }),
+        Some(Command::Logout) => client(async {
+            let server = memesh::client::logout().await?;
+            println!("memesh: signed out of {server}; the key is revoked and forgotten");
+            Ok(())
+        }),
+        Some(Command::Whoami) => client(async {
+            let me = memesh::client::whoami().await?;
+            let text = |k: &str| me[k].as_str().unwrap_or("?").to_owned();
+            println!("server:  {}", text("server"));
+            println!("user:    {} ({})", text("email"), text("userId"));
+            println!("tenant:  {} ({})", text("tenantName"), text("tenantId"));
+            println!("role:    {}", text("role"));
+            let scopes: Vec<&str> = me["scopes"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+                .unwrap_or_default();
+            println!("scopes:  {}", scopes.join(" "));
+            Ok(())
+        }),
     };
     match result {
         Ok(code) => code,
@@ -48,6 +71,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a client command (login, logout, whoami) on a small runtime of its own.
+fn client(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_tracing(format: LogFormat) {

@@ -41,6 +41,28 @@ pub struct Settings {
     /// How long a cancel the agent accepted may take to stop its task before it counts as
     /// failed.
     pub remote_cancel_timeout: Duration,
+    /// Device authorization: the clients that may ask for a key, how long a code lives, how
+    /// often a client may poll, and the URL people open (None: from the request's Host).
+    pub device: DeviceSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceSettings {
+    pub clients: Vec<String>,
+    pub code_ttl: Duration,
+    pub interval: Duration,
+    pub public_url: Option<String>,
+}
+
+impl Default for DeviceSettings {
+    fn default() -> Self {
+        DeviceSettings {
+            clients: vec!["memesh-cli".into(), "memesh-mcp".into()],
+            code_ttl: Duration::from_secs(600),
+            interval: Duration::from_secs(5),
+            public_url: None,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -59,6 +81,7 @@ impl Default for Settings {
             remote_refresh_interval: Duration::from_secs(5),
             remote_cancel_attempts: 5,
             remote_cancel_timeout: Duration::from_secs(60),
+            device: DeviceSettings::default(),
         }
     }
 }
@@ -74,6 +97,8 @@ pub struct App {
     pub jobs: Arc<JobBoard>,
     /// Recently authenticated keys.
     pub keys: KeyCache,
+    /// Wrong user codes entered on the device page, by address and by session.
+    pub device_guesses: crate::device::Guesses,
 }
 
 #[derive(Clone)]
@@ -90,6 +115,7 @@ impl AppState {
             outbound,
             jobs: Arc::new(JobBoard::default()),
             keys: KeyCache::default(),
+            device_guesses: crate::device::Guesses::default(),
         }))
     }
 }

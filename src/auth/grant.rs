@@ -90,6 +90,16 @@ impl Principal {
         Ok(())
     }
 
+    pub(super) fn check_holder(&self) -> ApiResult<()> {
+        match &self.kind {
+            KeyKind::User { .. } => Ok(()),
+            KeyKind::Agent { .. } => Err(ApiError::new(
+                Code::AgentKeyForbidden,
+                "an agent access key works its agent's execution queue only",
+            )),
+        }
+    }
+
     pub(super) fn check_agent(&self) -> ApiResult<TargetId> {
         match &self.kind {
             KeyKind::Agent { target } => Ok(target.clone()),
@@ -326,6 +336,24 @@ impl<'t, P: Permission<Bound = ()>> Write<'t, P> {
 }
 
 impl<'t, P: Permission<Bound = ()>> Write<'t, P> {
+    /// A member acting through a device authorization they approved (the device code is the
+    /// credential), with their role as re-read in this transaction; confined like
+    /// [`Write::system`].
+    pub(crate) fn by_device_grant(
+        tx: &'t Tx<'t>,
+        tenant: TenantId,
+        user: UserId,
+        role: Role,
+        now: Timestamp,
+    ) -> Self {
+        let mut w = Write::system(tx, tenant, now);
+        w.actor.user_id = Some(user);
+        w.role = role;
+        w
+    }
+}
+
+impl<'t, P: Permission<Bound = ()>> Write<'t, P> {
     /// The capability to record that `actor` was refused: confined like [`Write::system`].
     pub(crate) fn recording_refusal(tx: &'t Tx<'t>, actor: Actor, now: Timestamp) -> Self {
         let mut w = Write::system(tx, actor.tenant_id.clone(), now);
@@ -430,6 +458,12 @@ struct Found {
 
 /// Finds the live key whose lookup handle and hash match `raw`, and its active user.
 fn lookup(conn: &Connection, lookup: &str, raw: &str) -> ApiResult<Option<Found>> {
+    let found = key_row(conn, "k.lookup", lookup)?;
+    Ok(found.filter(|f| bool::from(f.hash.as_slice().ct_eq(&hash_secret(raw)))))
+}
+
+/// The key whose `column` (`k.lookup` or `k.id`) is `value`, with its user.
+fn key_row(conn: &Connection, column: &str, value: &str) -> ApiResult<Option<Found>> {
     type Row = (
         KeyId,
         Vec<u8>,
@@ -443,14 +477,14 @@ fn lookup(conn: &Connection, lookup: &str, raw: &str) -> ApiResult<Option<Found>
         bool,
     );
     let row: Option<Row> = conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT k.id, k.hash, k.last_used_at, k.expires_at, k.scopes, k.target_id,
                     u.id, u.tenant_id, u.role,
                     k.revoked_at IS NULL AND u.removed_at IS NULL
              FROM api_keys k JOIN users u ON u.id = k.user_id
-             WHERE k.lookup = ?1",
-        )?
-        .query_row([lookup], |r| {
+             WHERE {column} = ?1"
+        ))?
+        .query_row([value], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -467,7 +501,7 @@ fn lookup(conn: &Connection, lookup: &str, raw: &str) -> ApiResult<Option<Found>
         .optional()?;
     let Some((
         key_id,
-        stored,
+        hash,
         last_used_at,
         expires_at,
         scopes,
@@ -480,10 +514,6 @@ fn lookup(conn: &Connection, lookup: &str, raw: &str) -> ApiResult<Option<Found>
     else {
         return Ok(None);
     };
-    if !bool::from(stored.as_slice().ct_eq(&hash_secret(raw))) {
-        return Ok(None);
-    }
-    let hash = stored;
     let kind = match (target, scopes) {
         (Some(target), _) => KeyKind::Agent { target },
         (None, None) => KeyKind::User { scopes: None },
@@ -626,6 +656,16 @@ async fn authenticate(
     now: Timestamp,
 ) -> Result<Principal, Refusal> {
     let raw = presented_key(parts)?;
+    authenticate_raw(state, raw, request_id(parts), now).await
+}
+
+/// The live key a person typed or a client presented, as [`authenticate`] checks a request's.
+async fn authenticate_raw(
+    state: &AppState,
+    raw: &str,
+    request_id: Option<String>,
+    now: Timestamp,
+) -> Result<Principal, Refusal> {
     let Some(parsed) = parse_api_key(raw) else {
         return Err(ApiError::unauthorized("malformed API key").into());
     };
@@ -633,7 +673,7 @@ async fn authenticate(
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
     let principal = Principal {
-        request_id: request_id(parts),
+        request_id,
         ..found.principal
     };
     let refuse = |error: ApiError| Refusal {
@@ -674,5 +714,47 @@ impl<P: Permission> FromRequestParts<AppState> for Grant<P> {
             clock: state.clock.clone(),
             _p: PhantomData,
         })
+    }
+}
+
+impl<P: Permission> Grant<P> {
+    fn checked(principal: Principal, state: &AppState, now: Timestamp) -> ApiResult<Grant<P>> {
+        let bound = P::bind(&principal)?;
+        Ok(Grant {
+            bound,
+            principal,
+            now,
+            clock: state.clock.clone(),
+            _p: PhantomData,
+        })
+    }
+
+    /// The grant of an API key a person typed into a page (the device verification page signs
+    /// in with one), checked against `P` as a request's key would be.
+    pub async fn for_typed_key(state: &AppState, raw: &str) -> ApiResult<Grant<P>> {
+        let now = state.clock.now();
+        let principal = authenticate_raw(state, raw.trim(), None, now)
+            .await
+            .map_err(|r| r.error)?;
+        Grant::checked(principal, state, now)
+    }
+
+    /// The grant of the key a page session was signed in with: the session token (held by the
+    /// caller, checked by it) stands for the key, which must still be live.
+    pub async fn for_session_key(state: &AppState, key: &KeyId) -> ApiResult<Grant<P>> {
+        let now = state.clock.now();
+        let id = key.as_str().to_owned();
+        let found = state
+            .db
+            .read(move |c| key_row(c, "k.id", &id))
+            .await?
+            .filter(|f| f.live)
+            .ok_or_else(|| {
+                ApiError::unauthorized("the key this session signed in with was revoked")
+            })?;
+        if found.expires_at.is_some_and(|e| e <= now) {
+            return Err(key_expired(found.expires_at));
+        }
+        Grant::checked(found.principal, state, now)
     }
 }

@@ -13,7 +13,13 @@ use super::{Role, Scope};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Public,
-    User { role: Role, scope: Scope },
+    User {
+        role: Role,
+        scope: Scope,
+    },
+    /// Any live user key, whatever its role and scopes: what a key may always do about itself
+    /// (say whose it is, revoke itself).
+    Holder,
     Agent,
 }
 
@@ -29,6 +35,7 @@ impl std::fmt::Display for Access {
                     scope.as_str()
                 )
             }
+            Access::Holder => f.write_str("any user key, about itself"),
             Access::Agent => f.write_str("agent key, executions"),
         }
     }
@@ -110,6 +117,21 @@ user_permission!(
     /// Create, list and revoke one's own API keys.
     KeysWrite: Viewer, KeysWrite
 );
+
+/// What any user key may do about itself: say whose it is, revoke itself (`memesh whoami`,
+/// `memesh logout`). No scope is needed: a key restricted to `memory:read` can still be logged
+/// out.
+#[derive(Debug, Clone, Copy)]
+pub struct Holder;
+
+impl Permission for Holder {
+    const ACCESS: Access = Access::Holder;
+    type Bound = ();
+
+    fn bind(principal: &Principal) -> ApiResult<()> {
+        principal.check_holder()
+    }
+}
 
 /// Work one `LOCAL_AGENT` target's execution queue: agent access keys only.
 #[derive(Debug, Clone, Copy)]

@@ -108,6 +108,10 @@ impl Scopes {
         self.0 & !other.0 == 0
     }
 
+    pub fn union(self, other: Scopes) -> Scopes {
+        Scopes(self.0 | other.0)
+    }
+
     pub fn intersect(self, other: Scopes) -> Scopes {
         Scopes(self.0 & other.0)
     }

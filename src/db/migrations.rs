@@ -309,6 +309,38 @@ const MIGRATIONS: &[&str] = &[
     UPDATE remote_tasks SET updated_at = COALESCE(last_seen_at, next_check_at);
     CREATE INDEX remote_tasks_tenant ON remote_tasks(tenant_id, done);
     "#,
+    // 11: device authorization (RFC 8628): requests from CLIs and MCP clients, which a person
+    // approves on the /device page (signed in by a session bound to one of their keys). Codes
+    // and session tokens are stored only as hashes.
+    r#"
+    CREATE TABLE device_grants (
+        id              TEXT PRIMARY KEY,
+        device_hash     BLOB NOT NULL UNIQUE,
+        user_code       TEXT NOT NULL,
+        client_id       TEXT NOT NULL,
+        scopes          TEXT,
+        state           TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'denied', 'issued')),
+        created_at      INTEGER NOT NULL,
+        expires_at      INTEGER NOT NULL,
+        interval_ms     INTEGER NOT NULL,
+        last_poll_at    INTEGER,
+        tenant_id       TEXT,
+        user_id         TEXT,
+        approved_scopes TEXT,
+        decided_at      INTEGER,
+        key_id          TEXT
+    );
+    CREATE UNIQUE INDEX device_grants_user_code ON device_grants(user_code) WHERE state = 'pending';
+    CREATE INDEX device_grants_expiry ON device_grants(expires_at);
+    CREATE TABLE device_sessions (
+        token_hash  BLOB PRIMARY KEY,
+        tenant_id   TEXT NOT NULL,
+        user_id     TEXT NOT NULL,
+        key_id      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

@@ -20,7 +20,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{Access, Grant, Permission, RefusedCaller};
 use crate::error::{Code, error_body};
 use crate::state::AppState;
-use crate::{agents, audit, keys, memory, orchestrator, team};
+use crate::{agents, audit, device, keys, memory, orchestrator, team};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -119,6 +119,11 @@ fn v1() -> Table {
         .on(M::GET, "/team/invitations", TeamInvitations, team::handlers::list_invitations)
         .on(M::DELETE, "/team/invitations/{id}", TeamWrite, team::handlers::revoke_invitation)
         .public(M::POST, "/team/invitations/{token}/accept", team::handlers::accept)
+        // Device authorization (RFC 8628) and what a key may always do about itself
+        .public(M::POST, "/auth/device", device::handlers::authorize)
+        .public(M::POST, "/auth/device/token", device::handlers::token)
+        .on(M::GET, "/auth/whoami", Holder, device::handlers::whoami)
+        .on(M::POST, "/auth/logout", Holder, device::handlers::logout)
         // Audit
         .on(M::GET, "/audit/logs", AuditRead, audit::handlers::list)
         // Dispatch targets and their governance
@@ -182,9 +187,17 @@ fn probes() -> Table {
         .public(Method::GET, "/readyz", readyz)
 }
 
+/// The device verification page people open in a browser (outside `/v1`).
+fn device_page() -> Table {
+    Table::new("")
+        .public(Method::GET, "/device", device::page::show)
+        .public(Method::POST, "/device", device::page::act)
+        .public(Method::GET, "/device/style.css", device::page::style)
+}
+
 /// Every route with who may call it, as the router serves them.
 pub fn route_table() -> Vec<RouteSpec> {
-    [probes(), v1(), v1_streams()]
+    [probes(), device_page(), v1(), v1_streams()]
         .into_iter()
         .flat_map(|t| t.specs)
         .collect()
@@ -268,6 +281,7 @@ pub fn router(state: AppState) -> Router {
         ));
     probes()
         .router
+        .merge(device_page().router)
         .nest("/v1", v1)
         .fallback(not_found)
         .layer(layers)
@@ -291,10 +305,13 @@ fn make_span(req: &Request<Body>) -> tracing::Span {
 /// body limit) the same JSON error body as handler errors.
 async fn json_errors(response: Response<Body>) -> Response<Body> {
     let status = response.status();
+    // JSON errors stay as they are, and so do the device page's HTML pages.
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+        });
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }

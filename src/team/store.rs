@@ -28,6 +28,22 @@ fn member_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Member> {
     })
 }
 
+/// A member's email and their tenant's name (for `whoami`).
+pub fn member_label(
+    conn: &Connection,
+    tenant: &TenantId,
+    user: &UserId,
+) -> ApiResult<(String, String)> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT u.email, t.name FROM users u JOIN tenants t ON t.id = u.tenant_id
+             WHERE u.id = ?1 AND u.tenant_id = ?2",
+        )?
+        .query_row(rusqlite::params![user, tenant], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?)
+}
+
 pub fn list_members(conn: &Connection, tenant: &TenantId) -> ApiResult<Vec<Member>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, email, role, created_at FROM users

@@ -282,6 +282,11 @@ pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no error code>")
 }
 
+/// A file of the repository.
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
 pub fn bin_path() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_memesh"))
 }
