@@ -34,6 +34,9 @@ pub struct GlobalArgs {
     /// but not of the machine, with several times the write throughput.
     #[arg(long, env = "MEMESH_DURABILITY", value_enum, default_value_t = crate::db::Durability::Full, global = true)]
     pub durability: crate::db::Durability,
+    /// The plans file (TOML; default: plans.toml in the data directory, if it exists).
+    #[arg(long, env = "MEMESH_PLANS_FILE", global = true)]
+    pub plans_file: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, env = "MEMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -70,10 +73,28 @@ pub enum Command {
         #[arg(long)]
         scope: Option<String>,
     },
+    /// Plans: list them, put a tenant on one.
+    #[command(subcommand)]
+    Plan(PlanCommand),
     /// Revoke the stored key on its server and forget it.
     Logout,
     /// Show the server, user, tenant, role and scopes of the stored key.
     Whoami,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Every plan (the built-in default and the plans file's) and the tenants on each.
+    List,
+    /// Put a tenant on a plan; its quotas apply at once, its request rates within seconds.
+    Set {
+        /// The tenant's id or name.
+        #[arg(long)]
+        tenant: String,
+        /// A plan of the plans file, or `default`.
+        #[arg(long)]
+        plan: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -177,6 +198,21 @@ pub struct ServeArgs {
     #[arg(long, env = "MEMESH_REMOTE_CANCEL_TIMEOUT_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub remote_cancel_timeout_secs: u64,
+    /// Requests per second an API key of the default plan may make, sustained (0: no request
+    /// limits on the default plan).
+    #[arg(long, env = "MEMESH_RATE_LIMIT_PER_SECOND")]
+    pub rate_limit_per_second: Option<u32>,
+    /// Requests an API key of the default plan may make at once above the sustained rate.
+    #[arg(long, env = "MEMESH_RATE_LIMIT_BURST",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: Option<u32>,
+    /// Unauthenticated requests (device login, invitation acceptance) per second per client
+    /// address (0: unlimited).
+    #[arg(long, env = "MEMESH_PUBLIC_RATE_LIMIT_PER_SECOND", default_value_t = 5)]
+    pub public_rate_limit_per_second: u32,
+    /// Unauthenticated requests per client address at once.
+    #[arg(long, env = "MEMESH_PUBLIC_RATE_LIMIT_BURST", default_value_t = 30)]
+    pub public_rate_limit_burst: u32,
     /// OAuth client ids that may ask for a key by device authorization, comma-separated.
     #[arg(
         long,
@@ -241,6 +277,16 @@ impl ServeArgs {
             remote_refresh_interval: Duration::from_secs(self.remote_refresh_secs),
             remote_cancel_attempts: self.remote_cancel_attempts,
             remote_cancel_timeout: Duration::from_secs(self.remote_cancel_timeout_secs),
+            plans: crate::state::PlansSettings {
+                file: None,
+                rate: crate::plans::RateOverride {
+                    per_second: self.rate_limit_per_second,
+                    burst: self.rate_limit_burst,
+                },
+                public_per_second: self.public_rate_limit_per_second,
+                public_burst: self.public_rate_limit_burst,
+                reload_interval: Duration::from_secs(2),
+            },
             device: crate::state::DeviceSettings {
                 clients: self
                     .device_clients
@@ -295,6 +341,18 @@ pub enum AuditCommand {
 impl GlobalArgs {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("memesh.db")
+    }
+
+    /// The plans file: as given (it must exist), else `plans.toml` in the data directory
+    /// (read if and when it exists).
+    pub fn plans_path(&self) -> anyhow::Result<PathBuf> {
+        match &self.plans_file {
+            Some(p) if !p.exists() => {
+                anyhow::bail!("the plans file {} does not exist", p.display())
+            }
+            Some(p) => Ok(p.clone()),
+            None => Ok(self.data_dir.join("plans.toml")),
+        }
     }
 
     pub fn index_dir(&self) -> PathBuf {

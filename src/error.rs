@@ -55,6 +55,7 @@ pub enum Code {
     CancelNotRequested,
     CancelNotRetryable,
     RemoteRecoveryNotExhausted,
+    QuotaExceeded,
     RateLimited,
     Overloaded,
     Internal,
@@ -97,7 +98,9 @@ impl Code {
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::Unauthorized | Code::KeyExpired => StatusCode::UNAUTHORIZED,
-            Code::InsufficientRole | Code::InsufficientScope => StatusCode::FORBIDDEN,
+            Code::InsufficientRole | Code::InsufficientScope | Code::QuotaExceeded => {
+                StatusCode::FORBIDDEN
+            }
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -161,6 +164,7 @@ impl Code {
             Code::CancelNotRequested => "cancel_not_requested",
             Code::CancelNotRetryable => "cancel_not_retryable",
             Code::RemoteRecoveryNotExhausted => "remote_recovery_not_exhausted",
+            Code::QuotaExceeded => "quota_exceeded",
             Code::RateLimited => "rate_limited",
             Code::Internal => "internal_error",
             Code::Unavailable => "unavailable",
@@ -218,6 +222,18 @@ impl ApiError {
             .with_details(json!({ "field": field }))
     }
 
+    /// 403 `quota_exceeded` for one of the plan's quotas (`None` for a name that is not one).
+    pub fn quota_exceeded(quota: &str) -> Option<Self> {
+        let (name, what) = QUOTAS.iter().find(|(n, _)| *n == quota)?;
+        Some(
+            ApiError::new(
+                Code::QuotaExceeded,
+                format!("the plan's limit of {what} is reached; delete something or move to a larger plan (GET /v1/usage/summary)"),
+            )
+            .with_details(json!({ "quota": name })),
+        )
+    }
+
     pub fn not_found(what: &str) -> Self {
         ApiError::new(Code::NotFound, format!("{what} not found"))
     }
@@ -255,8 +271,25 @@ impl ApiError {
     }
 }
 
+/// The quotas the database enforces (migration 12's triggers abort with
+/// `quota_exceeded:<quota>`), and what each says.
+const QUOTAS: &[(&str, &str)] = &[
+    ("memories_per_user", "memories per member"),
+    ("bytes_per_tenant", "bytes of memories in the workspace"),
+    ("keys_per_user", "live API keys per member"),
+    ("targets_per_tenant", "dispatch targets in the workspace"),
+    ("seats", "seats (members and open invitations)"),
+    ("runs_waiting", "runs waiting in the workspace"),
+];
+
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(_, Some(msg)) = &e
+            && let Some(quota) = msg.strip_prefix("quota_exceeded:")
+            && let Some(error) = ApiError::quota_exceeded(quota)
+        {
+            return error;
+        }
         ApiError::internal(e)
     }
 }
@@ -295,6 +328,21 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"memesh\""),
             );
+        }
+        if self.code == Code::RateLimited
+            && let Some(d) = &self.details
+        {
+            for (name, field) in [
+                ("ratelimit-limit", "limit"),
+                ("ratelimit-remaining", "remaining"),
+                ("ratelimit-reset", "resetSeconds"),
+            ] {
+                if let Some(v) = d.get(field).and_then(Value::as_u64)
+                    && let Ok(v) = HeaderValue::from_str(&v.to_string())
+                {
+                    response.headers_mut().insert(name, v);
+                }
+            }
         }
         if matches!(self.code, Code::RateLimited | Code::Overloaded) {
             let retry = self

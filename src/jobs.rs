@@ -81,7 +81,7 @@ struct Reporter {
 /// Starts every job; they stop when `cancel` fires (join the handles to wait for them).
 pub fn start(state: &AppState, cancel: &CancellationToken) -> Vec<JoinHandle<()>> {
     let s = &state.settings;
-    let jobs: [Job<AppState>; 5] = [
+    let jobs: [Job<AppState>; 6] = [
         Job {
             name: "holdExpiry",
             every: s.sweep_interval,
@@ -103,6 +103,11 @@ pub fn start(state: &AppState, cancel: &CancellationToken) -> Vec<JoinHandle<()>
             pass: |st| Box::pin(async move { refresh_remote_runs(&st).await }),
         },
         Job {
+            name: "plans",
+            every: s.plans.reload_interval,
+            pass: |st| Box::pin(async move { crate::plans::store::reload(&st).await.map(|()| 0) }),
+        },
+        Job {
             name: "indexSnapshot",
             every: state.memory.snapshot_interval(),
             pass: |st| Box::pin(async move { snapshot_index(&st).await }),
@@ -114,6 +119,9 @@ pub fn start(state: &AppState, cancel: &CancellationToken) -> Vec<JoinHandle<()>
     };
     jobs.into_iter()
         .map(|job| {
+            // On the board before the first request is served, not when the task first runs.
+            let every_ms = u64::try_from(job.every.as_millis()).unwrap_or(u64::MAX);
+            reporter.board.update(job.name, |s| s.every_ms = every_ms);
             let run = supervise(state.clone(), reporter.clone(), job, cancel.clone());
             tokio::spawn(run)
         })
@@ -447,6 +455,7 @@ mod tests {
             "src/auth/grant.rs",
             "src/audit/store.rs",
             "src/device/store.rs",
+            "src/plans/store.rs",
         ];
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut stack = vec![root.join("src")];

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod memory;
 pub mod orchestrator;
 pub mod outbound;
+pub mod plans;
 pub mod state;
 pub mod team;
 
@@ -50,6 +51,10 @@ pub async fn serve(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
+    // Every tenant's quotas in force before the first request.
+    if let Err(e) = plans::store::reload(&state).await {
+        tracing::error!(error = %e, "syncing the plans failed; the plans job retries");
+    }
     let cancel = tokio_util::sync::CancellationToken::new();
     let jobs = jobs::start(&state, &cancel);
     let served = axum::serve(

@@ -11,8 +11,8 @@ use clap::Parser;
 use memesh::bootstrap::{self, NewTenant, TenantSpec};
 use memesh::clock::{Clock, SystemClock};
 use memesh::config::{
-    AuditCommand, Cli, Command, GlobalArgs, LogFormat, ModelArgs, OwnerArgs, ServeArgs,
-    TenantCommand,
+    AuditCommand, Cli, Command, GlobalArgs, LogFormat, ModelArgs, OwnerArgs, PlanCommand,
+    ServeArgs, TenantCommand,
 };
 use memesh::db::Db;
 use memesh::embed::{MODEL_DIM, MODEL_ID};
@@ -40,6 +40,10 @@ fn main() -> ExitCode {
         Some(Command::Audit(AuditCommand::Verify)) => verify_audit(&cli.global),
         Some(Command::Audit(AuditCommand::Head)) => audit_heads(&cli.global),
         Some(Command::Reindex(model)) => reindex(&cli.global, &model),
+        Some(Command::Plan(PlanCommand::List)) => list_plans(&cli.global),
+        Some(Command::Plan(PlanCommand::Set { tenant, plan })) => {
+            set_plan(&cli.global, &tenant, &plan)
+        }
         Some(Command::Login { server, scope }) => client(async move {
             memesh::client::login(&server, scope.as_deref()).await?;
             Ok(())
@@ -145,7 +149,65 @@ fn create_tenant(global: &GlobalArgs, name: &str, owner_email: &str) -> anyhow::
         owner_key: None,
     };
     let t = bootstrap::create_tenant(&db, &spec, SystemClock.now())?;
+    // The new tenant's quotas hold at once, even before a running server's next plans pass.
+    let book = plan_book(global)?;
+    db.write_blocking(|tx| memesh::plans::store::sync(tx, &book).map(|_| ()))?;
     print_new_tenant(&t);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan_book(global: &GlobalArgs) -> anyhow::Result<memesh::plans::PlanBook> {
+    memesh::plans::PlanBook::load(Some(&global.plans_path()?), Default::default())
+}
+
+/// `memesh plan list`: every plan and its limits, and the tenants on each.
+fn list_plans(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let book = plan_book(global)?;
+    let db = open_db(global)?;
+    let on: Vec<(String, String, Option<String>)> = db.read_blocking(|c| {
+        Ok(
+            c.prepare("SELECT id, name, plan FROM tenants ORDER BY name")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?,
+        )
+    })?;
+    match &book.source {
+        Some((path, _)) => println!("plans from {}", path.display()),
+        None => println!("no plans file: only the built-in default plan"),
+    }
+    for (name, limits) in &book.plans {
+        println!("\n[{name}]");
+        print!("{}", toml::to_string(limits)?);
+        let tenants: Vec<String> = on
+            .iter()
+            .filter(|(_, _, p)| book.get(p.as_deref()).0 == name)
+            .map(|(id, n, _)| format!("{n} ({id})"))
+            .collect();
+        println!(
+            "# tenants: {}",
+            if tenants.is_empty() {
+                "none".into()
+            } else {
+                tenants.join(", ")
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `memesh plan set --tenant ID|NAME --plan NAME`.
+fn set_plan(global: &GlobalArgs, tenant: &str, plan: &str) -> anyhow::Result<ExitCode> {
+    let book = plan_book(global)?;
+    let db = open_db(global)?;
+    let found = db.read_blocking(|c| memesh::plans::store::find_tenant(c, tenant))?;
+    let Some((id, name)) = found else {
+        anyhow::bail!("no tenant {tenant:?} (give its id or name)");
+    };
+    let now = SystemClock.now();
+    db.write_blocking(|tx| memesh::plans::store::assign(tx, &book, &id, plan, now))?;
+    println!(
+        "memesh: tenant {name} ({id}) is on plan {plan}; its quotas apply now, its request rates within seconds on a running server"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -179,6 +241,10 @@ fn audit_heads(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut settings = args.settings();
+    settings.plans.file = Some(global.plans_path()?);
+    // A plans file that does not parse stops the server here, before it serves anything.
+    memesh::plans::PlanBook::load(settings.plans.file.as_deref(), settings.plans.rate)?;
     let db = open_db(global)?;
     let clock = Arc::new(SystemClock);
     if let Some(t) = bootstrap::initialize(&db, &spec(&args.owner), clock.now())? {
@@ -201,7 +267,7 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             snapshot_interval: Duration::from_secs(args.index.snapshot_interval_secs),
         },
     )?;
-    let state = AppState::new(db, clock, args.settings(), engine);
+    let state = AppState::new(db, clock, settings, engine);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -44,6 +44,30 @@ pub struct Settings {
     /// Device authorization: the clients that may ask for a key, how long a code lives, how
     /// often a client may poll, and the URL people open (None: from the request's Host).
     pub device: DeviceSettings,
+    pub plans: PlansSettings,
+}
+
+/// Where plans come from, the default plan's request rate from the command line, the limit on
+/// unauthenticated requests per address (0: none), and how often the plans are re-read.
+#[derive(Debug, Clone)]
+pub struct PlansSettings {
+    pub file: Option<std::path::PathBuf>,
+    pub rate: crate::plans::RateOverride,
+    pub public_per_second: u32,
+    pub public_burst: u32,
+    pub reload_interval: Duration,
+}
+
+impl Default for PlansSettings {
+    fn default() -> Self {
+        PlansSettings {
+            file: None,
+            rate: crate::plans::RateOverride::default(),
+            public_per_second: 5,
+            public_burst: 30,
+            reload_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +106,7 @@ impl Default for Settings {
             remote_cancel_attempts: 5,
             remote_cancel_timeout: Duration::from_secs(60),
             device: DeviceSettings::default(),
+            plans: PlansSettings::default(),
         }
     }
 }
@@ -99,6 +124,8 @@ pub struct App {
     pub keys: KeyCache,
     /// Wrong user codes entered on the device page, by address and by session.
     pub device_guesses: crate::device::Guesses,
+    /// The plans in force and the request limiters.
+    pub plans: crate::plans::Registry,
 }
 
 #[derive(Clone)]
@@ -107,6 +134,14 @@ pub struct AppState(Arc<App>);
 impl AppState {
     pub fn new(db: Db, clock: SharedClock, settings: Settings, memory: MemoryEngine) -> Self {
         let outbound = Outbound::new(settings.allow_private_agent_urls);
+        let p = &settings.plans;
+        let book = crate::plans::PlanBook::load(p.file.as_deref(), p.rate).unwrap_or_else(|e| {
+            // `serve` reads the file before it gets here and stops on an error; a file broken
+            // since keeps the built-in default until it is fixed.
+            tracing::error!(error = %e, "the plans file could not be read; the default plan applies");
+            crate::plans::PlanBook::load(None, p.rate).expect("the built-in plans load")
+        });
+        let plans = crate::plans::Registry::new(book, (p.public_per_second, p.public_burst));
         AppState(Arc::new(App {
             db,
             clock,
@@ -116,6 +151,7 @@ impl AppState {
             jobs: Arc::new(JobBoard::default()),
             keys: KeyCache::default(),
             device_guesses: crate::device::Guesses::default(),
+            plans,
         }))
     }
 }

@@ -35,6 +35,7 @@ async fn health_shows_each_background_jobs_last_pass() {
                 "holdExpiry",
                 "indexSnapshot",
                 "leaseRecovery",
+                "plans",
                 "probes",
                 "remoteRefresh"
             ]

@@ -137,6 +137,20 @@ fn rows() -> Vec<Row> {
             None,
         ),
         row(
+            M::GET,
+            "/v1/billing/plan",
+            Access::Holder,
+            ("/v1/billing/plan", None, 200),
+            None,
+        ),
+        row(
+            M::GET,
+            "/v1/usage/summary",
+            Access::Holder,
+            ("/v1/usage/summary", None, 200),
+            None,
+        ),
+        row(
             M::POST,
             "/v1/auth/logout",
             Access::Holder,

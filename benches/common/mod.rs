@@ -46,6 +46,10 @@ impl InProcess {
         durability: Durability,
     ) -> InProcess {
         memesh::tune_allocator();
+        // These benches measure memory, the queue and fairness, not the request limiter (its
+        // cost is `cargo bench --bench ratelimit`): no per-key request limits here.
+        let mut settings = settings;
+        settings.plans.rate.per_second = Some(0);
         let db = Db::open_with(&dir.join("memesh.db"), durability).unwrap();
         let spec = TenantSpec {
             name: "bench",

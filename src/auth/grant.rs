@@ -126,6 +126,8 @@ pub struct Grant<P: Permission> {
     now: Timestamp,
     /// Expiry is re-checked against the clock when the mutation runs, not when it arrived.
     clock: SharedClock,
+    /// The key's request budget after this request (`None`: its plan sets no rate).
+    rate: Option<crate::plans::RateState>,
     _p: PhantomData<fn() -> P>,
 }
 
@@ -136,6 +138,7 @@ impl<P: Permission> Clone for Grant<P> {
             bound: self.bound.clone(),
             now: self.now,
             clock: self.clock.clone(),
+            rate: self.rate,
             _p: PhantomData,
         }
     }
@@ -189,6 +192,11 @@ impl<P: Permission> Grant<P> {
         }
     }
 
+    /// The key's request budget after this request.
+    pub fn rate(&self) -> Option<crate::plans::RateState> {
+        self.rate
+    }
+
     /// Checks another permission for the same caller (a request whose body asks for more,
     /// such as a key bound to an agent).
     pub fn also<Q: Permission>(&self) -> ApiResult<Grant<Q>> {
@@ -197,6 +205,7 @@ impl<P: Permission> Grant<P> {
             principal: self.principal.clone(),
             now: self.now,
             clock: self.clock.clone(),
+            rate: self.rate,
             _p: PhantomData,
         })
     }
@@ -707,11 +716,21 @@ impl<P: Permission> FromRequestParts<AppState> for Grant<P> {
             error,
             by: Some(principal.actor()),
         })?;
+        // Every authenticated request counts against its key's budget. A 429 is not audited:
+        // a flood would otherwise turn into a flood of audit rows.
+        let expensive = parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|m| crate::plans::is_expensive(&parts.method, m.as_str()));
+        let rate = state
+            .plans
+            .check_key(&principal.tenant_id, &principal.key_id, expensive)?;
         Ok(Grant {
             bound,
             principal,
             now,
             clock: state.clock.clone(),
+            rate,
             _p: PhantomData,
         })
     }
@@ -725,6 +744,7 @@ impl<P: Permission> Grant<P> {
             principal,
             now,
             clock: state.clock.clone(),
+            rate: None,
             _p: PhantomData,
         })
     }

@@ -341,6 +341,149 @@ const MIGRATIONS: &[&str] = &[
         expires_at  INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 12: plans and usage. Each tenant's plan (NULL: the default plan) and its limits as the
+    // server last synced them from the plans file (NULL: unlimited); usage counters kept by
+    // triggers in the very transaction that changes what they count, and the quotas enforced by
+    // the same triggers (RAISE aborts the statement, so a transactional batch that would cross a
+    // quota stores nothing). Counters start from what the database holds.
+    r#"
+    ALTER TABLE tenants ADD COLUMN plan TEXT;
+    CREATE TABLE tenant_limits (
+        tenant_id             TEXT PRIMARY KEY,
+        plan                  TEXT NOT NULL,
+        memories_per_user     INTEGER,
+        bytes_per_tenant      INTEGER,
+        keys_per_user         INTEGER,
+        targets_per_tenant    INTEGER,
+        seats                 INTEGER,
+        runs_waiting          INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE usage_counters (
+        tenant_id  TEXT NOT NULL,
+        user_id    TEXT NOT NULL,
+        resource   TEXT NOT NULL,
+        used       INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, user_id, resource)
+    ) WITHOUT ROWID;
+
+    INSERT INTO usage_counters SELECT tenant_id, user_id, 'memories', COUNT(*)
+        FROM memories GROUP BY tenant_id, user_id;
+    INSERT INTO usage_counters SELECT tenant_id, '', 'bytes',
+        SUM(length(CAST(content AS BLOB)) + COALESCE(length(CAST(summary AS BLOB)), 0)
+            + length(CAST(tags AS BLOB)) + length(CAST(space AS BLOB))
+            + COALESCE(length(CAST(source AS BLOB)), 0))
+        FROM memories GROUP BY tenant_id;
+    INSERT INTO usage_counters SELECT tenant_id, user_id, 'keys', COUNT(*)
+        FROM api_keys WHERE revoked_at IS NULL GROUP BY tenant_id, user_id;
+    INSERT INTO usage_counters SELECT tenant_id, '', 'targets', COUNT(*)
+        FROM dispatch_targets GROUP BY tenant_id;
+    INSERT INTO usage_counters SELECT tenant_id, '', 'members', COUNT(*)
+        FROM users WHERE removed_at IS NULL GROUP BY tenant_id;
+    INSERT INTO usage_counters SELECT tenant_id, '', 'runs_waiting', COUNT(*)
+        FROM runs WHERE state IN ('queued', 'awaiting_approval', 'blocked', 'dispatched')
+        GROUP BY tenant_id;
+
+    -- Memories: count per user, bytes per tenant (the UTF-8 bytes of content, summary, tags,
+    -- space and source).
+    CREATE TRIGGER usage_memories_insert AFTER INSERT ON memories BEGIN
+        INSERT INTO usage_counters VALUES (NEW.tenant_id, NEW.user_id, 'memories', 1)
+            ON CONFLICT DO UPDATE SET used = used + 1;
+        INSERT INTO usage_counters VALUES (NEW.tenant_id, '', 'bytes',
+            length(CAST(NEW.content AS BLOB)) + COALESCE(length(CAST(NEW.summary AS BLOB)), 0)
+            + length(CAST(NEW.tags AS BLOB)) + length(CAST(NEW.space AS BLOB))
+            + COALESCE(length(CAST(NEW.source AS BLOB)), 0))
+            ON CONFLICT DO UPDATE SET used = used + excluded.used;
+        SELECT RAISE(ABORT, 'quota_exceeded:memories_per_user')
+            WHERE (SELECT used FROM usage_counters WHERE tenant_id = NEW.tenant_id
+                     AND user_id = NEW.user_id AND resource = 'memories')
+                > (SELECT memories_per_user FROM tenant_limits WHERE tenant_id = NEW.tenant_id);
+        SELECT RAISE(ABORT, 'quota_exceeded:bytes_per_tenant')
+            WHERE (SELECT used FROM usage_counters WHERE tenant_id = NEW.tenant_id
+                     AND user_id = '' AND resource = 'bytes')
+                > (SELECT bytes_per_tenant FROM tenant_limits WHERE tenant_id = NEW.tenant_id);
+    END;
+    CREATE TRIGGER usage_memories_delete AFTER DELETE ON memories BEGIN
+        UPDATE usage_counters SET used = used - 1
+            WHERE tenant_id = OLD.tenant_id AND user_id = OLD.user_id AND resource = 'memories';
+        UPDATE usage_counters SET used = used - (
+            length(CAST(OLD.content AS BLOB)) + COALESCE(length(CAST(OLD.summary AS BLOB)), 0)
+            + length(CAST(OLD.tags AS BLOB)) + length(CAST(OLD.space AS BLOB))
+            + COALESCE(length(CAST(OLD.source AS BLOB)), 0))
+            WHERE tenant_id = OLD.tenant_id AND user_id = '' AND resource = 'bytes';
+    END;
+
+    -- API keys: live keys per user.
+    CREATE TRIGGER usage_keys_insert AFTER INSERT ON api_keys WHEN NEW.revoked_at IS NULL BEGIN
+        INSERT INTO usage_counters VALUES (NEW.tenant_id, NEW.user_id, 'keys', 1)
+            ON CONFLICT DO UPDATE SET used = used + 1;
+        SELECT RAISE(ABORT, 'quota_exceeded:keys_per_user')
+            WHERE (SELECT used FROM usage_counters WHERE tenant_id = NEW.tenant_id
+                     AND user_id = NEW.user_id AND resource = 'keys')
+                > (SELECT keys_per_user FROM tenant_limits WHERE tenant_id = NEW.tenant_id);
+    END;
+    CREATE TRIGGER usage_keys_revoke AFTER UPDATE OF revoked_at ON api_keys
+        WHEN OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL BEGIN
+        UPDATE usage_counters SET used = used - 1
+            WHERE tenant_id = OLD.tenant_id AND user_id = OLD.user_id AND resource = 'keys';
+    END;
+
+    -- Dispatch targets per tenant.
+    CREATE TRIGGER usage_targets_insert AFTER INSERT ON dispatch_targets BEGIN
+        INSERT INTO usage_counters VALUES (NEW.tenant_id, '', 'targets', 1)
+            ON CONFLICT DO UPDATE SET used = used + 1;
+        SELECT RAISE(ABORT, 'quota_exceeded:targets_per_tenant')
+            WHERE (SELECT used FROM usage_counters WHERE tenant_id = NEW.tenant_id
+                     AND user_id = '' AND resource = 'targets')
+                > (SELECT targets_per_tenant FROM tenant_limits WHERE tenant_id = NEW.tenant_id);
+    END;
+    CREATE TRIGGER usage_targets_delete AFTER DELETE ON dispatch_targets BEGIN
+        UPDATE usage_counters SET used = used - 1
+            WHERE tenant_id = OLD.tenant_id AND user_id = '' AND resource = 'targets';
+    END;
+
+    -- Seats: members, and invitations neither accepted, revoked nor expired. A new invitation
+    -- is refused when the seats are taken; a member joining takes the seat their invitation held.
+    CREATE TRIGGER usage_members_insert AFTER INSERT ON users WHEN NEW.removed_at IS NULL BEGIN
+        INSERT INTO usage_counters VALUES (NEW.tenant_id, '', 'members', 1)
+            ON CONFLICT DO UPDATE SET used = used + 1;
+    END;
+    CREATE TRIGGER usage_members_remove AFTER UPDATE OF removed_at ON users
+        WHEN OLD.removed_at IS NULL AND NEW.removed_at IS NOT NULL BEGIN
+        UPDATE usage_counters SET used = used - 1
+            WHERE tenant_id = OLD.tenant_id AND user_id = '' AND resource = 'members';
+    END;
+    CREATE TRIGGER usage_seats_invite AFTER INSERT ON invitations BEGIN
+        SELECT RAISE(ABORT, 'quota_exceeded:seats')
+            WHERE COALESCE((SELECT used FROM usage_counters WHERE tenant_id = NEW.tenant_id
+                              AND user_id = '' AND resource = 'members'), 0)
+                + (SELECT COUNT(*) FROM invitations WHERE tenant_id = NEW.tenant_id
+                     AND accepted_at IS NULL AND revoked_at IS NULL
+                     AND expires_at > NEW.created_at)
+                > (SELECT seats FROM tenant_limits WHERE tenant_id = NEW.tenant_id);
+    END;
+    CREATE INDEX invitations_open ON invitations(tenant_id, expires_at)
+        WHERE accepted_at IS NULL AND revoked_at IS NULL;
+
+    -- Runs waiting (queued, awaiting approval, blocked, dispatched) per tenant: creating one
+    -- past the quota is refused; moving between states never is.
+    CREATE TRIGGER usage_runs_insert AFTER INSERT ON runs
+        WHEN NEW.state IN ('queued', 'awaiting_approval', 'blocked', 'dispatched') BEGIN
+        INSERT INTO usage_counters VALUES (NEW.tenant_id, '', 'runs_waiting', 1)
+            ON CONFLICT DO UPDATE SET used = used + 1;
+        SELECT RAISE(ABORT, 'quota_exceeded:runs_waiting')
+            WHERE (SELECT used FROM usage_counters WHERE tenant_id = NEW.tenant_id
+                     AND user_id = '' AND resource = 'runs_waiting')
+                > (SELECT runs_waiting FROM tenant_limits WHERE tenant_id = NEW.tenant_id);
+    END;
+    CREATE TRIGGER usage_runs_state AFTER UPDATE OF state ON runs
+        WHEN (OLD.state IN ('queued', 'awaiting_approval', 'blocked', 'dispatched'))
+          != (NEW.state IN ('queued', 'awaiting_approval', 'blocked', 'dispatched')) BEGIN
+        INSERT INTO usage_counters VALUES (NEW.tenant_id, '', 'runs_waiting',
+            CASE WHEN NEW.state IN ('queued', 'awaiting_approval', 'blocked', 'dispatched')
+                 THEN 1 ELSE -1 END)
+            ON CONFLICT DO UPDATE SET used = used + excluded.used;
+    END;
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

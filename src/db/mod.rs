@@ -311,7 +311,7 @@ fn busy_or_internal(e: rusqlite::Error) -> ApiError {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
             ApiError::new(Code::Unavailable, "database busy; retry shortly")
         }
-        _ => ApiError::internal(e),
+        _ => ApiError::from(e),
     }
 }
 
@@ -333,11 +333,18 @@ pub fn exec<P: rusqlite::Params>(
     conn.prepare_cached(sql)?.execute(params)
 }
 
-/// Maps a UNIQUE-constraint violation to a 409 with `code`; anything else stays internal.
+/// Maps a UNIQUE-constraint violation to a 409 with `code`; a quota a trigger enforces to its
+/// own error; anything else stays internal.
 pub fn unique_violation_as(e: rusqlite::Error, code: Code, message: &str) -> ApiError {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::ConstraintViolation) => ApiError::new(code, message),
-        _ => ApiError::internal(e),
+    const UNIQUE: [i32; 2] = [
+        rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE,
+        rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+    ];
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if UNIQUE.contains(&f.extended_code) => {
+            ApiError::new(code, message)
+        }
+        _ => ApiError::from(e),
     }
 }
 

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::auth::perm::Holder;
 use crate::auth::{Grant, Scope, Scopes};
 use crate::error::ApiResult;
+use crate::http::extract::ClientAddr;
 use crate::state::AppState;
 
 use super::store::{self, Poll};
@@ -187,9 +188,13 @@ fn requested_scopes(raw: Option<&str>) -> Result<Option<Scopes>, OAuthError> {
 /// `POST /v1/auth/device {client_id, scope?}` (RFC 8628 §3.1–3.2).
 pub async fn authorize(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
+    if let Err(e) = state.plans.check_address(addr) {
+        return Ok(e.into_response());
+    }
     let pairs = params(&headers, &body)?;
     let Some(client) = client_id(&headers, &pairs) else {
         return Err(oauth_error(
@@ -257,9 +262,13 @@ pub async fn authorize(
 /// `POST /v1/auth/device/token {grant_type, device_code}` (RFC 8628 §3.4–3.5).
 pub async fn token(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
+    if let Err(e) = state.plans.check_address(addr) {
+        return Ok(e.into_response());
+    }
     let pairs = params(&headers, &body)?;
     match param(&pairs, "grant_type") {
         Some(DEVICE_GRANT_TYPE) => {}

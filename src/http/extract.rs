@@ -271,3 +271,21 @@ pub fn bounded_text(field: &str, raw: Option<String>, max: usize) -> ApiResult<O
 pub fn required_text(field: &str, raw: String, max: usize) -> ApiResult<String> {
     bounded_text(field, Some(raw), max)?.ok_or_else(|| ApiError::field(field, "must not be empty"))
 }
+
+/// The address of the client, when the server was started with connection info (it is, by
+/// `serve`); the per-address limit of unauthenticated endpoints keys on it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}

@@ -20,7 +20,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{Access, Grant, Permission, RefusedCaller};
 use crate::error::{Code, error_body};
 use crate::state::AppState;
-use crate::{agents, audit, device, keys, memory, orchestrator, team};
+use crate::{agents, audit, device, keys, memory, orchestrator, plans, team};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -123,6 +123,9 @@ fn v1() -> Table {
         .public(M::POST, "/auth/device", device::handlers::authorize)
         .public(M::POST, "/auth/device/token", device::handlers::token)
         .on(M::GET, "/auth/whoami", Holder, device::handlers::whoami)
+        // Plans and usage
+        .on(M::GET, "/billing/plan", Holder, plans::handlers::plan)
+        .on(M::GET, "/usage/summary", Holder, plans::handlers::usage)
         .on(M::POST, "/auth/logout", Holder, device::handlers::logout)
         // Audit
         .on(M::GET, "/audit/logs", AuditRead, audit::handlers::list)

@@ -201,6 +201,18 @@ pub async fn batch(
     })
 }
 
+/// The bytes a memory counts for against its workspace's quota, as the database counts them
+/// (migration 12): its content, summary, tags (as stored, JSON), space and source.
+fn stored_bytes(m: &NewMemory) -> i64 {
+    let tags = serde_json::to_string(&m.tags).map_or(0, |t| t.len());
+    let n = m.content.len()
+        + m.summary.as_ref().map_or(0, String::len)
+        + tags
+        + m.space.as_str().len()
+        + m.source.as_ref().map_or(0, String::len);
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// A non-transactional batch: the valid items are stored, the others answered with their error.
 async fn partial_batch(
     state: &AppState,
@@ -211,8 +223,16 @@ async fn partial_batch(
     let n = parsed.len();
     let mut failures: Vec<Option<BatchItem>> = Vec::with_capacity(n);
     let mut good = Vec::new();
+    // Items past the plan's room fail on their own (the quota triggers would refuse the
+    // whole mutation); a write that races this one and takes the room makes the triggers
+    // refuse the batch, and nothing is stored.
+    let (tenant, user) = (grant.tenant().clone(), grant.user().clone());
+    let mut room = state
+        .db
+        .read(move |c| crate::plans::store::memory_room(c, &tenant, &user))
+        .await?;
     for (i, item) in parsed.into_iter().enumerate() {
-        match item {
+        match item.and_then(|m| room.take(stored_bytes(&m)).map(|()| m)) {
             Ok(m) => {
                 good.push(m);
                 failures.push(None);

@@ -46,8 +46,10 @@ pub async fn invite(
 /// No API key: the invitation token is the credential.
 pub async fn accept(
     State(state): State<AppState>,
+    crate::http::extract::ClientAddr(addr): crate::http::extract::ClientAddr,
     Path(token): Path<String>,
 ) -> ApiResult<(StatusCode, axum::Json<AcceptedInvitation>)> {
+    state.plans.check_address(addr)?;
     if !token.starts_with(INVITATION_TOKEN_PREFIX) {
         return Err(ApiError::not_found("invitation"));
     }

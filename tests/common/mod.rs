@@ -14,7 +14,8 @@ use memesh::db::Db;
 use memesh::embed::{Embedder, MODEL_DIM};
 use memesh::index::IndexConfig;
 use memesh::memory::engine::{EngineConfig, MemoryEngine};
-use memesh::state::{AppState, Settings};
+use memesh::plans::RateOverride;
+use memesh::state::{AppState, PlansSettings, Settings};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -75,6 +76,16 @@ pub fn test_settings() -> Settings {
         remote_refresh_interval: Duration::from_secs(3600),
         remote_cancel_attempts: 3,
         remote_cancel_timeout: Duration::from_secs(60),
+        // Request limits stay out of the way of tests that are not about them.
+        plans: PlansSettings {
+            rate: RateOverride {
+                per_second: Some(0),
+                burst: None,
+            },
+            public_per_second: 0,
+            reload_interval: Duration::from_secs(3600),
+            ..PlansSettings::default()
+        },
         ..Settings::default()
     }
 }
@@ -147,6 +158,19 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// The first tenant (the one `owner_key` belongs to).
+    pub fn tenant_id(&self) -> memesh::ids::TenantId {
+        let db = Db::open(&self.db_path()).unwrap();
+        db.read_blocking(|c| {
+            Ok(c.query_row(
+                "SELECT id FROM tenants ORDER BY created_at, id LIMIT 1",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap()
     }
 
     pub fn db_path(&self) -> PathBuf {
