@@ -73,6 +73,17 @@ pub enum Command {
         #[arg(long)]
         scope: Option<String>,
     },
+    /// Take a consistent online backup of the data directory into PATH (a new directory), while
+    /// the server runs.
+    Backup {
+        /// Where the backup goes (must not exist, or be empty).
+        path: PathBuf,
+    },
+    /// Restore the backup at PATH into the data directory (which must be empty).
+    Restore {
+        /// A directory `memesh backup` wrote.
+        path: PathBuf,
+    },
     /// Plans: list them, put a tenant on one.
     #[command(subcommand)]
     Plan(PlanCommand),

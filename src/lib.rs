@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod bootstrap;
 pub mod client;
 pub mod clock;

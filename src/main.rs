@@ -40,6 +40,26 @@ fn main() -> ExitCode {
         Some(Command::Audit(AuditCommand::Verify)) => verify_audit(&cli.global),
         Some(Command::Audit(AuditCommand::Head)) => audit_heads(&cli.global),
         Some(Command::Reindex(model)) => reindex(&cli.global, &model),
+        Some(Command::Backup { path }) => {
+            memesh::backup::backup(&cli.global.data_dir, &path).map(|m| {
+                println!(
+                    "memesh: backup of {} written to {} ({} memories)",
+                    cli.global.data_dir.display(),
+                    path.display(),
+                    m["database"]["memories"]
+                );
+                ExitCode::SUCCESS
+            })
+        }
+        Some(Command::Restore { path }) => memesh::backup::restore(&path, &cli.global.data_dir)
+            .map(|m| {
+                println!(
+                    "memesh: backup taken at {} restored into {}; start the server on it",
+                    m["takenAt"].as_str().unwrap_or("?"),
+                    cli.global.data_dir.display()
+                );
+                ExitCode::SUCCESS
+            }),
         Some(Command::Plan(PlanCommand::List)) => list_plans(&cli.global),
         Some(Command::Plan(PlanCommand::Set { tenant, plan })) => {
             set_plan(&cli.global, &tenant, &plan)

@@ -333,6 +333,11 @@ pub fn exec<P: rusqlite::Params>(
     conn.prepare_cached(sql)?.execute(params)
 }
 
+/// The schema version this binary migrates databases to.
+pub fn schema_version() -> i64 {
+    migrations::latest_version()
+}
+
 /// Maps a UNIQUE-constraint violation to a 409 with `code`; a quota a trigger enforces to its
 /// own error; anything else stays internal.
 pub fn unique_violation_as(e: rusqlite::Error, code: Code, message: &str) -> ApiError {
