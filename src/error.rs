@@ -15,6 +15,8 @@ pub enum Code {
     InvalidField,
     UnsupportedMediaType,
     PayloadTooLarge,
+    UriTooLong,
+    HeadersTooLarge,
     Unauthorized,
     KeyExpired,
     InsufficientRole,
@@ -97,6 +99,8 @@ impl Code {
             | Code::MemoryIdTaken => StatusCode::CONFLICT,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::UriTooLong => StatusCode::URI_TOO_LONG,
+            Code::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Code::Unauthorized | Code::KeyExpired => StatusCode::UNAUTHORIZED,
             Code::InsufficientRole | Code::InsufficientScope | Code::QuotaExceeded => {
                 StatusCode::FORBIDDEN
@@ -124,6 +128,8 @@ impl Code {
             Code::InvalidField => "invalid_field",
             Code::UnsupportedMediaType => "unsupported_media_type",
             Code::PayloadTooLarge => "payload_too_large",
+            Code::UriTooLong => "uri_too_long",
+            Code::HeadersTooLarge => "headers_too_large",
             Code::Unauthorized => "unauthorized",
             Code::KeyExpired => "key_expired",
             Code::InsufficientRole => "insufficient_role",

@@ -230,6 +230,34 @@ async fn refuse_oversized(
 
 /// A refused mutation by a caller whose key is known (401 for a revoked or expired key, 403) is
 /// audited with its outcome, after the response is made.
+/// Longest request target (path and query) accepted, and largest header value and header
+/// section: past them, 414 `uri_too_long` / 431 `headers_too_large`, before any work.
+const MAX_URI_BYTES: usize = 16 * 1024;
+const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
+const MAX_HEADERS_BYTES: usize = 32 * 1024;
+
+async fn refuse_oversized_head(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        let message = format!(
+            "the request target is {uri} bytes; at most {MAX_URI_BYTES} are accepted (send long queries in a POST body)"
+        );
+        return crate::error::ApiError::new(Code::UriTooLong, message).into_response();
+    }
+    let mut total = 0;
+    for (name, value) in req.headers() {
+        let size = name.as_str().len() + value.len();
+        total += size;
+        if value.len() > MAX_HEADER_VALUE_BYTES || total > MAX_HEADERS_BYTES {
+            let message = format!(
+                "header {name} is too large (at most {MAX_HEADER_VALUE_BYTES} bytes a value, {MAX_HEADERS_BYTES} in all)"
+            );
+            return crate::error::ApiError::new(Code::HeadersTooLarge, message).into_response();
+        }
+    }
+    next.run(req).await
+}
+
 async fn audit_refusals(
     State(state): State<AppState>,
     req: Request<Body>,
@@ -274,6 +302,7 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(CompressionLayer::new())
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(refuse_oversized_head))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes));
 
     let v1 = timed
