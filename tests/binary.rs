@@ -761,3 +761,395 @@ async fn a_backup_under_write_load_restores_every_acknowledged_write() {
     );
     stop(server);
 }
+
+/// A request that may meet a killed server: `None` when no answer came.
+async fn try_send(req: reqwest::RequestBuilder) -> Option<(StatusCode, Value)> {
+    let resp = req.send().await.ok()?;
+    let status = resp.status();
+    let body = resp.json().await.ok()?;
+    Some((status, body))
+}
+
+/// What the workload was told succeeded (and what it sent without hearing back).
+#[derive(Default, Clone)]
+struct Acked {
+    /// Single and batch writes: idempotency key, request body, ids.
+    writes: Vec<(String, Value, Vec<String>)>,
+    deleted: std::collections::HashSet<String>,
+    /// Deletes sent and not acknowledged: committed or not, either is right.
+    deleting: std::collections::HashSet<String>,
+    /// Runs: execution id, claim token, completed.
+    claims: Vec<(String, String, bool)>,
+    /// The last governance change sent to the held target, and whether it was acknowledged.
+    hold: Option<(bool, bool)>,
+}
+
+/// One round of mixed work against `base` until the server dies: single and batch memory
+/// writes (with idempotency keys) and deletes, runs claimed and completed by a worker, and a
+/// target held and released (compare-and-swap on its runtime token).
+async fn workload(
+    base: String,
+    owner: String,
+    agent: String,
+    targets: (String, String),
+    round: u32,
+    acked: std::sync::Arc<std::sync::Mutex<Acked>>,
+) {
+    let http = reqwest::Client::new();
+    let auth = |r: reqwest::RequestBuilder, k: &str| r.header("x-api-key", k.to_owned());
+    let writes = {
+        let (http, base, owner, acked) = (http.clone(), base.clone(), owner.clone(), acked.clone());
+        async move {
+            for i in 0.. {
+                let (path, body) = if i % 3 == 2 {
+                    let key = format!("b-{round}-{i}");
+                    let memories: Vec<Value> = (0..3)
+                        .map(|j| serde_json::json!({ "content": format!("round {round} batch {i}.{j} 記憶") }))
+                        .collect();
+                    (
+                        "/v1/memory/batch",
+                        serde_json::json!({ "transactional": true, "memories": memories, "idempotencyKey": key }),
+                    )
+                } else {
+                    let key = format!("w-{round}-{i}");
+                    (
+                        "/v1/memory/write",
+                        serde_json::json!({ "content": format!("round {round} write {i} 記憶"), "idempotencyKey": key }),
+                    )
+                };
+                let Some((st, r)) =
+                    try_send(auth(http.post(format!("{base}{path}")), &owner).json(&body)).await
+                else {
+                    return;
+                };
+                assert_eq!(st, StatusCode::CREATED, "{r}");
+                let ids: Vec<String> = match r["memories"].as_array() {
+                    Some(ms) => ms
+                        .iter()
+                        .map(|m| m["id"].as_str().unwrap().to_owned())
+                        .collect(),
+                    None => vec![r["id"].as_str().unwrap().to_owned()],
+                };
+                let key = body["idempotencyKey"].as_str().unwrap().to_owned();
+                let victim = {
+                    let mut a = acked.lock().unwrap();
+                    a.writes.push((key, body, ids.clone()));
+                    // Now and then delete an earlier acknowledged memory.
+                    let victim = (i % 4 == 3)
+                        .then(|| {
+                            a.writes
+                                .iter()
+                                .flat_map(|w| w.2.iter())
+                                .find(|id| !a.deleted.contains(*id) && !a.deleting.contains(*id))
+                                .cloned()
+                        })
+                        .flatten();
+                    if let Some(v) = &victim {
+                        a.deleting.insert(v.clone());
+                    }
+                    victim
+                };
+                {
+                    if let Some(id) = victim {
+                        let Some((st, _)) =
+                            try_send(auth(http.delete(format!("{base}/v1/memory/{id}")), &owner))
+                                .await
+                        else {
+                            return;
+                        };
+                        assert_eq!(st, StatusCode::OK);
+                        let mut a = acked.lock().unwrap();
+                        a.deleting.remove(&id);
+                        a.deleted.insert(id);
+                    }
+                }
+            }
+        }
+    };
+    let runs = {
+        let (http, base, owner, agent, acked, target) = (
+            http.clone(),
+            base.clone(),
+            owner.clone(),
+            agent.clone(),
+            acked.clone(),
+            targets.0.clone(),
+        );
+        async move {
+            for i in 0.. {
+                let body = serde_json::json!({ "targetId": target, "input": { "round": round, "i": i }, "idempotencyKey": format!("r-{round}-{i}") });
+                let Some((st, run)) = try_send(
+                    auth(http.post(format!("{base}/v1/orchestrator/runs")), &owner).json(&body),
+                )
+                .await
+                else {
+                    return;
+                };
+                assert_eq!(st, StatusCode::CREATED, "{run}");
+                let exe = run["execution"]["id"].as_str().unwrap().to_owned();
+                let token = format!("c-{round}-{i}");
+                let claim = serde_json::json!({ "claimToken": token });
+                let Some((st, _)) = try_send(
+                    auth(
+                        http.post(format!("{base}/v1/agents/executions/{exe}/claim")),
+                        &agent,
+                    )
+                    .json(&claim),
+                )
+                .await
+                else {
+                    return;
+                };
+                assert_eq!(st, StatusCode::OK);
+                acked
+                    .lock()
+                    .unwrap()
+                    .claims
+                    .push((exe.clone(), token.clone(), false));
+                let done = serde_json::json!({ "claimToken": token, "result": { "ok": i } });
+                let Some((st, _)) = try_send(
+                    auth(
+                        http.post(format!("{base}/v1/agents/executions/{exe}/complete")),
+                        &agent,
+                    )
+                    .json(&done),
+                )
+                .await
+                else {
+                    return;
+                };
+                assert_eq!(st, StatusCode::OK);
+                acked.lock().unwrap().claims.last_mut().unwrap().2 = true;
+            }
+        }
+    };
+    let governance = {
+        let (http, base, owner, acked, target) = (
+            http.clone(),
+            base.clone(),
+            owner.clone(),
+            acked.clone(),
+            targets.1.clone(),
+        );
+        async move {
+            loop {
+                let Some((_, t)) = try_send(auth(
+                    http.get(format!("{base}/v1/agents/dispatch-targets/{target}")),
+                    &owner,
+                ))
+                .await
+                else {
+                    return;
+                };
+                let held = !t["runtime"]["hold"].is_null();
+                let (op, body) = if held {
+                    (
+                        "release",
+                        serde_json::json!({ "expectedRuntimeUpdatedAt": t["runtime"]["runtimeUpdatedAt"] }),
+                    )
+                } else {
+                    (
+                        "hold",
+                        serde_json::json!({ "reason": "crash test", "expectedRuntimeUpdatedAt": t["runtime"]["runtimeUpdatedAt"] }),
+                    )
+                };
+                acked.lock().unwrap().hold = Some((!held, false));
+                let Some((st, r)) = try_send(
+                    auth(
+                        http.post(format!("{base}/v1/agents/dispatch-targets/{target}/{op}")),
+                        &owner,
+                    )
+                    .json(&body),
+                )
+                .await
+                else {
+                    return;
+                };
+                assert_eq!(st, StatusCode::OK, "{r}");
+                acked.lock().unwrap().hold = Some((!held, true));
+            }
+        }
+    };
+    tokio::join!(writes, runs, governance);
+}
+
+/// SIGKILL at random points of a mixed workload, restart, and check after each restart: every
+/// acknowledged write is there exactly once (its idempotency key replays it, never creates it
+/// again), no acknowledged delete came back, the index matches SQLite, the audit chains verify,
+/// every acknowledged claim is still held by its token alone or completed, and the held
+/// target is as its last acknowledged change left it. `MEMESH_CRASH_KILLS` kills (3 by
+/// default; the long mode runs 50 or more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_of_a_mixed_workload() {
+    use rand::{Rng, SeedableRng};
+    use std::sync::{Arc, Mutex};
+
+    let kills: u32 = std::env::var("MEMESH_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("MEMESH_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20261130);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path(), &[]);
+    let owner = key_in(&server.stdout).unwrap();
+    let base = server.base.clone();
+    let target = |name: &str| serde_json::json!({ "name": name, "kind": "LOCAL_AGENT" });
+    let (_, work) = post(&base, "/v1/agents/dispatch-targets", &owner, target("work")).await;
+    let (_, governed) = post(
+        &base,
+        "/v1/agents/dispatch-targets",
+        &owner,
+        target("governed"),
+    )
+    .await;
+    let targets = (
+        work["id"].as_str().unwrap().to_owned(),
+        governed["id"].as_str().unwrap().to_owned(),
+    );
+    let (_, agent) = post(
+        &base,
+        "/v1/keys",
+        &owner,
+        serde_json::json!({ "name": "worker", "targetId": targets.0 }),
+    )
+    .await;
+    let agent = agent["key"].as_str().unwrap().to_owned();
+    let acked = Arc::new(Mutex::new(Acked::default()));
+
+    for round in 0..kills {
+        let running = tokio::spawn(workload(
+            server.base.clone(),
+            owner.clone(),
+            agent.clone(),
+            targets.clone(),
+            round,
+            acked.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        running.await.unwrap();
+        server = start(dir.path(), &[]);
+        let base = server.base.clone();
+
+        let (st, ready) = get(&base, "/readyz", &owner).await;
+        assert_eq!(st, StatusCode::OK, "round {round}: {ready}");
+        assert_eq!(
+            ready["memories"], ready["index"]["vectors"],
+            "round {round}: index matches SQLite"
+        );
+        // The round's workload has ended: a copy of what it was told.
+        let a = acked.lock().unwrap().clone();
+        let mut live = 0;
+        for (key, body, ids) in &a.writes {
+            let path = if body.get("memories").is_some() {
+                "/v1/memory/batch"
+            } else {
+                "/v1/memory/write"
+            };
+            let (st, r) = post(&base, path, &owner, body.clone()).await;
+            assert_eq!(
+                st,
+                StatusCode::OK,
+                "round {round}: {key} replays, it is not written again: {r}"
+            );
+            let replayed: Vec<&str> = match r["memories"].as_array() {
+                Some(ms) => ms.iter().map(|m| m["id"].as_str().unwrap()).collect(),
+                None => vec![r["id"].as_str().unwrap()],
+            };
+            assert_eq!(
+                replayed,
+                ids.iter().map(String::as_str).collect::<Vec<_>>(),
+                "round {round}: {key}"
+            );
+            for id in ids {
+                let (st, _) = get(&base, &format!("/v1/memory/{id}"), &owner).await;
+                if a.deleting.contains(id) {
+                    // Its delete was in flight at the kill: committed or not, either is right.
+                    assert!(
+                        st == StatusCode::OK || st == StatusCode::NOT_FOUND,
+                        "round {round}: {id}: {st}"
+                    );
+                    live += usize::from(st == StatusCode::OK);
+                    continue;
+                }
+                let expected = if a.deleted.contains(id) {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::OK
+                };
+                assert_eq!(st, expected, "round {round}: memory {id}");
+                live += usize::from(expected == StatusCode::OK);
+            }
+        }
+        let (_, count) = get(&base, "/v1/memory/count", &owner).await;
+        let stored = count["count"].as_u64().unwrap() as usize;
+        // At most one single write and one batch of three were committed unacknowledged per
+        // round; their keys were never replayed, so they stay as they are.
+        assert!(
+            (live..=live + 4 * (round as usize + 1)).contains(&stored),
+            "round {round}: {stored} stored, {live} acknowledged and live"
+        );
+        for (exe, token, completed) in &a.claims {
+            let (st, _) = post(
+                &base,
+                &format!("/v1/agents/executions/{exe}/claim"),
+                &agent,
+                serde_json::json!({ "claimToken": "intruder" }),
+            )
+            .await;
+            assert_eq!(
+                st,
+                StatusCode::CONFLICT,
+                "round {round}: {exe} is not claimable by another token"
+            );
+            if !completed {
+                let (st, r) = post(
+                    &base,
+                    &format!("/v1/agents/executions/{exe}/heartbeat"),
+                    &agent,
+                    serde_json::json!({ "claimToken": token }),
+                )
+                .await;
+                // Held by its token, or completed by a completion committed unacknowledged.
+                assert!(
+                    st == StatusCode::OK || r["error"]["code"] == "lease_lost",
+                    "round {round}: {exe}: {r}"
+                );
+            }
+        }
+        if let Some((held, true)) = a.hold {
+            let (_, t) = get(
+                &base,
+                &format!("/v1/agents/dispatch-targets/{}", targets.1),
+                &owner,
+            )
+            .await;
+            assert_eq!(
+                !t["runtime"]["hold"].is_null(),
+                held,
+                "round {round}: the last acknowledged governance change stands"
+            );
+        }
+        drop(a);
+        let verify = memesh(dir.path())
+            .args(["audit", "verify"])
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+    }
+    let a = acked.lock().unwrap().clone();
+    assert!(
+        a.writes.len() >= kills as usize && a.claims.iter().any(|c| c.2) && a.hold.is_some(),
+        "the workload did real work between the kills"
+    );
+    stop(server);
+}
