@@ -65,6 +65,63 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code (the OpenAPI document lists them; `every_code_is_listed` keeps it whole).
+    pub const ALL: &'static [Code] = &[
+        Code::MalformedJson,
+        Code::MissingField,
+        Code::UnknownField,
+        Code::InvalidField,
+        Code::UnsupportedMediaType,
+        Code::PayloadTooLarge,
+        Code::UriTooLong,
+        Code::HeadersTooLarge,
+        Code::Unauthorized,
+        Code::KeyExpired,
+        Code::InsufficientRole,
+        Code::InsufficientScope,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::RequestTimeout,
+        Code::AlreadyMember,
+        Code::InvitationPending,
+        Code::InvitationUsed,
+        Code::InvitationExpired,
+        Code::InvitationRevoked,
+        Code::LastOwner,
+        Code::KeyExists,
+        Code::InvalidAgentCard,
+        Code::AgentCardUnreachable,
+        Code::StaleRuntimeSnapshot,
+        Code::StalePolicyEpoch,
+        Code::StaleIncidentEpoch,
+        Code::SelfReviewBlocked,
+        Code::AgentKeyForbidden,
+        Code::TargetNameTaken,
+        Code::TargetAlreadyHeld,
+        Code::TargetNotHeld,
+        Code::IncidentAlreadyOpen,
+        Code::NoOpenIncident,
+        Code::NothingToReview,
+        Code::TargetHasActiveRuns,
+        Code::TargetBlocked,
+        Code::MemoryIdTaken,
+        Code::IdempotencyKeyReused,
+        Code::InvalidRunState,
+        Code::ApprovalDecided,
+        Code::AgentKeyRequired,
+        Code::DuplicateClaim,
+        Code::LeaseLost,
+        Code::ExecutionNotClaimable,
+        Code::CancelNotRequested,
+        Code::CancelNotRetryable,
+        Code::RemoteRecoveryNotExhausted,
+        Code::QuotaExceeded,
+        Code::RateLimited,
+        Code::Overloaded,
+        Code::Internal,
+        Code::Unavailable,
+    ];
+
     pub fn status(self) -> StatusCode {
         match self {
             Code::MalformedJson
@@ -362,5 +419,78 @@ impl IntoResponse for ApiError {
             }
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::Code;
+
+    /// A new code must be added to `Code::ALL` too: this match is exhaustive, so a new variant
+    /// does not compile until it has an index here, and the index must be its place in `ALL`.
+    fn index(c: Code) -> usize {
+        match c {
+            Code::MalformedJson => 0,
+            Code::MissingField => 1,
+            Code::UnknownField => 2,
+            Code::InvalidField => 3,
+            Code::UnsupportedMediaType => 4,
+            Code::PayloadTooLarge => 5,
+            Code::UriTooLong => 6,
+            Code::HeadersTooLarge => 7,
+            Code::Unauthorized => 8,
+            Code::KeyExpired => 9,
+            Code::InsufficientRole => 10,
+            Code::InsufficientScope => 11,
+            Code::NotFound => 12,
+            Code::MethodNotAllowed => 13,
+            Code::RequestTimeout => 14,
+            Code::AlreadyMember => 15,
+            Code::InvitationPending => 16,
+            Code::InvitationUsed => 17,
+            Code::InvitationExpired => 18,
+            Code::InvitationRevoked => 19,
+            Code::LastOwner => 20,
+            Code::KeyExists => 21,
+            Code::InvalidAgentCard => 22,
+            Code::AgentCardUnreachable => 23,
+            Code::StaleRuntimeSnapshot => 24,
+            Code::StalePolicyEpoch => 25,
+            Code::StaleIncidentEpoch => 26,
+            Code::SelfReviewBlocked => 27,
+            Code::AgentKeyForbidden => 28,
+            Code::TargetNameTaken => 29,
+            Code::TargetAlreadyHeld => 30,
+            Code::TargetNotHeld => 31,
+            Code::IncidentAlreadyOpen => 32,
+            Code::NoOpenIncident => 33,
+            Code::NothingToReview => 34,
+            Code::TargetHasActiveRuns => 35,
+            Code::TargetBlocked => 36,
+            Code::MemoryIdTaken => 37,
+            Code::IdempotencyKeyReused => 38,
+            Code::InvalidRunState => 39,
+            Code::ApprovalDecided => 40,
+            Code::AgentKeyRequired => 41,
+            Code::DuplicateClaim => 42,
+            Code::LeaseLost => 43,
+            Code::ExecutionNotClaimable => 44,
+            Code::CancelNotRequested => 45,
+            Code::CancelNotRetryable => 46,
+            Code::RemoteRecoveryNotExhausted => 47,
+            Code::QuotaExceeded => 48,
+            Code::RateLimited => 49,
+            Code::Overloaded => 50,
+            Code::Internal => 51,
+            Code::Unavailable => 52,
+        }
+    }
+
+    #[test]
+    fn every_code_is_listed() {
+        for (i, c) in Code::ALL.iter().enumerate() {
+            assert_eq!(index(*c), i, "{}", c.as_str());
+        }
+        assert_eq!(Code::ALL.len(), index(Code::Unavailable) + 1);
     }
 }

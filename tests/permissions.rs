@@ -85,6 +85,14 @@ fn rows() -> Vec<Row> {
             ("/readyz", None, 200),
             None,
         ),
+        row(M::GET, "/docs", Access::Public, ("/docs", None, 200), None),
+        row(
+            M::GET,
+            "/v1/openapi.json",
+            Access::Public,
+            ("/v1/openapi.json", None, 200),
+            None,
+        ),
         row(
             M::GET,
             "/device",

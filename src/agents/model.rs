@@ -16,7 +16,7 @@ pub const MAX_NAME: usize = 100;
 pub const MAX_TEXT: usize = 2_000;
 pub const AVAILABILITY: [&str; 4] = ["AVAILABLE", "DEGRADED", "HELD", "INCIDENT"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 pub enum TargetKind {
     #[serde(rename = "LOCAL_AGENT")]
     LocalAgent,
@@ -54,7 +54,7 @@ impl rusqlite::types::FromSql for TargetKind {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateTarget {
     pub name: String,
@@ -69,7 +69,7 @@ pub struct CreateTarget {
     pub require_approval: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateTarget {
     pub name: Option<String>,
@@ -113,7 +113,7 @@ pub fn required_text(field: &str, raw: String) -> ApiResult<String> {
     crate::http::extract::required_text(field, raw, MAX_TEXT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListParams {
     pub search: Option<String>,
@@ -160,7 +160,7 @@ impl ListParams {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HoldBody {
     pub reason: String,
@@ -168,14 +168,14 @@ pub struct HoldBody {
     pub expected_runtime_updated_at: Timestamp,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NoteBody {
     pub note: Option<String>,
     pub expected_runtime_updated_at: Timestamp,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AcknowledgeBody {
     pub note: Option<String>,
@@ -184,14 +184,14 @@ pub struct AcknowledgeBody {
     pub expected_runtime_updated_at: Timestamp,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OpenIncidentBody {
     pub reason: String,
     pub expected_runtime_updated_at: Timestamp,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HandoffBody {
     pub external_incident_id: String,

@@ -80,7 +80,7 @@ pub struct AuditPage {
 }
 
 /// `GET /audit/logs` query, as sent.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuditQueryParams {
     pub action: Option<String>,

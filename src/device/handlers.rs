@@ -386,7 +386,7 @@ pub async fn whoami(
 }
 
 /// The body of `logout`: nothing, or `{}`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogoutBody {}
 

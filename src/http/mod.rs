@@ -3,6 +3,7 @@
 //! spans named by route, compression, timeouts, body limits and JSON error bodies.
 
 pub mod extract;
+pub mod openapi;
 
 use axum::Router;
 use axum::body::Body;
@@ -188,6 +189,28 @@ fn probes() -> Table {
     Table::new("")
         .public(Method::GET, "/healthz", healthz)
         .public(Method::GET, "/readyz", readyz)
+        .public(Method::GET, "/docs", docs_page)
+        .public(Method::GET, "/v1/openapi.json", openapi_json)
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(openapi::document())
+}
+
+async fn docs_page() -> Response<Body> {
+    let mut r = openapi::page().into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    r
 }
 
 /// The device verification page people open in a browser (outside `/v1`).

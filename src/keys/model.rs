@@ -9,7 +9,7 @@ use crate::ids::{KeyId, TargetId, UserId};
 
 pub const MAX_KEY_NAME: usize = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateKeyRequest {
     pub name: String,

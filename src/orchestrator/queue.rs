@@ -30,7 +30,7 @@ pub const MAX_MESSAGE_CHARS: usize = 2_000;
 const LIST_DEFAULT: u32 = 10;
 const LIST_MAX: u32 = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListParams {
     pub limit: Option<String>,
@@ -153,7 +153,7 @@ async fn act(
     Ok(axum::Json(view(state, &e)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimBody {
     pub claim_token: String,
@@ -174,7 +174,7 @@ pub async fn claim(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeartbeatBody {
     pub claim_token: String,
@@ -195,7 +195,7 @@ pub async fn heartbeat(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CompleteBody {
     pub claim_token: String,
@@ -229,7 +229,7 @@ pub async fn complete(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AckCancelBody {
     pub claim_token: String,
