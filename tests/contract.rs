@@ -40,6 +40,20 @@ async fn every_route_is_documented_and_served() {
             route.path
         );
         assert!(op["responses"]["400"].is_object() && op["responses"]["401"].is_object());
+        // Every JSON success body has its shape in the document.
+        for (status, r) in op["responses"].as_object().unwrap() {
+            if status.starts_with('2')
+                && let Some(schema) = r["content"]["application/json"].get("schema")
+            {
+                assert_ne!(
+                    schema,
+                    &serde_json::json!({}),
+                    "{} {} {status}",
+                    route.method,
+                    route.path
+                );
+            }
+        }
     }
     // Request bodies are the handlers' own types: unknown fields are refused in both.
     let write = &doc["components"]["schemas"]["WriteRequest"];

@@ -70,6 +70,306 @@ impl Doc {
     }
 }
 
+/// An object with these properties, each required, typed `string`, `integer`, `number`,
+/// `boolean`, `array`, `object`, `any`, a shared schema (`@Memory`), an array of one (`[]T`),
+/// or any of those nullable (`?` suffix). Other properties may appear: an answer can grow, and
+/// a client ignores what it does not know.
+fn obj(fields: &[(&str, &str)]) -> Value {
+    let mut props = Map::new();
+    for (name, ty) in fields {
+        props.insert((*name).to_owned(), ty_schema(ty));
+    }
+    let required: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+    json!({ "type": "object", "required": required, "properties": props })
+}
+
+fn ty_schema(ty: &str) -> Value {
+    let (base, nullable) = match ty.strip_suffix('?') {
+        Some(b) => (b, true),
+        None => (ty, false),
+    };
+    let schema = if base == "any" {
+        json!({})
+    } else if let Some(name) = base.strip_prefix('@') {
+        json!({ "$ref": format!("#/components/schemas/{name}") })
+    } else if let Some(item) = base.strip_prefix("[]") {
+        json!({ "type": "array", "items": ty_schema(item) })
+    } else {
+        json!({ "type": base })
+    };
+    if nullable {
+        json!({ "anyOf": [schema, { "type": "null" }] })
+    } else {
+        schema
+    }
+}
+
+fn list(name: &str, item: &str) -> Value {
+    obj(&[(name, &format!("[]{item}"))])
+}
+
+fn page_of(name: &str, item: &str) -> Value {
+    obj(&[
+        (name, &format!("[]{item}")),
+        ("total", "integer"),
+        ("limit", "integer"),
+        ("offset", "integer"),
+    ])
+}
+
+fn with(base: &str, more: &[(&str, &str)]) -> Value {
+    json!({ "allOf": [ty_schema(base), obj(more)] })
+}
+
+/// The shapes several routes answer with.
+fn shared_schemas() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "Memory",
+            obj(&[
+                ("id", "string"),
+                ("content", "string"),
+                ("space", "string"),
+                ("summary", "string?"),
+                ("tags", "[]string"),
+                ("sensitivity", "string"),
+                ("source", "string?"),
+                ("tokenCount", "integer"),
+                ("embedding", "object"),
+                ("createdAt", "string"),
+            ]),
+        ),
+        (
+            "Key",
+            obj(&[
+                ("id", "string"),
+                ("name", "string"),
+                ("userId", "string"),
+                ("maskedKey", "string"),
+                ("kind", "string"),
+                ("scopes", "[]string"),
+                ("restricted", "boolean"),
+                ("expiresAt", "string?"),
+                ("createdAt", "string"),
+                ("lastUsedAt", "string?"),
+            ]),
+        ),
+        ("Revoked", obj(&[("id", "string"), ("revokedAt", "string")])),
+        (
+            "Member",
+            obj(&[
+                ("userId", "string"),
+                ("email", "string"),
+                ("role", "string"),
+                ("joinedAt", "string"),
+            ]),
+        ),
+        (
+            "Target",
+            obj(&[
+                ("id", "string"),
+                ("name", "string"),
+                ("kind", "string"),
+                ("description", "string?"),
+                ("availability", "string"),
+                ("runtime", "object"),
+                ("runtimePolicy", "object"),
+                ("controlState", "object"),
+                ("compatibility", "object"),
+                ("createdAt", "string"),
+                ("updatedAt", "string"),
+            ]),
+        ),
+        (
+            "Run",
+            obj(&[
+                ("id", "string"),
+                ("targetId", "string"),
+                ("targetKind", "string"),
+                ("state", "string"),
+                ("blockReason", "string?"),
+                ("requestedBy", "string"),
+                ("requiresApproval", "boolean"),
+                ("idempotencyKey", "string?"),
+                ("approvals", "[]object"),
+                ("execution", "object?"),
+                ("remote", "object?"),
+                ("control", "object"),
+                ("recommendedActions", "[]string"),
+                ("createdAt", "string"),
+                ("updatedAt", "string"),
+            ]),
+        ),
+        (
+            "Execution",
+            obj(&[
+                ("id", "string"),
+                ("runId", "string"),
+                ("state", "string"),
+                ("attempt", "integer"),
+                ("cancelRequested", "boolean"),
+                ("leaseExpiresAt", "string?"),
+                ("workerId", "string?"),
+                ("createdAt", "string"),
+            ]),
+        ),
+        (
+            "SearchResults",
+            obj(&[
+                ("query", "string"),
+                ("count", "integer"),
+                ("results", "[]object"),
+            ]),
+        ),
+    ]
+}
+
+/// What a route's JSON success body looks like (`{}`: any JSON).
+fn returns(method: &str, path: &str) -> Value {
+    let r = |s: &str| ty_schema(s);
+    match (method, path) {
+        ("GET", "/healthz") => obj(&[("status", "string"), ("jobs", "object")]),
+        ("GET", "/readyz") => obj(&[("status", "string")]),
+        ("GET", "/v1/openapi.json") => obj(&[
+            ("openapi", "string"),
+            ("paths", "object"),
+            ("components", "object"),
+        ]),
+        ("POST", "/v1/keys") => with("@Key", &[("key", "string")]),
+        ("GET", "/v1/keys") => list("keys", "@Key"),
+        ("DELETE", "/v1/keys/{id}" | "/v1/team/invitations/{id}") | ("POST", "/v1/auth/logout") => {
+            r("@Revoked")
+        }
+        ("GET", "/v1/team/members") => list("members", "@Member"),
+        ("POST", "/v1/team/members/invite") => obj(&[
+            ("invitation", "object"),
+            ("token", "string"),
+            ("acceptPath", "string"),
+        ]),
+        ("PATCH", "/v1/team/members/{user_id}/role") => r("@Member"),
+        ("DELETE", "/v1/team/members/{user_id}") => obj(&[
+            ("userId", "string"),
+            ("removedAt", "string"),
+            ("keysRevoked", "integer"),
+            ("invitationsRevoked", "integer"),
+        ]),
+        ("GET", "/v1/team/invitations") => list("invitations", "object"),
+        ("POST", "/v1/team/invitations/{token}/accept") => {
+            obj(&[("member", "@Member"), ("apiKey", "object")])
+        }
+        ("POST", "/v1/auth/device") => obj(&[
+            ("device_code", "string"),
+            ("user_code", "string"),
+            ("verification_uri", "string"),
+            ("verification_uri_complete", "string"),
+            ("expires_in", "integer"),
+            ("interval", "integer"),
+        ]),
+        ("POST", "/v1/auth/device/token") => obj(&[
+            ("access_token", "string"),
+            ("token_type", "string"),
+            ("scope", "string"),
+        ]),
+        ("GET", "/v1/auth/whoami") => obj(&[
+            ("userId", "string"),
+            ("email", "string"),
+            ("tenantId", "string"),
+            ("tenantName", "string"),
+            ("role", "string"),
+            ("keyId", "string"),
+            ("scopes", "[]string"),
+            ("restricted", "boolean"),
+        ]),
+        ("GET", "/v1/billing/plan") => obj(&[
+            ("name", "string"),
+            ("limits", "object"),
+            ("expensiveCalls", "[]string"),
+            ("period", "object"),
+        ]),
+        ("GET", "/v1/usage/summary") => obj(&[
+            ("plan", "string"),
+            ("usage", "object"),
+            ("rateLimit", "object?"),
+        ]),
+        ("GET", "/v1/audit/logs") => obj(&[("logs", "[]object")]),
+        ("GET", "/v1/agents/dispatch-targets") => page_of("targets", "@TargetSummary"),
+        ("DELETE", "/v1/agents/dispatch-targets/{id}") => obj(&[
+            ("deleted", "boolean"),
+            ("deletedAt", "string"),
+            ("agentKeysRevoked", "integer"),
+        ]),
+        ("GET", "/v1/agents/dispatch-targets/{id}/governance") => obj(&[
+            ("target", "object"),
+            ("runtime", "object"),
+            ("policy", "object"),
+            ("review", "object"),
+            ("incident", "object"),
+            ("affectedWork", "array"),
+            ("recentRuns", "array"),
+            ("recentAudit", "array"),
+        ]),
+        (_, p) if p.starts_with("/v1/agents/dispatch-targets") => r("@Target"),
+        ("GET", "/v1/agents/executions") => list("executions", "object"),
+        (_, p) if p.starts_with("/v1/agents/executions/") => r("@Execution"),
+        ("GET", "/v1/orchestrator/runs") => page_of("runs", "@Run"),
+        ("GET", "/v1/orchestrator/runs/{id}/control") => obj(&[
+            ("targetKind", "string"),
+            ("state", "string"),
+            ("actions", "object"),
+            ("recommendedActions", "[]string"),
+        ]),
+        ("POST", "/v1/orchestrator/runs/{id}/reconcile") => {
+            with("@Run", &[("reconciled", "object")])
+        }
+        ("GET", "/v1/orchestrator/runtime-health") => obj(&[
+            ("status", "string"),
+            ("reasons", "[]object"),
+            ("checkedAt", "string"),
+            ("localCompatibility", "object"),
+            ("remoteEscalation", "object"),
+            ("targetGovernance", "object"),
+            ("attentionBacklog", "object"),
+            ("jobs", "object"),
+        ]),
+        (_, p) if p.starts_with("/v1/orchestrator/runs") => r("@Run"),
+        ("POST", "/v1/memory/write") | ("GET", "/v1/memory/{id}") => r("@Memory"),
+        ("POST", "/v1/memory/batch") => obj(&[("created", "integer")]),
+        (_, "/v1/memory/search") => r("@SearchResults"),
+        ("POST", "/v1/memory/query") => obj(&[
+            ("query", "string"),
+            ("mode", "string"),
+            ("results", "[]object"),
+            ("count", "integer"),
+            ("total", "integer"),
+            ("limit", "integer"),
+            ("offset", "integer"),
+        ]),
+        ("POST", "/v1/memory/batch/search") => {
+            obj(&[("results", "[]object"), ("deduplicated", "boolean")])
+        }
+        ("POST", "/v1/memory/context-window") => obj(&[
+            ("query", "string"),
+            ("context", "string"),
+            ("memories", "[]object"),
+            ("tokenBudget", "integer"),
+            ("tokensUsed", "integer"),
+            ("tokenizer", "string"),
+            ("candidates", "integer"),
+            ("omitted", "integer"),
+        ]),
+        ("GET", "/v1/memory/count") => obj(&[("count", "integer")]),
+        ("GET", "/v1/memory/spaces") => list("spaces", "object"),
+        ("DELETE", "/v1/memory/{id}") => obj(&[("id", "string"), ("deletedAt", "string")]),
+        ("POST", "/v1/memory/import") => obj(&[
+            ("imported", "integer"),
+            ("failed", "integer"),
+            ("skipped", "integer"),
+            ("errors", "[]object"),
+        ]),
+        _ => json!({}),
+    }
+}
+
 /// The documentation of one route, by method and path as the route table has them.
 fn doc(method: &str, path: &str, g: &mut SchemaGenerator) -> Option<Doc> {
     use crate::agents::model as agents;
@@ -303,7 +603,7 @@ const ERRORS: [u16; 13] = [
     400, 401, 403, 404, 405, 408, 409, 410, 413, 414, 415, 429, 431,
 ];
 
-fn content(media: &str) -> Value {
+fn content(media: &str, returns: &Value) -> Value {
     match media {
         "html" => json!({ "text/html": { "schema": { "type": "string" } } }),
         "css" => json!({ "text/css": { "schema": { "type": "string" } } }),
@@ -314,7 +614,7 @@ fn content(media: &str) -> Value {
                 "event": { "type": "string" }, "data": { "type": "string" }, "id": { "type": "string" }
             }
         } } }),
-        _ => json!({ "application/json": { "schema": {} } }),
+        _ => json!({ "application/json": { "schema": returns } }),
     }
 }
 
@@ -383,7 +683,7 @@ pub fn document() -> Value {
         for ok in d.ok {
             let mut r = json!({ "description": "success" });
             if *ok != 303 {
-                r["content"] = content(d.media);
+                r["content"] = content(d.media, &returns(route.method.as_str(), &route.path));
             }
             responses.insert(ok.to_string(), r);
         }
@@ -425,6 +725,9 @@ pub fn document() -> Value {
             .insert(method, op);
     }
     let mut schemas: Map<String, Value> = g.take_definitions(true).into_iter().collect();
+    for (name, schema) in shared_schemas() {
+        schemas.insert(name.into(), schema);
+    }
     schemas.insert("Error".into(), error_body());
     schemas.insert("OAuthError".into(), oauth_error_body());
     json!({
