@@ -7,6 +7,8 @@ local plain = { ["x-api-key"] = key }
 local topics = { "harbour", "database migration", "deploy failed", "retry budget", "ships at dawn",
                  "データベースの移行", "quarterly report", "incident handoff", "rate limits", "backup" }
 local n = 0
+-- MEMESH_READ_ONLY=1: the same mix with the writes turned into searches.
+local read_only = os.getenv("MEMESH_READ_ONLY") == "1"
 
 local function enc(s)
   return (s:gsub("[^%w%-_%.~]", function(c) return string.format("%%%02X", string.byte(c)) end))
@@ -16,7 +18,7 @@ request = function()
   n = n + 1
   local t = topics[(n % #topics) + 1]
   local slot = n % 20
-  if slot < 2 then
+  if slot < 2 and not read_only then
     return wrk.format("POST", "/v1/memory/write", json,
       '{"content": "load ' .. n .. ': a note about ' .. t .. ' written under load", "space": "load"}')
   elseif slot < 12 then
