@@ -110,13 +110,22 @@ fn main() {
     println!(
         "load: mixed workload (benches/load/mixed.lua), {seed} seeded memories, wrk -t1 -c{connections} -d{seconds}s --latency, two phases, same machine"
     );
-    println!("  before: resident memory {:.0} MiB, {} memories", rss_mib(pid), count());
+    println!(
+        "  before: resident memory {:.0} MiB, {} memories",
+        rss_mib(pid),
+        count()
+    );
     // Two phases of the mixed load, then one without writes: with no new data, what still
     // grows would be a leak.
     for phase in 1..=3 {
         let read_only = phase == 3;
         let out = Command::new("wrk")
-            .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency"])
+            .args([
+                "-t1",
+                &format!("-c{connections}"),
+                &format!("-d{seconds}s"),
+                "--latency",
+            ])
             .arg("-s")
             .arg(common::root().join("benches/load/mixed.lua"))
             .arg(&base)
@@ -130,16 +139,30 @@ fn main() {
             .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
             .map_or(0, |v| v.trim().parse().unwrap_or(u64::MAX));
         let socket_errors = text.lines().find(|l| l.contains("Socket errors"));
-        println!("  phase {phase}{}:", if read_only { " (no writes)" } else { "" });
+        println!(
+            "  phase {phase}{}:",
+            if read_only { " (no writes)" } else { "" }
+        );
         for l in text.lines().filter(|l| {
             let l = l.trim();
-            l.starts_with("50%") || l.starts_with("75%") || l.starts_with("90%")
-                || l.starts_with("99%") || l.starts_with("Requests/sec") || l.contains("requests in")
+            l.starts_with("50%")
+                || l.starts_with("75%")
+                || l.starts_with("90%")
+                || l.starts_with("99%")
+                || l.starts_with("Requests/sec")
+                || l.contains("requests in")
         }) {
             println!("    {}", l.trim());
         }
-        println!("    errors (non-2xx): {errors}; socket errors: {}", socket_errors.unwrap_or("none"));
-        println!("    after: resident memory {:.0} MiB, {} memories", rss_mib(pid), count());
+        println!(
+            "    errors (non-2xx): {errors}; socket errors: {}",
+            socket_errors.unwrap_or("none")
+        );
+        println!(
+            "    after: resident memory {:.0} MiB, {} memories",
+            rss_mib(pid),
+            count()
+        );
         assert_eq!(errors, 0, "the load produced errors:\n{text}");
         assert!(socket_errors.is_none(), "{text}");
     }
