@@ -391,89 +391,61 @@ async fn usage_matches_reality_after_a_random_mix() {
             let pick = |v: &mut Vec<String>, rng: &mut rand::rngs::StdRng| {
                 (!v.is_empty()).then(|| v.swap_remove(rng.random_range(0..v.len())))
             };
-            match rng.random_range(0..10) {
-                0 | 1 => {
-                    let (st, m) = write(&s, &owner, &format!("seed {seed} memory {i} メモ")).await;
-                    assert_eq!(st, StatusCode::CREATED, "{m}");
-                    memories.push(m["id"].as_str().unwrap().to_owned());
-                }
-                2 => {
-                    if let Some(id) = pick(&mut memories, &mut rng) {
-                        assert_eq!(
-                            s.delete(&format!("/v1/memory/{id}"), &owner).await.0,
-                            StatusCode::OK
-                        );
+            // One kind of resource at random: create one, or delete one created before.
+            let kind = rng.random_range(0..5);
+            let create = rng.random_bool(0.6);
+            let (made, path, body): (&mut Vec<String>, String, Value) = match kind {
+                0 => (
+                    &mut memories,
+                    "/v1/memory/write".into(),
+                    json!({ "content": format!("seed {seed} memory {i} メモ") }),
+                ),
+                1 => (
+                    &mut keys,
+                    "/v1/keys".into(),
+                    json!({ "name": format!("k{seed}-{i}") }),
+                ),
+                2 => (
+                    &mut targets,
+                    "/v1/agents/dispatch-targets".into(),
+                    json!({ "name": format!("t{seed}-{i}"), "kind": "LOCAL_AGENT" }),
+                ),
+                3 => (
+                    &mut invitations,
+                    "/v1/team/members/invite".into(),
+                    json!({ "email": format!("p{seed}-{i}@alpha.test"), "role": "VIEWER" }),
+                ),
+                _ => (
+                    &mut runs,
+                    "/v1/orchestrator/runs".into(),
+                    json!({ "targetId": base, "input": i }),
+                ),
+            };
+            if create {
+                let (st, r) = s.post(&path, &owner, body).await;
+                assert_eq!(st, StatusCode::CREATED, "{path}: {r}");
+                let id = r["id"].as_str().or(r["invitation"]["id"].as_str()).unwrap();
+                made.push(id.to_owned());
+            } else if let Some(id) = pick(made, &mut rng) {
+                let st = match kind {
+                    0 => s.delete(&format!("/v1/memory/{id}"), &owner).await.0,
+                    1 => s.delete(&format!("/v1/keys/{id}"), &owner).await.0,
+                    2 => {
+                        s.delete(&format!("/v1/agents/dispatch-targets/{id}"), &owner)
+                            .await
+                            .0
                     }
-                }
-                3 => {
-                    let (st, k) = s
-                        .post(
-                            "/v1/keys",
-                            &owner,
-                            json!({ "name": format!("k{seed}-{i}") }),
-                        )
-                        .await;
-                    assert_eq!(st, StatusCode::CREATED, "{k}");
-                    keys.push(k["id"].as_str().unwrap().to_owned());
-                }
-                4 => {
-                    if let Some(id) = pick(&mut keys, &mut rng) {
-                        assert_eq!(
-                            s.delete(&format!("/v1/keys/{id}"), &owner).await.0,
-                            StatusCode::OK
-                        );
+                    3 => {
+                        s.delete(&format!("/v1/team/invitations/{id}"), &owner)
+                            .await
+                            .0
                     }
-                }
-                5 => {
-                    let body = json!({ "name": format!("t{seed}-{i}"), "kind": "LOCAL_AGENT" });
-                    let (st, t) = s.post("/v1/agents/dispatch-targets", &owner, body).await;
-                    assert_eq!(st, StatusCode::CREATED, "{t}");
-                    targets.push(t["id"].as_str().unwrap().to_owned());
-                }
-                6 => {
-                    if let Some(id) = pick(&mut targets, &mut rng) {
-                        assert_eq!(
-                            s.delete(&format!("/v1/agents/dispatch-targets/{id}"), &owner)
-                                .await
-                                .0,
-                            StatusCode::OK
-                        );
+                    _ => {
+                        let path = format!("/v1/orchestrator/runs/{id}/cancel");
+                        s.post(&path, &owner, json!({})).await.0
                     }
-                }
-                7 => {
-                    let body =
-                        json!({ "email": format!("p{seed}-{i}@alpha.test"), "role": "VIEWER" });
-                    let (st, inv) = s.post("/v1/team/members/invite", &owner, body).await;
-                    assert_eq!(st, StatusCode::CREATED, "{inv}");
-                    invitations.push(inv["invitation"]["id"].as_str().unwrap().to_owned());
-                }
-                8 => {
-                    if let Some(id) = pick(&mut invitations, &mut rng) {
-                        assert_eq!(
-                            s.delete(&format!("/v1/team/invitations/{id}"), &owner)
-                                .await
-                                .0,
-                            StatusCode::OK
-                        );
-                    }
-                }
-                _ => {
-                    if rng.random_bool(0.6) {
-                        let body = json!({ "targetId": base, "input": i });
-                        let (st, r) = s.post("/v1/orchestrator/runs", &owner, body).await;
-                        assert_eq!(st, StatusCode::CREATED, "{r}");
-                        runs.push(r["id"].as_str().unwrap().to_owned());
-                    } else if let Some(id) = pick(&mut runs, &mut rng) {
-                        let (st, _) = s
-                            .post(
-                                &format!("/v1/orchestrator/runs/{id}/cancel"),
-                                &owner,
-                                json!({}),
-                            )
-                            .await;
-                        assert_eq!(st, StatusCode::OK);
-                    }
-                }
+                };
+                assert_eq!(st, StatusCode::OK, "deleting {id}");
             }
         }
         let u = usage(&s, &owner).await["usage"].clone();

@@ -236,35 +236,8 @@ pub async fn cancel(
     State(state): State<AppState>,
     Ids(id): Ids<RunId>,
 ) -> ApiResult<axum::Json<Value>> {
-    let any = grant.also::<RunsAdmin>().is_ok();
-    let view = grant
-        .write(&state.db, move |w| {
-            lifecycle::cancel(w, &id, any)?;
-            full_view(w, w.tenant(), &id, FIRST_EVENTS)
-        })
-        .await?;
     // Only a cancel this request asked for is sent now; asking again is not a retry.
-    let fresh = view["remote"]["cancel"]["lastError"].is_null();
-    Ok(axum::Json(send_cancel(&grant, &state, view, fresh).await?))
-}
-
-/// A remote cancel recorded as pending is sent now (`send`), after its commit (if the agent
-/// does not answer, the refresh job retries it).
-async fn send_cancel<P: crate::auth::Permission>(
-    grant: &Grant<P>,
-    state: &AppState,
-    view: Value,
-    send: bool,
-) -> ApiResult<Value> {
-    if !send
-        || view["remote"]["cancel"]["state"] != "pending"
-        || view["state"] != "cancel_requested"
-    {
-        return Ok(view);
-    }
-    let id = RunId::parse(view["id"].as_str().unwrap_or_default())
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a run view without its id")))?;
-    look_now(grant, state, &id, Look::Due).await
+    cancel_then_send(grant, state, id, lifecycle::cancel, false).await
 }
 
 /// Sends a remote run's failed cancel again now: allowed only while the cancel is pending after
@@ -275,14 +248,36 @@ pub async fn retry_cancel(
     State(state): State<AppState>,
     Ids(id): Ids<RunId>,
 ) -> ApiResult<axum::Json<Value>> {
+    cancel_then_send(grant, state, id, lifecycle::retry_cancel, true).await
+}
+
+/// Records a cancel (`record`: cancel or retry-cancel) and, when that leaves a remote cancel
+/// pending, sends it now, after its commit (if the agent does not answer, the refresh job
+/// retries it). `after_failure`: also send a cancel whose last attempt failed (a retry);
+/// otherwise only one not yet attempted.
+async fn cancel_then_send(
+    grant: Grant<RunsWrite>,
+    state: AppState,
+    id: RunId,
+    record: fn(&crate::auth::Write<'_, RunsWrite>, &RunId, bool) -> ApiResult<Run>,
+    after_failure: bool,
+) -> ApiResult<axum::Json<Value>> {
     let any = grant.also::<RunsAdmin>().is_ok();
+    let run = id.clone();
     let view = grant
         .write(&state.db, move |w| {
-            lifecycle::retry_cancel(w, &id, any)?;
-            full_view(w, w.tenant(), &id, FIRST_EVENTS)
+            record(w, &run, any)?;
+            full_view(w, w.tenant(), &run, FIRST_EVENTS)
         })
         .await?;
-    Ok(axum::Json(send_cancel(&grant, &state, view, true).await?))
+    let cancel = &view["remote"]["cancel"];
+    let due = view["state"] == "cancel_requested"
+        && cancel["state"] == "pending"
+        && (after_failure || cancel["lastError"].is_null());
+    if !due {
+        return Ok(axum::Json(view));
+    }
+    Ok(axum::Json(look_now(&grant, &state, &id, Look::Due).await?))
 }
 
 /// `{resolution: canceled|failed|succeeded, note, expectedRuntimeUpdatedAt?}`: an OWNER or

@@ -230,6 +230,8 @@ pub struct Registry {
     book: RwLock<Arc<PlanBook>>,
     assigned: RwLock<HashMap<TenantId, String>>,
     limiters: RwLock<HashMap<String, Arc<PlanLimiters>>>,
+    /// Each assigned tenant's limiters, resolved at install: one lookup per request.
+    by_tenant: RwLock<HashMap<TenantId, Arc<PlanLimiters>>>,
     public: Option<KeyedLimiter<IpAddr>>,
     clock: DefaultClock,
 }
@@ -245,6 +247,7 @@ impl Registry {
             book: RwLock::new(Arc::new(book)),
             assigned: RwLock::new(HashMap::new()),
             limiters: RwLock::new(limiters),
+            by_tenant: RwLock::new(HashMap::new()),
             public: Limits::quota(Some(public.0), Some(public.1)).map(keyed),
             clock: DefaultClock::default(),
         }
@@ -273,7 +276,7 @@ impl Registry {
     /// Installs a new book and assignments; limiters of plans whose rates did not change keep
     /// their state.
     pub fn install(&self, book: PlanBook, assigned: HashMap<TenantId, String>) {
-        {
+        let by_tenant = {
             let mut limiters = self
                 .limiters
                 .write()
@@ -292,7 +295,15 @@ impl Registry {
                     e.retain_recent();
                 }
             }
-        }
+            assigned
+                .iter()
+                .filter_map(|(t, plan)| Some((t.clone(), limiters.get(plan)?.clone())))
+                .collect()
+        };
+        *self
+            .by_tenant
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = by_tenant;
         *self
             .assigned
             .write()
@@ -307,18 +318,20 @@ impl Registry {
     }
 
     fn limiters_of(&self, tenant: &TenantId) -> Option<Arc<PlanLimiters>> {
-        let name = self
-            .assigned
+        if let Some(l) = self
+            .by_tenant
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(tenant)
-            .cloned();
-        let limiters = self
-            .limiters
+        {
+            return Some(l.clone());
+        }
+        // A tenant created since the last plans pass: the default plan.
+        self.limiters
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        name.and_then(|n| limiters.get(&n).cloned())
-            .or_else(|| limiters.get(DEFAULT_PLAN).cloned())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(DEFAULT_PLAN)
+            .cloned()
     }
 
     /// Counts one request of `key` against its tenant's plan (and, for an expensive call, the
