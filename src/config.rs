@@ -91,6 +91,16 @@ pub enum Command {
     Logout,
     /// Show the server, user, tenant, role and scopes of the stored key.
     Whoami,
+    /// Serve MCP on stdin/stdout for a client that launches it, forwarding to a memesh server
+    /// with the key `memesh login` stored.
+    Mcp {
+        /// The memesh server (default: the one `memesh login` signed in to).
+        #[arg(long, env = "MEMESH_SERVER")]
+        server: Option<String>,
+        /// An API key to use instead of the stored one.
+        #[arg(long = "api-key", env = "MEMESH_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

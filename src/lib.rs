@@ -18,6 +18,7 @@ pub mod ids;
 pub mod index;
 pub mod jobs;
 pub mod keys;
+pub mod mcp;
 pub mod memory;
 pub mod orchestrator;
 pub mod outbound;

@@ -87,6 +87,10 @@ fn main() -> ExitCode {
             println!("scopes:  {}", scopes.join(" "));
             Ok(())
         }),
+        Some(Command::Mcp { server, api_key }) => client(async move {
+            let (server, key) = memesh::mcp::stdio::resolve(server, api_key)?;
+            memesh::mcp::stdio::run(&server, &key).await
+        }),
     };
     match result {
         Ok(code) => code,

@@ -577,6 +577,26 @@ fn rows() -> Vec<Row> {
         ),
         row(
             M::GET,
+            "/v1/memory/recent",
+            user(Viewer, MemoryRead),
+            ("/v1/memory/recent?limit=0", None, 400),
+            None,
+        ),
+        // A request without `Accept: application/json, text/event-stream` is refused by the
+        // transport (406), after the key was checked.
+        row(
+            M::POST,
+            "/mcp",
+            Access::Holder,
+            (
+                "/mcp",
+                Some(json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" })),
+                406,
+            ),
+            None,
+        ),
+        row(
+            M::GET,
             "/v1/memory/{id}",
             user(Viewer, MemoryRead),
             ("/v1/memory/{absent_memory}", None, 404),

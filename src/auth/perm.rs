@@ -18,7 +18,7 @@ pub enum Access {
         scope: Scope,
     },
     /// Any live user key, whatever its role and scopes: what a key may always do about itself
-    /// (say whose it is, revoke itself).
+    /// (say whose it is, revoke itself), and connecting to MCP (whose tools check their own).
     Holder,
     Agent,
 }
@@ -35,7 +35,7 @@ impl std::fmt::Display for Access {
                     scope.as_str()
                 )
             }
-            Access::Holder => f.write_str("any user key, about itself"),
+            Access::Holder => f.write_str("any user key"),
             Access::Agent => f.write_str("agent key, executions"),
         }
     }
@@ -125,6 +125,21 @@ user_permission!(
 pub struct Holder;
 
 impl Permission for Holder {
+    const ACCESS: Access = Access::Holder;
+    type Bound = ();
+
+    fn bind(principal: &Principal) -> ApiResult<()> {
+        principal.check_holder()
+    }
+}
+
+/// Connect to the MCP endpoint: any live user key. Each tool then calls its REST route with the
+/// same key, which checks that route's own permission (a `memory:read` key is shown, and may
+/// use, only the read tools).
+#[derive(Debug, Clone, Copy)]
+pub struct McpSession;
+
+impl Permission for McpSession {
     const ACCESS: Access = Access::Holder;
     type Bound = ();
 

@@ -171,6 +171,7 @@ fn v1() -> Table {
         .on(M::POST, "/memory/context-window", MemoryRead, memory::handlers::context_window)
         .on(M::GET, "/memory/count", MemoryRead, memory::handlers::count)
         .on(M::GET, "/memory/spaces", MemoryRead, memory::handlers::spaces)
+        .on(M::GET, "/memory/recent", MemoryRead, memory::handlers::recent)
         .on(M::GET, "/memory/{id}", MemoryRead, memory::handlers::get)
         .on(M::DELETE, "/memory/{id}", MemoryWrite, memory::handlers::delete)
 }
@@ -213,6 +214,13 @@ async fn docs_page() -> Response<Body> {
     r
 }
 
+/// The MCP endpoint (Streamable HTTP, stateless: POST only); its tools call the REST routes
+/// with the caller's key.
+fn mcp() -> Table {
+    use crate::auth::perm::McpSession;
+    Table::new("").on(Method::POST, "/mcp", McpSession, crate::mcp::http::serve)
+}
+
 /// The device verification page people open in a browser (outside `/v1`).
 fn device_page() -> Table {
     Table::new("")
@@ -223,7 +231,7 @@ fn device_page() -> Table {
 
 /// Every route with who may call it, as the router serves them.
 pub fn route_table() -> Vec<RouteSpec> {
-    [probes(), device_page(), v1(), v1_streams()]
+    [probes(), device_page(), mcp(), v1(), v1_streams()]
         .into_iter()
         .flat_map(|t| t.specs)
         .collect()
@@ -307,7 +315,15 @@ async fn audit_refusals(
     response
 }
 
+/// The server: the REST routes, and `/mcp`, whose tools call those same routes in process.
 pub fn router(state: AppState) -> Router {
+    let rest = finish(rest_routes(&state), &state);
+    let endpoint = crate::mcp::http::Endpoint::new(rest, state.settings.max_body_bytes);
+    let mcp = mcp().router.layer(axum::Extension(endpoint));
+    finish(rest_routes(&state).merge(mcp), &state)
+}
+
+fn rest_routes(state: &AppState) -> Router<AppState> {
     let timed = v1()
         .router
         .layer(TimeoutLayer::with_status_code(
@@ -318,7 +334,17 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             refuse_oversized,
         ));
-    let settings = &state.settings;
+    let v1 = timed
+        .merge(v1_streams().router)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit_refusals,
+        ));
+    probes().router.merge(device_page().router).nest("/v1", v1)
+}
+
+/// The layers every request passes through.
+fn finish(routes: Router<AppState>, state: &AppState) -> Router {
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(make_span))
@@ -326,21 +352,11 @@ pub fn router(state: AppState) -> Router {
         .layer(CompressionLayer::new())
         .layer(axum::middleware::map_response(json_errors))
         .layer(axum::middleware::from_fn(refuse_oversized_head))
-        .layer(DefaultBodyLimit::max(settings.max_body_bytes));
-
-    let v1 = timed
-        .merge(v1_streams().router)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            audit_refusals,
-        ));
-    probes()
-        .router
-        .merge(device_page().router)
-        .nest("/v1", v1)
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
+    routes
         .fallback(not_found)
         .layer(layers)
-        .with_state(state)
+        .with_state(state.clone())
 }
 
 fn make_span(req: &Request<Body>) -> tracing::Span {

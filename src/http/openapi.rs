@@ -359,6 +359,8 @@ fn returns(method: &str, path: &str) -> Value {
         ]),
         ("GET", "/v1/memory/count") => obj(&[("count", "integer")]),
         ("GET", "/v1/memory/spaces") => list("spaces", "object"),
+        ("GET", "/v1/memory/recent") => obj(&[("count", "integer"), ("memories", "[]@Memory")]),
+        ("POST", "/mcp") => obj(&[("jsonrpc", "string")]),
         ("DELETE", "/v1/memory/{id}") => obj(&[("id", "string"), ("deletedAt", "string")]),
         ("POST", "/v1/memory/import") => obj(&[
             ("imported", "integer"),
@@ -547,6 +549,27 @@ fn doc(method: &str, path: &str, g: &mut SchemaGenerator) -> Option<Doc> {
         }
         ("GET", "/v1/memory/count") => d("How many memories the caller has"),
         ("GET", "/v1/memory/spaces") => d("The caller's spaces"),
+        ("GET", "/v1/memory/recent") => {
+            d("The caller's newest memories, newest first").query::<memory::RecentParams>(g)
+        }
+        ("POST", "/mcp") => {
+            let mut doc = d(
+                "Model Context Protocol over Streamable HTTP (stateless): one JSON-RPC \
+                message a request; the memory tools and the caller's spaces as resources",
+            )
+            .ok(&[200, 202]);
+            doc.input = Input::Json(
+                json!({
+                    "type": "object", "required": ["jsonrpc"],
+                    "properties": {
+                        "jsonrpc": { "const": "2.0" }, "method": { "type": "string" },
+                        "id": { "type": ["string", "integer"] }, "params": { "type": "object" }
+                    }
+                }),
+                true,
+            );
+            doc
+        }
         ("GET", "/v1/memory/{id}") => d("One memory"),
         ("DELETE", "/v1/memory/{id}") => d("Delete a memory"),
         ("GET", "/v1/memory/stream/export") => d("Every memory as Server-Sent Events")
@@ -682,7 +705,7 @@ pub fn document() -> Value {
         let responses = op["responses"].as_object_mut().expect("an object");
         for ok in d.ok {
             let mut r = json!({ "description": "success" });
-            if *ok != 303 {
+            if !matches!(*ok, 202 | 303) {
                 r["content"] = content(d.media, &returns(route.method.as_str(), &route.path));
             }
             responses.insert(ok.to_string(), r);
@@ -698,7 +721,9 @@ pub fn document() -> Value {
                 json!({ "$ref": "#/components/schemas/Error" }),
             ),
         };
-        for status in ERRORS.iter().chain([503, 500].iter()) {
+        // The MCP transport refuses a client that does not accept both JSON and SSE.
+        let transport: &[u16] = if route.path == "/mcp" { &[406] } else { &[] };
+        for status in ERRORS.iter().chain(transport).chain([503, 500].iter()) {
             let key = status.to_string();
             if responses.contains_key(&key) {
                 continue;

@@ -15,13 +15,13 @@ use crate::audit::{self, AuditEvent};
 use crate::auth::Grant;
 use crate::auth::perm::{MemoryRead, MemoryWrite};
 use crate::error::ApiResult;
-use crate::http::extract::{Ids, Json, Query, query_number};
+use crate::http::extract::{Ids, Json, Paging, Query, query_number};
 use crate::ids::MemoryId;
 use crate::state::AppState;
 
 use super::model::{
-    BatchRequest, BatchSearchBody, ContextWindowBody, ExportParams, Memory, QueryBody, SearchBody,
-    SearchParams, Space, WriteRequest,
+    BatchRequest, BatchSearchBody, ContextWindowBody, ExportParams, Memory, QueryBody,
+    RecentParams, SearchBody, SearchParams, Space, WriteRequest,
 };
 use super::search::{self, MAX_LIMIT, Search};
 use super::store::{self, Owner};
@@ -88,6 +88,26 @@ pub async fn spaces(
     let owner = Owner::of(&grant);
     let spaces = state.db.read(move |c| store::spaces(c, &owner)).await?;
     Ok(axum::Json(json!({ "spaces": spaces })))
+}
+
+/// `GET /memory/recent`: the caller's newest memories, newest first (what an MCP client sees
+/// when it reads a space).
+pub async fn recent(
+    grant: Grant<MemoryRead>,
+    State(state): State<AppState>,
+    Query(params): Query<RecentParams>,
+) -> ApiResult<axum::Json<Value>> {
+    let limit = Paging::from_query(params.limit.as_deref(), None, 20, MAX_LIMIT)?.limit as usize;
+    let spaces = Space::parse_list("spaces", &listed(params.spaces))?;
+    let owner = Owner::of(&grant);
+    let model = state.memory.model_id().to_owned();
+    let memories = state
+        .db
+        .read(move |c| store::recent(c, &owner, &spaces, limit, &model))
+        .await?;
+    Ok(axum::Json(
+        json!({ "count": memories.len(), "memories": memories }),
+    ))
 }
 
 /// `a,b` from a query string.

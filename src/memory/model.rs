@@ -73,11 +73,11 @@ impl Space {
             && raw.chars().count() <= MAX_SPACE_CHARS
             && raw
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
         if !ok {
             return Err(ApiError::field(
                 field,
-                "a space is 1 to 64 characters of letters, digits, '_', '-', '.' or ':'",
+                "a space is 1 to 64 characters of letters or digits (any script), '_', '-', '.' or ':'",
             ));
         }
         Ok(Space(raw.to_owned()))
@@ -102,11 +102,17 @@ impl Space {
 #[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WriteRequest {
+    /// What to remember: one self-contained statement (who, what, when), any language.
     pub content: String,
+    /// The space to file it under (a topic or project, e.g. `work`, `家族`); `default` if absent.
     pub space: Option<String>,
+    /// A short summary shown with the memory.
     pub summary: Option<String>,
+    /// Labels to filter by later (no spaces or commas).
     pub tags: Option<Vec<String>>,
+    /// How sensitive the content is; `internal` if absent.
     pub sensitivity: Option<Sensitivity>,
+    /// Where it came from (a URL, a file, a conversation id).
     pub source: Option<String>,
     /// A retry with the same key gets the first answer; not part of what is stored.
     #[serde(skip_serializing)]
@@ -265,8 +271,11 @@ impl BatchItem {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SearchBody {
+    /// What to look for, in natural language (any language).
     pub query: String,
+    /// Only these spaces (all of the caller's spaces if absent).
     pub spaces: Option<Vec<String>>,
+    /// How many results, 1 to 100 (10 if absent).
     pub limit: Option<u32>,
 }
 
@@ -337,18 +346,31 @@ impl<T> OneOrMany<T> {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct QueryBody {
+    /// What to look for, in natural language (any language).
     pub query: String,
+    /// How many results, 1 to 100 (10 if absent).
     pub limit: Option<u32>,
+    /// Results to skip, for the next page.
     pub offset: Option<u32>,
+    /// Semantic mode: leave out results whose cosine similarity is below this (-1 to 1).
     pub similarity_threshold: Option<f32>,
+    /// Only these spaces.
     pub spaces: Option<Vec<String>>,
+    /// Only memories carrying these tags (any of them, or all with `tagMode: all`).
     pub tags: Option<Vec<String>>,
+    /// `any` (default) or `all` of `tags`.
     pub tag_mode: Option<TagMode>,
+    /// Only memories written at or after this time (RFC 3339).
     pub created_after: Option<Timestamp>,
+    /// Only memories written before this time (RFC 3339).
     pub created_before: Option<Timestamp>,
+    /// Only memories of this sensitivity (or these).
     pub sensitivity: Option<OneOrMany<Sensitivity>>,
+    /// Only memories from this source.
     pub source: Option<String>,
+    /// `semantic` (by meaning, default), `keyword` (exact words, BM25) or `hybrid` (both, fused).
     pub mode: Option<Mode>,
+    /// Show how each result ranked on each side.
     pub explain: Option<bool>,
 }
 
@@ -424,11 +446,26 @@ pub struct BatchSearchBody {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContextWindowBody {
+    /// The question or task the context is for.
     pub query: String,
+    /// The most tokens the context may take (1 to 2,000,000).
     pub token_budget: i64,
+    /// Only these spaces.
     pub spaces: Option<Vec<String>>,
+    /// How tokens are counted: `cl100k_base` (default), `o200k_base`, `p50k_base`, `r50k_base`.
     pub tokenizer: Option<String>,
+    /// Leave out memories whose similarity to the query is below this.
     pub min_score: Option<f32>,
+}
+
+/// `GET /memory/recent`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecentParams {
+    /// Only these spaces (comma-separated).
+    pub spaces: Option<String>,
+    /// How many, 1 to 100 (20 if absent).
+    pub limit: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

@@ -276,6 +276,34 @@ pub fn spaces(conn: &Connection, owner: &Owner) -> ApiResult<Vec<SpaceUsage>> {
     Ok(spaces)
 }
 
+/// The owner's newest memories (in `spaces`, if any), newest first, at most `limit`.
+pub fn recent(
+    conn: &Connection,
+    owner: &Owner,
+    spaces: &[Space],
+    limit: usize,
+    model: &str,
+) -> ApiResult<Vec<Memory>> {
+    let filter = MemoryFilter::spaces_only(spaces.to_vec());
+    let mut params: Vec<Box<dyn ToSql>> = vec![
+        Box::new(owner.tenant.clone()),
+        Box::new(owner.user.clone()),
+        Box::new(limit as i64),
+    ];
+    let clause = filter_clause(&filter, &mut params);
+    let sql = format!(
+        "SELECT {COLUMNS} FROM memories m WHERE m.tenant_id = ?1 AND m.user_id = ?2{clause}
+         ORDER BY m.created_at DESC, m.seq DESC LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let memories = stmt
+        .query_map(params_from_iter(params.iter()), |r| {
+            memory_from_row(r, model).map(|(_, m)| m)
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(memories)
+}
+
 /// Calls `f` with every stored vector, in rowid order, without holding them all in memory.
 pub fn for_each_vector(
     conn: &Connection,
