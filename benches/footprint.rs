@@ -17,29 +17,7 @@ use base64::Engine;
 use common::{InProcess, root, rss_kib};
 use serde_json::json;
 
-const DIM: usize = 384;
 const PORT: u16 = 18767;
-
-/// Deterministic unit vectors around 200 centres, like embeddings of topical text.
-fn vectors(n: usize) -> impl Iterator<Item = Vec<f32>> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-    };
-    let centres: Vec<Vec<f32>> = (0..200)
-        .map(|_| (0..DIM).map(|_| next()).collect())
-        .collect();
-    (0..n).map(move |i| {
-        let c = &centres[i % centres.len()];
-        let mut v: Vec<f32> = c.iter().map(|a| a + 0.6 * next()).collect();
-        let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|a| *a /= norm);
-        v
-    })
-}
 
 async fn fill(dir: &Path, n: usize) -> String {
     let server = InProcess::start(dir, "owner@localhost").await;
@@ -47,7 +25,7 @@ async fn fill(dir: &Path, n: usize) -> String {
     let mut lines = String::new();
     let mut sent = 0;
     let started = Instant::now();
-    for (i, v) in vectors(n).enumerate() {
+    for (i, v) in common::synthetic_vectors(n).enumerate() {
         let blob: Vec<u8> = v.iter().flat_map(|a| a.to_le_bytes()).collect();
         lines.push_str(
             &json!({

@@ -114,6 +114,27 @@ impl InProcess {
     }
 }
 
+/// Deterministic unit vectors around 200 centres, like embeddings of topical text.
+pub fn synthetic_vectors(n: usize) -> impl Iterator<Item = Vec<f32>> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let centres: Vec<Vec<f32>> = (0..200)
+        .map(|_| (0..memesh::embed::MODEL_DIM).map(|_| next()).collect())
+        .collect();
+    (0..n).map(move |i| {
+        let c = &centres[i % centres.len()];
+        let mut v: Vec<f32> = c.iter().map(|a| a + 0.6 * next()).collect();
+        let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|a| *a /= norm);
+        v
+    })
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }

@@ -2,6 +2,7 @@
 //! `read`/`write` helpers that run every statement off the async runtime.
 
 mod decode;
+pub mod fts;
 mod migrations;
 mod writer;
 
@@ -180,6 +181,7 @@ pub enum Durability {
 /// - busy_timeout: concurrent writers queue instead of failing with SQLITE_BUSY at once.
 /// - the query planner stability guarantee (QPSG): statements are planned once.
 fn configure(conn: &mut Connection, durability: Durability) -> rusqlite::Result<()> {
+    fts::register(conn)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let synchronous = match durability {
         Durability::Full => "FULL",
@@ -216,6 +218,8 @@ impl Db {
         configure(&mut conn, durability)?;
         migrations::apply(&mut conn)
             .with_context(|| format!("migrating database {}", path.display()))?;
+        fts::rebuild_pending(&mut conn)
+            .with_context(|| format!("rebuilding the full-text index of {}", path.display()))?;
         drop(conn);
 
         let manager = SqliteConnectionManager::file(path)

@@ -303,6 +303,11 @@ impl VectorIndex {
         self.best(query, k, &candidates)
     }
 
+    /// How many vectors `owner` has.
+    pub fn owner_len(&self, owner: &OwnerKey) -> usize {
+        self.partition(owner).map_or(0, |p| read(&p).len())
+    }
+
     /// Exact scoring with a similarity floor: the best `k` of `owner`'s vectors (only among
     /// `allow`, if given) scoring at least `threshold`, and how many score at least that in all.
     /// Deterministic, so pages taken with growing offsets never skip or repeat a result.

@@ -415,6 +415,10 @@ pub struct Explain {
     pub keyword_rank: Option<usize>,
     pub keyword_score: Option<f64>,
     pub fused_score: Option<f64>,
+    /// Keyword and hybrid: the query's words this memory contains (as the index matches them:
+    /// `migrations` matches `migration`; a Japanese or Chinese word inside a longer run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_terms: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]

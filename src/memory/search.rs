@@ -19,7 +19,7 @@ use super::model::{
     SearchResult, Space, check_list_len, validate_tag,
 };
 use super::ranking::{self, fuse};
-use super::store::{self, Owner};
+use super::store::{self, KeywordPlan, Owner};
 use super::write::embedding_failed;
 
 /// Results per search unless asked otherwise, and at most.
@@ -238,38 +238,52 @@ async fn semantic(
     let vector = embed_one(state, owner, q.text.clone()).await?;
     let (index, key) = (state.memory.index.clone(), owner.key());
     run_blocking(move || {
-        index
-            .scan(&key, &vector, k, allow.as_ref(), threshold)
-            .map_err(ApiError::internal)
+        match threshold {
+            // Without a floor every candidate counts: the total is how many there are, and the
+            // ranking is the search's (graph candidates, rescored exactly), not a full scan.
+            None => {
+                let total = allow
+                    .as_ref()
+                    .map_or_else(|| index.owner_len(&key), HashSet::len);
+                let hits = index.search(&key, &vector, k, allow.as_ref());
+                hits.map(|h| (h, total))
+            }
+            Some(_) => index.scan(&key, &vector, k, allow.as_ref(), threshold),
+        }
+        .map_err(ApiError::internal)
     })
     .await
 }
 
-/// The BM25 ranking of the owner's filtered memories, `k` deep, and how many match.
+/// The BM25 ranking of the owner's filtered memories, `k` deep, how many match, and what the
+/// query searched by.
 async fn keyword(
     state: &AppState,
     owner: &Owner,
     q: &Query,
     k: usize,
-) -> ApiResult<(Vec<(RowId, f64)>, usize)> {
-    let Some(fts) = store::fts_query(&q.text) else {
-        return Ok((Vec::new(), 0));
-    };
-    let (o, f) = (owner.clone(), q.filter.clone());
+) -> ApiResult<(Vec<(RowId, f64)>, usize, KeywordPlan)> {
+    let (o, f, text) = (owner.clone(), q.filter.clone(), q.text.clone());
+    let corpus = usize::try_from(state.memory.is_consistent().1).unwrap_or(0);
     state
         .db
-        .read(move |c| store::keyword_search(c, &o, &fts, &f, k))
+        .read(move |c| {
+            let plan = store::plan_keywords(c, &text, corpus)?;
+            let (hits, total) = store::keyword_search(c, &o, &plan, &f, k)?;
+            Ok((hits, total, plan))
+        })
         .await
 }
 
-/// Ranks by the query's mode, `depth` deep; returns the ranking and the total that matched.
+/// Ranks by the query's mode, `depth` deep; returns the ranking, the total that matched and,
+/// for keyword and hybrid, what the keyword side searched by.
 async fn rank(
     state: &AppState,
     owner: &Owner,
     q: &Query,
     allow: Option<HashSet<RowId>>,
     depth: usize,
-) -> ApiResult<(Ranked, usize)> {
+) -> ApiResult<(Ranked, usize, Option<KeywordPlan>)> {
     match q.mode {
         Mode::Semantic => {
             let (hits, total) = semantic(state, owner, q, allow, depth, q.threshold).await?;
@@ -281,10 +295,10 @@ async fn rank(
                 };
                 (h.row, f64::from(h.score), e)
             });
-            Ok((ranked.collect(), total))
+            Ok((ranked.collect(), total, None))
         }
         Mode::Keyword => {
-            let (hits, total) = keyword(state, owner, q, depth).await?;
+            let (hits, total, plan) = keyword(state, owner, q, depth).await?;
             let ranked = hits.iter().enumerate().map(|(i, (row, score))| {
                 let e = Explain {
                     keyword_rank: Some(i + 1),
@@ -293,16 +307,17 @@ async fn rank(
                 };
                 (*row, *score, e)
             });
-            Ok((ranked.collect(), total))
+            Ok((ranked.collect(), total, Some(plan)))
         }
         Mode::Hybrid => {
             let d = depth.max(HYBRID_DEPTH);
-            let ((sem, total), (kw, _)) = tokio::try_join!(
+            let ((sem, total), (kw, _, plan)) = tokio::try_join!(
                 semantic(state, owner, q, allow, d, None),
                 keyword(state, owner, q, d)
             )?;
             let fused = fuse(&sem, &kw).into_iter();
-            Ok((fused.map(|f| (f.row, f.score, f.explain)).collect(), total))
+            let ranked = fused.map(|f| (f.row, f.score, f.explain)).collect();
+            Ok((ranked, total, Some(plan)))
         }
     }
 }
@@ -313,9 +328,29 @@ pub async fn query(state: &AppState, owner: &Owner, body: QueryBody) -> ApiResul
     let q = Query::new(body)?;
     let allow = allowed_rows(state, owner, q.filter.clone()).await?;
     let (offset, limit) = (q.paging.offset as usize, q.paging.limit as usize);
-    let (ranked, total) = rank(state, owner, &q, allow, offset + limit).await?;
-    let page: Ranked = ranked.into_iter().skip(offset).take(limit).collect();
-    let mut found = load_memories(state, owner, page.iter().map(|(r, _, _)| *r).collect()).await?;
+    let (ranked, total, plan) = rank(state, owner, &q, allow, offset + limit).await?;
+    let mut page: Ranked = ranked.into_iter().skip(offset).take(limit).collect();
+    let rows: Vec<RowId> = page.iter().map(|(r, _, _)| *r).collect();
+    let mut keyword_terms = None;
+    if let (true, Some(plan)) = (q.explain, plan) {
+        let terms = plan.terms.clone();
+        let rows = rows.clone();
+        let mut matched = state
+            .db
+            .read(move |c| store::matched_terms(c, &terms, &rows))
+            .await?;
+        for (row, _, e) in &mut page {
+            e.matched_terms = Some(matched.remove(row).unwrap_or_default());
+        }
+        let searched: Vec<&String> = plan
+            .terms
+            .iter()
+            .map(|t| &t.word)
+            .filter(|w| !plan.ignored.contains(w))
+            .collect();
+        keyword_terms = Some(json!({ "searched": searched, "ignored": plan.ignored }));
+    }
+    let mut found = load_memories(state, owner, rows).await?;
     let results: Vec<QueryResult> = page
         .into_iter()
         .filter_map(|(row, score, e)| {
@@ -327,7 +362,7 @@ pub async fn query(state: &AppState, owner: &Owner, body: QueryBody) -> ApiResul
             })
         })
         .collect();
-    Ok(json!({
+    let mut answer = json!({
         "query": q.text,
         "mode": q.mode,
         "total": total,
@@ -335,7 +370,11 @@ pub async fn query(state: &AppState, owner: &Owner, body: QueryBody) -> ApiResul
         "limit": limit,
         "count": results.len(),
         "results": results,
-    }))
+    });
+    if let Some(terms) = keyword_terms {
+        answer["keywordTerms"] = terms;
+    }
+    Ok(answer)
 }
 
 /// Names a nested field's error after its place in the batch (`queries[3].limit`).

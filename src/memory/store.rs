@@ -15,6 +15,7 @@ use crate::auth::perm::MemoryWrite;
 use crate::auth::{Grant, Permission, Write};
 use crate::clock::Timestamp;
 use crate::db::Decoded;
+use crate::db::fts::{self, Term};
 use crate::embed::Embedding;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{MemoryId, TenantId, UserId};
@@ -530,29 +531,97 @@ pub fn filtered_rows(
     Ok(rows)
 }
 
-/// An FTS5 query matching any of the words of `text`, each quoted so that user input is never
-/// read as FTS5 syntax; a quoted `INV-2024-0042` matches that identifier as a phrase.
-pub fn fts_query(text: &str) -> Option<String> {
-    let terms: Vec<String> = text
-        .split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
-        .filter(|w| !w.is_empty())
-        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
-        .collect();
-    (!terms.is_empty()).then(|| terms.join(" OR "))
+/// A term that occurs in more than this share of all memories is too common to search by (a
+/// stopword by document frequency): it would make a query score most of the corpus while
+/// barely changing the order. Below [`COMMON_FLOOR`] memories nothing is dropped.
+const COMMON_SHARE: f64 = 0.02;
+const COMMON_FLOOR: usize = 2_000;
+
+/// What a keyword query searches by: the tokens it matches on, and the query words left out as
+/// too common.
+#[derive(Debug, Clone, Default)]
+pub struct KeywordPlan {
+    pub tokens: Vec<String>,
+    pub ignored: Vec<String>,
+    pub terms: Vec<Term>,
 }
 
-/// The owner's memories matching `fts` under `filter`, best BM25 first (scores made positive,
-/// higher is better), at most `limit`; and how many match in all.
+/// In how many memories (of everyone's) `token` occurs, counted up to `cap` only: the cost of
+/// the count is bounded by the cap, not by how common the token is.
+fn capped_df(conn: &Connection, token: &str, cap: usize) -> ApiResult<usize> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1
+             LIMIT ?2)",
+        )?
+        .query_row(rusqlite::params![fts::quote(token), cap as i64], |r| {
+            r.get(0)
+        })?;
+    Ok(n as usize)
+}
+
+/// Plans a keyword query over a corpus of `corpus` memories: each word is a token (stemmed by
+/// the index), each unspaced run its bigrams; tokens occurring in more than [`COMMON_SHARE`] of
+/// the corpus are dropped, unless all are, then the rarest is kept.
+pub fn plan_keywords(conn: &Connection, text: &str, corpus: usize) -> ApiResult<KeywordPlan> {
+    let terms = fts::terms(text);
+    let mut tokens: Vec<String> = Vec::new();
+    for t in &terms {
+        for tok in &t.tokens {
+            if !tokens.contains(tok) {
+                tokens.push(tok.clone());
+            }
+        }
+    }
+    if corpus < COMMON_FLOOR || tokens.is_empty() {
+        return Ok(KeywordPlan {
+            tokens,
+            ignored: Vec::new(),
+            terms,
+        });
+    }
+    let cutoff = ((corpus as f64) * COMMON_SHARE) as usize;
+    let mut counted = Vec::with_capacity(tokens.len());
+    for tok in tokens {
+        let df = capped_df(conn, &tok, cutoff + 1)?;
+        counted.push((tok, df));
+    }
+    let (mut kept, common): (Vec<_>, Vec<_>) =
+        counted.into_iter().partition(|(_, df)| *df <= cutoff);
+    if kept.is_empty()
+        && let Some(rarest) = common.iter().min_by_key(|(_, df)| *df)
+    {
+        kept.push(rarest.clone());
+    }
+    let kept: Vec<String> = kept.into_iter().map(|(t, _)| t).collect();
+    // A word is ignored when none of its tokens is searched by.
+    let ignored = terms
+        .iter()
+        .filter(|t| t.tokens.iter().all(|tok| !kept.contains(tok)))
+        .map(|t| t.word.clone())
+        .collect();
+    Ok(KeywordPlan {
+        tokens: kept,
+        ignored,
+        terms,
+    })
+}
+
+/// The owner's memories matching any token of `plan` under `filter`, best BM25 first (scores
+/// made positive, higher is better), at most `limit`; and how many match in all.
 pub fn keyword_search(
     conn: &Connection,
     owner: &Owner,
-    fts: &str,
+    plan: &KeywordPlan,
     filter: &MemoryFilter,
     limit: usize,
 ) -> ApiResult<(Vec<(RowId, f64)>, usize)> {
+    if plan.tokens.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    let fts: Vec<String> = plan.tokens.iter().map(|t| fts::quote(t)).collect();
     let mut params: Vec<Box<dyn ToSql>> = vec![
-        Box::new(fts.to_owned()),
+        Box::new(fts.join(" OR ")),
         Box::new(owner.tenant.clone()),
         Box::new(owner.user.clone()),
     ];
@@ -574,6 +643,36 @@ pub fn keyword_search(
         total += 1;
     }
     Ok((hits, total))
+}
+
+/// Which of the query's words occur in each of `rows` (a run of an unspaced script counts when
+/// it occurs whole), for `explain`.
+pub fn matched_terms(
+    conn: &Connection,
+    terms: &[Term],
+    rows: &[RowId],
+) -> ApiResult<HashMap<RowId, Vec<String>>> {
+    let mut out: HashMap<RowId, Vec<String>> = HashMap::new();
+    if rows.is_empty() {
+        return Ok(out);
+    }
+    let list = rows
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql =
+        format!("SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1 AND rowid IN ({list})");
+    let mut stmt = conn.prepare(&sql)?;
+    for term in terms {
+        let found = stmt
+            .query_map([term.phrase()], |r| r.get::<_, RowId>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in found {
+            out.entry(row).or_default().push(term.word.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// Up to `limit` of the owner's memories after rowid `after`, in rowid order, as export records.

@@ -1,0 +1,267 @@
+//! Keyword, hybrid and semantic retrieval (issue 17): latency of `POST /v1/memory/query` at
+//! 100,000 memories, and retrieval quality (nDCG@10) on a labelled set in English, Japanese and
+//! Chinese.
+//!
+//! Latency: one user, 100,000 natural English sentences (`common::corpus`: the comments of the
+//! locked crates) imported with synthetic vectors (the vectors do not matter to keyword cost,
+//! and importing skips embedding 100k texts); 200 held-out sentences cut to their first ten
+//! words as queries (common words included, as people ask); limit 10, one client, keep-alive.
+//!
+//! Quality: `benches/data/appstream.jsonl` (see `extract_appstream.py` there): AppStream
+//! metadata of Debian 12's applications; each component's description is a memory and its
+//! summary a query whose one relevant memory is that description. One user per language,
+//! written through `POST /v1/memory/batch` with the real model.
+//!
+//! Run: `cargo bench --bench keyword` (`MEMESH_BENCH_PART=latency` or `quality` for one half).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use base64::Engine;
+use common::{InProcess, percentile, root};
+use serde_json::{Value, json};
+
+const CORPUS: usize = 100_000;
+const QUERIES: usize = 200;
+
+fn questions(sentences: &[String]) -> Vec<String> {
+    sentences
+        .iter()
+        .map(|s| s.split_whitespace().take(10).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+async fn post(client: &reqwest::Client, url: &str, key: &str, body: &Value) -> (f64, Value) {
+    let started = Instant::now();
+    let resp = client
+        .post(url)
+        .header("x-api-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap();
+    assert!(status.is_success(), "{status}: {answer}");
+    (started.elapsed().as_secs_f64() * 1000.0, answer)
+}
+
+async fn latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = InProcess::start(dir.path(), "owner@localhost").await;
+    let key = server.tenant.key.clone();
+    let client = reqwest::Client::new();
+    let all = common::corpus::natural_sentences(CORPUS + QUERIES);
+    assert_eq!(all.len(), CORPUS + QUERIES, "too few sentences");
+    let (mut corpus, mut held) = (Vec::new(), Vec::new());
+    for (i, s) in all.into_iter().enumerate() {
+        if i % 500 == 0 && held.len() < QUERIES {
+            held.push(s);
+        } else {
+            corpus.push(s);
+        }
+    }
+    corpus.truncate(CORPUS);
+    // The English labelled set goes in too, among the 100k: its queries then measure keyword
+    // quality where common words are many (the quality part's corpora are too small for that).
+    let labelled: Vec<Value> = std::fs::read_to_string(root().join("benches/data/appstream.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["lang"] == "en")
+        .collect();
+    let mut relevant: Vec<(String, String)> = Vec::new();
+    let mut texts: Vec<(String, String)> = corpus
+        .iter()
+        .map(|t| {
+            (
+                memesh::ids::MemoryId::generate().as_str().to_owned(),
+                t.clone(),
+            )
+        })
+        .collect();
+    for (i, r) in labelled.iter().enumerate() {
+        let id = memesh::ids::MemoryId::generate().as_str().to_owned();
+        relevant.push((r["query"].as_str().unwrap().to_owned(), id.clone()));
+        // Spread among the corpus, so their ids and rowids are not one block.
+        let at = (i * 50).min(texts.len());
+        texts.insert(at, (id, r["document"].as_str().unwrap().to_owned()));
+    }
+    let started = Instant::now();
+    let mut lines = String::new();
+    let vectors = common::synthetic_vectors(texts.len());
+    for (i, ((id, text), v)) in texts.iter().zip(vectors).enumerate() {
+        let blob: Vec<u8> = v.iter().flat_map(|a| a.to_le_bytes()).collect();
+        let record = json!({
+            "id": id,
+            "content": text, "space": "default", "tags": [], "sensitivity": "internal",
+            "createdAt": "2026-11-29T00:00:00.000Z",
+            "embeddingModel": memesh::embed::MODEL_ID,
+            "embedding": base64::engine::general_purpose::STANDARD.encode(blob),
+        });
+        lines.push_str(&record.to_string());
+        lines.push('\n');
+        if (i + 1) % 5_000 == 0 || i + 1 == texts.len() {
+            let resp = client
+                .post(format!("{}/v1/memory/import", server.base))
+                .header("x-api-key", &key)
+                .header("content-type", "application/x-ndjson")
+                .body(std::mem::take(&mut lines))
+                .send()
+                .await
+                .unwrap();
+            let report: Value = resp.json().await.unwrap();
+            assert_eq!(report["failed"], 0, "{report}");
+        }
+    }
+    eprintln!(
+        "  imported {} in {:.0} s",
+        texts.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let state = server.state.clone();
+    tokio::task::spawn_blocking(move || state.memory.index.maintain_now())
+        .await
+        .unwrap();
+
+    let qs = questions(&held);
+    let url = format!("{}/v1/memory/query", server.base);
+    println!(
+        "## POST /v1/memory/query at {} memories, one client, limit 10\n",
+        texts.len()
+    );
+    println!("| mode | p50 | p99 | mean `total` |\n|---|---|---|---|");
+    for mode in ["keyword", "hybrid", "semantic"] {
+        // Warm-up: the model session, SQLite's page cache.
+        for q in qs.iter().take(20) {
+            post(&client, &url, &key, &json!({ "query": q, "mode": mode })).await;
+        }
+        let mut ms = Vec::new();
+        let mut totals = 0u64;
+        for q in &qs {
+            let body = json!({ "query": q, "limit": 10, "mode": mode });
+            let (t, answer) = post(&client, &url, &key, &body).await;
+            ms.push(t);
+            totals += answer["total"].as_u64().unwrap_or(0);
+        }
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "| {mode} | {:.1} ms | {:.1} ms | {:.0} |",
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99),
+            totals as f64 / qs.len() as f64
+        );
+    }
+    println!();
+    let mut sum = 0.0;
+    let mut ms = Vec::new();
+    for (q, id) in &relevant {
+        let body = json!({ "query": q, "limit": 10, "mode": "keyword" });
+        let (t, answer) = post(&client, &url, &key, &body).await;
+        ms.push(t);
+        sum += ndcg_at_10(&ranked_ids(&answer), id);
+    }
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "English labelled queries among them (keyword): nDCG@10 {:.3} over {} queries, p50 {:.1} ms, p99 {:.1} ms\n",
+        sum / relevant.len() as f64,
+        relevant.len(),
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99)
+    );
+    server.stop().await;
+}
+
+/// The memory ids of a query's answer, best first.
+fn ranked_ids(answer: &Value) -> Vec<String> {
+    answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["memory"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// nDCG@10 with one relevant document: 1 / log2(rank + 1) if it is in the first ten.
+fn ndcg_at_10(ranking: &[String], relevant: &str) -> f64 {
+    ranking
+        .iter()
+        .take(10)
+        .position(|id| id == relevant)
+        .map_or(0.0, |i| 1.0 / ((i + 2) as f64).log2())
+}
+
+async fn quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = InProcess::start(dir.path(), "owner@localhost").await;
+    let client = reqwest::Client::new();
+    let data = std::fs::read_to_string(root().join("benches/data/appstream.jsonl")).unwrap();
+    let records: Vec<Value> = data
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    println!(
+        "## Retrieval quality, nDCG@10 (AppStream summaries → descriptions, one relevant each)\n"
+    );
+    println!(
+        "| language | memories = queries | keyword | hybrid | semantic |\n|---|---|---|---|---|"
+    );
+    for lang in ["en", "ja", "zh"] {
+        let set: Vec<&Value> = records.iter().filter(|r| r["lang"] == lang).collect();
+        let tenant = server.create_tenant(&format!("quality-{lang}"), &format!("{lang}@q.test"));
+        let key = tenant.key.clone();
+        // Record id → memory id.
+        let mut by_record: HashMap<String, String> = HashMap::new();
+        for chunk in set.chunks(100) {
+            let memories: Vec<Value> = chunk
+                .iter()
+                .map(|r| json!({ "content": r["document"] }))
+                .collect();
+            let (_, answer) = post(
+                &client,
+                &format!("{}/v1/memory/batch", server.base),
+                &key,
+                &json!({ "memories": memories, "transactional": true }),
+            )
+            .await;
+            let stored = answer["memories"].as_array().unwrap();
+            for (r, m) in chunk.iter().zip(stored) {
+                let mid = m["id"].as_str().unwrap().to_owned();
+                let rid = r["id"].as_str().unwrap().to_owned();
+                by_record.insert(rid, mid);
+            }
+        }
+        let mut row = format!("| {lang} | {} |", set.len());
+        for mode in ["keyword", "hybrid", "semantic"] {
+            let mut sum = 0.0;
+            for r in &set {
+                let body = json!({ "query": r["query"], "limit": 10, "mode": mode });
+                let url = format!("{}/v1/memory/query", server.base);
+                let (_, answer) = post(&client, &url, &key, &body).await;
+                sum += ndcg_at_10(&ranked_ids(&answer), &by_record[r["id"].as_str().unwrap()]);
+            }
+            row.push_str(&format!(" {:.3} |", sum / set.len() as f64));
+        }
+        println!("{row}");
+    }
+    println!();
+    server.stop().await;
+}
+
+fn main() {
+    let part = std::env::var("MEMESH_BENCH_PART").unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        if part.is_empty() || part == "quality" {
+            quality().await;
+        }
+        if part.is_empty() || part == "latency" {
+            latency().await;
+        }
+    });
+}
