@@ -172,6 +172,38 @@ async fn latency() {
         percentile(&ms, 0.99)
     );
     server.stop().await;
+
+    // The refill a database gets at its first start after migration 13: empty the index and
+    // mark it as just re-created, then time the opening.
+    let path = dir.path().join("memesh.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO memories_fts (memories_fts) VALUES ('delete-all')",
+            [],
+        )
+        .unwrap();
+        conn.execute("INSERT INTO fts_rebuild VALUES (0)", [])
+            .unwrap();
+    }
+    let started = Instant::now();
+    let db = memesh::db::Db::open(&path).unwrap();
+    println!(
+        "Refilling the full-text index of {} memories at the first start after migration 13: {:.1} s\n",
+        texts.len(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(db);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (indexed, pending): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM memories_fts WHERE memories_fts MATCH 'the'),
+                    (SELECT COUNT(*) FROM fts_rebuild)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(indexed > 10_000 && pending == 0, "{indexed} {pending}");
 }
 
 /// The memory ids of a query's answer, best first.
