@@ -190,3 +190,93 @@ async fn the_full_text_index_is_rebuilt_after_the_migration() {
     let none = query(&s, "migration", "keyword").await;
     assert_eq!(none["total"], 0, "{none}");
 }
+
+/// Imports `n` memories for `key` with a fixed embedding (no model time): each holds the word
+/// `everywhere` and a word of its own.
+async fn import_many(s: &TestServer, key: &str, n: usize) {
+    use base64::Engine;
+    let mut v = vec![0f32; memesh::embed::MODEL_DIM];
+    v[0] = 1.0;
+    let blob: Vec<u8> = v.iter().flat_map(|a| a.to_le_bytes()).collect();
+    let embedding = base64::engine::general_purpose::STANDARD.encode(blob);
+    let mut lines = String::new();
+    for i in 0..n {
+        let record = json!({
+            "id": memesh::ids::MemoryId::generate(),
+            "content": format!("everywhere note number{i} about item{i}"),
+            "space": "default", "tags": [], "sensitivity": "internal",
+            "createdAt": common::START, "embeddingModel": memesh::embed::MODEL_ID,
+            "embedding": embedding,
+        });
+        lines.push_str(&record.to_string());
+        lines.push('\n');
+    }
+    let resp = s
+        .client
+        .post(s.url("/v1/memory/import"))
+        .header("x-api-key", key)
+        .header("content-type", "application/x-ndjson")
+        .body(lines)
+        .send()
+        .await
+        .unwrap();
+    let report: Value = resp.json().await.unwrap();
+    assert_eq!(report["failed"], 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_words_are_dropped_by_the_owners_own_memories() {
+    let s = TestServer::start().await;
+    import_many(&s, &s.owner_key, 2_500).await;
+    // Alpha's 2,500 memories all hold `everywhere`: a stopword for alpha.
+    let (st, alpha) = s
+        .post(
+            "/v1/memory/query",
+            &s.owner_key,
+            json!({ "query": "everywhere item42", "mode": "keyword", "explain": true }),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        alpha["keywordTerms"]["ignored"],
+        json!(["everywhere"]),
+        "{alpha}"
+    );
+    assert_eq!(alpha["total"], 1, "only the rare word is searched by");
+    assert_eq!(
+        alpha["results"][0]["explain"]["matchedTerms"],
+        json!(["everywhere", "item42"])
+    );
+    // A query of common words only keeps the rarest: still an answer.
+    let (_, only) = s
+        .post(
+            "/v1/memory/query",
+            &s.owner_key,
+            json!({ "query": "everywhere note", "mode": "keyword", "explain": true }),
+        )
+        .await;
+    assert_eq!(only["total"], 2_500, "{}", only["keywordTerms"]);
+    // Another tenant's few memories: nothing of alpha's decides what beta's query drops.
+    let beta = s.create_tenant("beta", "owner@beta.test");
+    let (st, _) = s
+        .post(
+            "/v1/memory/write",
+            &beta.owner_key,
+            json!({ "content": "everywhere we went it rained" }),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let (_, b) = s
+        .post(
+            "/v1/memory/query",
+            &beta.owner_key,
+            json!({ "query": "everywhere item42", "mode": "keyword", "explain": true }),
+        )
+        .await;
+    assert_eq!(b["keywordTerms"]["ignored"], json!([]), "{b}");
+    assert_eq!(b["total"], 1);
+    assert_eq!(
+        b["results"][0]["memory"]["content"],
+        "everywhere we went it rained"
+    );
+}

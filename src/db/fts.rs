@@ -128,21 +128,42 @@ pub fn terms(query: &str) -> Vec<Term> {
     out
 }
 
-/// Registers `fts_text(text)` (the text the index holds, NULL for NULL) on a connection: the
-/// triggers that keep the index in step call it, so every connection that writes memories has it.
+/// The one token of an owner (a tenant's user) in the index's `owner` column: a hash of the two
+/// ids, letters and digits only, so the tokenizer keeps it whole.
+pub fn owner_token(tenant: &str, user: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(tenant.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(user.as_bytes())
+        .finalize();
+    format!("ow{}", &hex::encode(digest)[..24])
+}
+
+/// The FTS5 expression of the owner's rows.
+pub fn owner_filter(tenant: &str, user: &str) -> String {
+    format!("owner : {}", quote(&owner_token(tenant, user)))
+}
+
+/// The columns a query's words are looked for in (never the owner column).
+pub const TEXT_COLUMNS: &str = "{content summary tags}";
+
+/// Registers `fts_text(text)` (the text the index holds, NULL for NULL) and
+/// `fts_owner(tenant, user)` on a connection: the triggers that keep the index in step call
+/// them, so every connection that writes memories has them.
 pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     use rusqlite::functions::FunctionFlags;
-    conn.create_scalar_function(
-        "fts_text",
-        1,
-        FunctionFlags::SQLITE_UTF8
-            | FunctionFlags::SQLITE_DETERMINISTIC
-            | FunctionFlags::SQLITE_INNOCUOUS,
-        |ctx| {
-            let text: Option<String> = ctx.get(0)?;
-            Ok(text.map(|t| index_text(&t)))
-        },
-    )
+    let flags = FunctionFlags::SQLITE_UTF8
+        | FunctionFlags::SQLITE_DETERMINISTIC
+        | FunctionFlags::SQLITE_INNOCUOUS;
+    conn.create_scalar_function("fts_text", 1, flags, |ctx| {
+        let text: Option<String> = ctx.get(0)?;
+        Ok(text.map(|t| index_text(&t)))
+    })?;
+    conn.create_scalar_function("fts_owner", 2, flags, |ctx| {
+        let (tenant, user): (String, String) = (ctx.get(0)?, ctx.get(1)?);
+        Ok(owner_token(&tenant, &user))
+    })
 }
 
 /// Rows indexed per transaction while refilling.
@@ -192,8 +213,9 @@ pub fn rebuild_pending(conn: &mut rusqlite::Connection) -> anyhow::Result<()> {
             |r| r.get(0),
         )?;
         let n = tx.execute(
-            "INSERT INTO memories_fts (rowid, content, summary, tags)
-             SELECT seq, fts_text(content), fts_text(summary), fts_text(tags)
+            "INSERT INTO memories_fts (rowid, content, summary, tags, owner)
+             SELECT seq, fts_text(content), fts_text(summary), fts_text(tags),
+                    fts_owner(tenant_id, user_id)
              FROM memories WHERE seq > ?1 AND seq <= ?2",
             [next, upto],
         )?;
@@ -242,6 +264,19 @@ mod tests {
         );
         assert_eq!(index_text("plain English stays"), "plain English stays");
         assert_eq!(index_text("猫"), " 猫 ");
+    }
+
+    #[test]
+    fn owner_tokens_are_one_word_each() {
+        let a = owner_token("ten_1", "usr_1");
+        assert_eq!(a.len(), 26);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, owner_token("ten_1", "usr_2"));
+        assert_ne!(owner_token("ten_1u", "sr_1"), owner_token("ten_1", "usr_1"));
+        assert_eq!(
+            owner_filter("t", "u"),
+            format!("owner : \"{}\"", owner_token("t", "u"))
+        );
     }
 
     #[test]

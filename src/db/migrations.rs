@@ -487,20 +487,23 @@ const MIGRATIONS: &[&str] = &[
     // 13: keyword search that stems English and finds words inside Japanese, Chinese, Thai, …
     // The full-text index becomes contentless (it keeps only what it indexes) over the text
     // `fts_text` derives (unspaced runs as bigrams, see `db::fts`), with the `porter` stemmer
-    // around `unicode61`; a memory's row is removed by rowid. The index is refilled after the
-    // migration, in batches with progress (`db::fts::rebuild_pending`), from `fts_rebuild`.
+    // around `unicode61`, and an `owner` column holding one token per owner (`fts_owner`), so a
+    // query is narrowed to its owner's memories inside the index; a memory's row is removed by
+    // rowid. The index is refilled after the migration, in batches with progress
+    // (`db::fts::rebuild_pending`), from `fts_rebuild`.
     r#"
     DROP TRIGGER memories_fts_insert;
     DROP TRIGGER memories_fts_delete;
     DROP TABLE memories_fts;
     CREATE VIRTUAL TABLE memories_fts USING fts5(
-        content, summary, tags,
+        content, summary, tags, owner,
         content = '', contentless_delete = 1,
         tokenize = 'porter unicode61 remove_diacritics 2'
     );
     CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN
-        INSERT INTO memories_fts (rowid, content, summary, tags)
-        VALUES (new.seq, fts_text(new.content), fts_text(new.summary), fts_text(new.tags));
+        INSERT INTO memories_fts (rowid, content, summary, tags, owner)
+        VALUES (new.seq, fts_text(new.content), fts_text(new.summary), fts_text(new.tags),
+                fts_owner(new.tenant_id, new.user_id));
     END;
     CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN
         DELETE FROM memories_fts WHERE rowid = old.seq;

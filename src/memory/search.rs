@@ -264,11 +264,11 @@ async fn keyword(
     k: usize,
 ) -> ApiResult<(Vec<(RowId, f64)>, usize, KeywordPlan)> {
     let (o, f, text) = (owner.clone(), q.filter.clone(), q.text.clone());
-    let corpus = usize::try_from(state.memory.is_consistent().1).unwrap_or(0);
+    let corpus = state.memory.index.owner_len(&owner.key());
     state
         .db
         .read(move |c| {
-            let plan = store::plan_keywords(c, &text, corpus)?;
+            let plan = store::plan_keywords(c, &o, &text, corpus)?;
             let (hits, total) = store::keyword_search(c, &o, &plan, &f, k)?;
             Ok((hits, total, plan))
         })

@@ -531,8 +531,8 @@ pub fn filtered_rows(
     Ok(rows)
 }
 
-/// A term that occurs in more than this share of all memories is too common to search by (a
-/// stopword by document frequency): it would make a query score most of the corpus while
+/// A term that occurs in more than this share of the owner's memories is too common to search
+/// by (a stopword by document frequency): it would make a query score most of them while
 /// barely changing the order. Below [`COMMON_FLOOR`] memories nothing is dropped.
 const COMMON_SHARE: f64 = 0.02;
 const COMMON_FLOOR: usize = 2_000;
@@ -546,24 +546,42 @@ pub struct KeywordPlan {
     pub terms: Vec<Term>,
 }
 
-/// In how many memories (of everyone's) `token` occurs, counted up to `cap` only: the cost of
-/// the count is bounded by the cap, not by how common the token is.
-fn capped_df(conn: &Connection, token: &str, cap: usize) -> ApiResult<usize> {
+impl Owner {
+    /// The FTS5 expression narrowing a match to this owner's memories.
+    fn fts_filter(&self) -> String {
+        fts::owner_filter(self.tenant.as_str(), self.user.as_str())
+    }
+}
+
+/// In how many of the owner's memories `token` occurs, counted up to `cap` only: the cost of
+/// the count is bounded by the cap, not by how common the token is. The owner's own count (the
+/// index narrows to the owner's token), so what a query drops says nothing about other
+/// people's memories.
+fn capped_df(conn: &Connection, owner: &Owner, token: &str, cap: usize) -> ApiResult<usize> {
+    let expr = format!(
+        "{} AND {} : {}",
+        owner.fts_filter(),
+        fts::TEXT_COLUMNS,
+        fts::quote(token)
+    );
     let n: i64 = conn
         .prepare_cached(
             "SELECT COUNT(*) FROM (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1
              LIMIT ?2)",
         )?
-        .query_row(rusqlite::params![fts::quote(token), cap as i64], |r| {
-            r.get(0)
-        })?;
+        .query_row(rusqlite::params![expr, cap as i64], |r| r.get(0))?;
     Ok(n as usize)
 }
 
-/// Plans a keyword query over a corpus of `corpus` memories: each word is a token (stemmed by
+/// Plans a keyword query over the owner's `corpus` memories: each word is a token (stemmed by
 /// the index), each unspaced run its bigrams; tokens occurring in more than [`COMMON_SHARE`] of
-/// the corpus are dropped, unless all are, then the rarest is kept.
-pub fn plan_keywords(conn: &Connection, text: &str, corpus: usize) -> ApiResult<KeywordPlan> {
+/// them are dropped, unless all are, then the rarest is kept.
+pub fn plan_keywords(
+    conn: &Connection,
+    owner: &Owner,
+    text: &str,
+    corpus: usize,
+) -> ApiResult<KeywordPlan> {
     let terms = fts::terms(text);
     let mut tokens: Vec<String> = Vec::new();
     for t in &terms {
@@ -583,7 +601,7 @@ pub fn plan_keywords(conn: &Connection, text: &str, corpus: usize) -> ApiResult<
     let cutoff = ((corpus as f64) * COMMON_SHARE) as usize;
     let mut counted = Vec::with_capacity(tokens.len());
     for tok in tokens {
-        let df = capped_df(conn, &tok, cutoff + 1)?;
+        let df = capped_df(conn, owner, &tok, cutoff + 1)?;
         counted.push((tok, df));
     }
     let (mut kept, common): (Vec<_>, Vec<_>) =
@@ -619,15 +637,21 @@ pub fn keyword_search(
     if plan.tokens.is_empty() {
         return Ok((Vec::new(), 0));
     }
-    let fts: Vec<String> = plan.tokens.iter().map(|t| fts::quote(t)).collect();
+    let words: Vec<String> = plan.tokens.iter().map(|t| fts::quote(t)).collect();
+    let expr = format!(
+        "{} AND {} : ({})",
+        owner.fts_filter(),
+        fts::TEXT_COLUMNS,
+        words.join(" OR ")
+    );
     let mut params: Vec<Box<dyn ToSql>> = vec![
-        Box::new(fts.join(" OR ")),
+        Box::new(expr),
         Box::new(owner.tenant.clone()),
         Box::new(owner.user.clone()),
     ];
     let clause = filter_clause(filter, &mut params);
     let sql = format!(
-        "SELECT f.rowid, -bm25(memories_fts) AS score, m.created_at
+        "SELECT f.rowid, -bm25(memories_fts, 1.0, 1.0, 1.0, 0.0) AS score, m.created_at
          FROM memories_fts f JOIN memories m ON m.seq = f.rowid
          WHERE memories_fts MATCH ?1 AND m.tenant_id = ?2 AND m.user_id = ?3{clause}
          ORDER BY score DESC, m.created_at DESC, f.rowid DESC"
@@ -665,8 +689,9 @@ pub fn matched_terms(
         format!("SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1 AND rowid IN ({list})");
     let mut stmt = conn.prepare(&sql)?;
     for term in terms {
+        let expr = format!("{} : {}", fts::TEXT_COLUMNS, term.phrase());
         let found = stmt
-            .query_map([term.phrase()], |r| r.get::<_, RowId>(0))?
+            .query_map([expr], |r| r.get::<_, RowId>(0))?
             .collect::<Result<Vec<_>, _>>()?;
         for row in found {
             out.entry(row).or_default().push(term.word.clone());
