@@ -82,12 +82,7 @@ impl Term {
     /// The FTS5 expression matching this term: the quoted word, or the run's bigrams as a
     /// phrase (the run itself occurs). User text is never read as FTS5 syntax.
     pub fn phrase(&self) -> String {
-        let quoted: Vec<String> = self.tokens.iter().map(|t| quote(t)).collect();
-        if quoted.len() == 1 {
-            quoted.into_iter().next().unwrap_or_default()
-        } else {
-            format!("\"{}\"", self.tokens.join(" ").replace('"', "\"\""))
-        }
+        quote(&self.tokens.join(" "))
     }
 }
 
@@ -99,6 +94,7 @@ pub fn quote(token: &str) -> String {
 /// identifier like `INV-2024-0042` kept whole as a phrase) and its unspaced runs.
 pub fn terms(query: &str) -> Vec<Term> {
     let mut out: Vec<Term> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for word in query.split_whitespace() {
         let word = word.trim_matches(|c: char| !c.is_alphanumeric());
         for (unspaced, part) in runs(word) {
@@ -106,23 +102,18 @@ pub fn terms(query: &str) -> Vec<Term> {
             if part.is_empty() {
                 continue;
             }
-            let term = if unspaced {
-                Term {
-                    word: part.to_owned(),
-                    tokens: bigrams(part),
-                }
-            } else {
-                Term {
-                    word: part.to_owned(),
-                    tokens: vec![part.to_owned()],
-                }
-            };
-            if !out
-                .iter()
-                .any(|t| t.word.to_lowercase() == term.word.to_lowercase())
-            {
-                out.push(term);
+            if !seen.insert(part.to_lowercase()) {
+                continue;
             }
+            let tokens = if unspaced {
+                bigrams(part)
+            } else {
+                vec![part.to_owned()]
+            };
+            out.push(Term {
+                word: part.to_owned(),
+                tokens,
+            });
         }
     }
     out

@@ -236,8 +236,7 @@ impl ToolDef {
         }
         let text = match self.kind {
             Kind::Write => render_written(&reply),
-            Kind::Search => render_results("memories", &reply.body),
-            Kind::Query => render_results("memories", &reply.body),
+            Kind::Search | Kind::Query => render_results(&reply.body),
             Kind::Context => render_context(&reply.body),
             Kind::Delete => format!(
                 "Deleted memory {} at {}.",
@@ -297,19 +296,19 @@ fn render_written(reply: &Reply) -> String {
     )
 }
 
-fn render_results(noun: &str, body: &Value) -> String {
+fn render_results(body: &Value) -> String {
     let results = body["results"].as_array().cloned().unwrap_or_default();
     let query = str_of(body, "query");
     if results.is_empty() {
-        return format!("No {noun} match \"{query}\".");
+        return format!("No memories match \"{query}\".");
     }
     let mut out = match body.get("total").and_then(Value::as_u64) {
         Some(total) => format!(
-            "{} of {total} {noun} matching \"{query}\" ({} mode):\n",
+            "{} of {total} memories matching \"{query}\" ({} mode):\n",
             results.len(),
             str_of(body, "mode")
         ),
-        None => format!("{} {noun} closest to \"{query}\":\n", results.len()),
+        None => format!("{} memories closest to \"{query}\":\n", results.len()),
     };
     let offset = body["offset"].as_u64().unwrap_or(0) as usize;
     for (i, r) in results.iter().enumerate() {

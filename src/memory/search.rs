@@ -333,15 +333,6 @@ pub async fn query(state: &AppState, owner: &Owner, body: QueryBody) -> ApiResul
     let rows: Vec<RowId> = page.iter().map(|(r, _, _)| *r).collect();
     let mut keyword_terms = None;
     if let (true, Some(plan)) = (q.explain, plan) {
-        let terms = plan.terms.clone();
-        let rows = rows.clone();
-        let mut matched = state
-            .db
-            .read(move |c| store::matched_terms(c, &terms, &rows))
-            .await?;
-        for (row, _, e) in &mut page {
-            e.matched_terms = Some(matched.remove(row).unwrap_or_default());
-        }
         let searched: Vec<&String> = plan
             .terms
             .iter()
@@ -349,6 +340,14 @@ pub async fn query(state: &AppState, owner: &Owner, body: QueryBody) -> ApiResul
             .filter(|w| !plan.ignored.contains(w))
             .collect();
         keyword_terms = Some(json!({ "searched": searched, "ignored": plan.ignored }));
+        let (terms, rows) = (plan.terms, rows.clone());
+        let mut matched = state
+            .db
+            .read(move |c| store::matched_terms(c, &terms, &rows))
+            .await?;
+        for (row, _, e) in &mut page {
+            e.matched_terms = Some(matched.remove(row).unwrap_or_default());
+        }
     }
     let mut found = load_memories(state, owner, rows).await?;
     let results: Vec<QueryResult> = page

@@ -544,26 +544,16 @@ pub struct KeywordPlan {
     pub tokens: Vec<String>,
     pub ignored: Vec<String>,
     pub terms: Vec<Term>,
-}
-
-impl Owner {
-    /// The FTS5 expression narrowing a match to this owner's memories.
-    fn fts_filter(&self) -> String {
-        fts::owner_filter(self.tenant.as_str(), self.user.as_str())
-    }
+    /// The FTS5 expression narrowing a match to the owner's memories (made once a query).
+    owner: String,
 }
 
 /// In how many of the owner's memories `token` occurs, counted up to `cap` only: the cost of
 /// the count is bounded by the cap, not by how common the token is. The owner's own count (the
 /// index narrows to the owner's token), so what a query drops says nothing about other
 /// people's memories.
-fn capped_df(conn: &Connection, owner: &Owner, token: &str, cap: usize) -> ApiResult<usize> {
-    let expr = format!(
-        "{} AND {} : {}",
-        owner.fts_filter(),
-        fts::TEXT_COLUMNS,
-        fts::quote(token)
-    );
+fn capped_df(conn: &Connection, owner: &str, token: &str, cap: usize) -> ApiResult<usize> {
+    let expr = format!("{owner} AND {} : {}", fts::TEXT_COLUMNS, fts::quote(token));
     let n: i64 = conn
         .prepare_cached(
             "SELECT COUNT(*) FROM (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1
@@ -583,6 +573,7 @@ pub fn plan_keywords(
     corpus: usize,
 ) -> ApiResult<KeywordPlan> {
     let terms = fts::terms(text);
+    let owner = fts::owner_filter(owner.tenant.as_str(), owner.user.as_str());
     let mut tokens: Vec<String> = Vec::new();
     for t in &terms {
         for tok in &t.tokens {
@@ -596,12 +587,13 @@ pub fn plan_keywords(
             tokens,
             ignored: Vec::new(),
             terms,
+            owner,
         });
     }
     let cutoff = ((corpus as f64) * COMMON_SHARE) as usize;
     let mut counted = Vec::with_capacity(tokens.len());
     for tok in tokens {
-        let df = capped_df(conn, owner, &tok, cutoff + 1)?;
+        let df = capped_df(conn, &owner, &tok, cutoff + 1)?;
         counted.push((tok, df));
     }
     let (mut kept, common): (Vec<_>, Vec<_>) =
@@ -622,6 +614,7 @@ pub fn plan_keywords(
         tokens: kept,
         ignored,
         terms,
+        owner,
     })
 }
 
@@ -640,7 +633,7 @@ pub fn keyword_search(
     let words: Vec<String> = plan.tokens.iter().map(|t| fts::quote(t)).collect();
     let expr = format!(
         "{} AND {} : ({})",
-        owner.fts_filter(),
+        plan.owner,
         fts::TEXT_COLUMNS,
         words.join(" OR ")
     );
