@@ -31,7 +31,7 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<u64> {
     if !from.exists() {
         return Ok(0);
     }
-    std::fs::create_dir_all(to)?;
+    crate::private::create_dir(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -39,7 +39,7 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<u64> {
         if entry.file_type()?.is_dir() {
             files += copy_dir(&entry.path(), &target)?;
         } else if !name.to_string_lossy().ends_with(".tmp") {
-            std::fs::copy(entry.path(), &target)
+            crate::private::copy_file(&entry.path(), &target)
                 .with_context(|| format!("copying {}", entry.path().display()))?;
             files += 1;
         }
@@ -81,10 +81,12 @@ pub fn backup(data: &Path, dest: &Path) -> anyhow::Result<serde_json::Value> {
             dest.display()
         );
     }
-    std::fs::create_dir_all(dest)?;
+    crate::private::create_dir(dest)?;
     let src = Connection::open_with_flags(&source, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     src.busy_timeout(std::time::Duration::from_secs(30))?;
     let tmp = dest.join(format!("{DB_FILE}.tmp"));
+    // Made owner-only first: SQLite keeps an existing file's mode.
+    crate::private::create_file(&tmp)?;
     let mut dst = Connection::open(&tmp)?;
     {
         let b = rusqlite::backup::Backup::new(&src, &mut dst)?;
@@ -118,7 +120,7 @@ pub fn backup(data: &Path, dest: &Path) -> anyhow::Result<serde_json::Value> {
         "indexFiles": index_files,
         "database": facts,
     });
-    std::fs::write(dest.join(MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
+    crate::private::write_file(&dest.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
     Ok(manifest)
 }
 
@@ -153,9 +155,9 @@ pub fn restore(from: &Path, data: &Path) -> anyhow::Result<serde_json::Value> {
             );
         }
     }
-    std::fs::create_dir_all(data)?;
+    crate::private::create_dir(data)?;
     let staged: PathBuf = data.join(format!("{DB_FILE}.restoring"));
-    std::fs::copy(&db, &staged)?;
+    crate::private::copy_file(&db, &staged)?;
     copy_dir(&from.join(INDEX_DIR), &data.join(INDEX_DIR))?;
     std::fs::rename(&staged, data.join(DB_FILE))?;
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(from.join(MANIFEST))?)?;

@@ -181,6 +181,10 @@ pub struct OwnerArgs {
     /// Use this owner API key instead of a random one (mk_ + 43 base64url characters).
     #[arg(long, env = "MEMESH_BOOTSTRAP_KEY", hide_env_values = true)]
     pub bootstrap_key: Option<String>,
+    /// Write the first owner key made at first start into this new file (mode 0600) instead of
+    /// printing it on standard output, which journald and container logs keep.
+    #[arg(long, env = "MEMESH_BOOTSTRAP_KEY_FILE")]
+    pub bootstrap_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -254,6 +258,15 @@ pub struct ServeArgs {
     /// (default: from each request's Host header).
     #[arg(long, env = "MEMESH_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Reverse proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For`
+    /// names the client: per-address limits and the device page then count the client, not
+    /// the proxy. Requests from anywhere else are taken at their connection's address.
+    #[arg(long, env = "MEMESH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections served at once; past it, new ones wait in the listen backlog.
+    #[arg(long, env = "MEMESH_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
     /// Consecutive failed probes that open a provider incident.
     #[arg(long, env = "MEMESH_PROBE_FAILURE_THRESHOLD", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -274,6 +287,12 @@ pub struct ServeArgs {
     /// addresses (for labs and tests; refused by default).
     #[arg(long, env = "MEMESH_ALLOW_PRIVATE_AGENT_URLS")]
     pub allow_private_agent_urls: bool,
+    /// Send every request made on a user's behalf (Agent Cards, probes, A2A calls) through
+    /// this HTTP(S) proxy. The proxy then resolves names, so memesh can only check literal
+    /// addresses: give the proxy an egress policy of its own. `HTTP(S)_PROXY` and `ALL_PROXY`
+    /// are never used for these requests.
+    #[arg(long, env = "MEMESH_AGENT_PROXY")]
+    pub agent_proxy: Option<String>,
     #[command(flatten)]
     pub owner: OwnerArgs,
     #[command(flatten)]
@@ -294,6 +313,7 @@ impl ServeArgs {
             max_attempts: self.max_attempts,
             max_result_bytes: usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX),
             allow_private_agent_urls: self.allow_private_agent_urls,
+            agent_proxy: self.agent_proxy.clone(),
             sweep_interval: Duration::from_secs(1),
             remote_refresh_interval: Duration::from_secs(self.remote_refresh_secs),
             remote_cancel_attempts: self.remote_cancel_attempts,
@@ -308,6 +328,8 @@ impl ServeArgs {
                 public_burst: self.public_rate_limit_burst,
                 reload_interval: Duration::from_secs(2),
             },
+            trusted_proxies: self.trusted_proxies.clone(),
+            max_connections: self.max_connections as usize,
             device: crate::state::DeviceSettings {
                 clients: self
                     .device_clients
@@ -324,6 +346,14 @@ impl ServeArgs {
             },
         }
     }
+}
+
+/// An address or a CIDR block (`10.0.0.0/8`, `2001:db8::/32`, `127.0.0.1`).
+fn parse_net(raw: &str) -> Result<ipnet::IpNet, String> {
+    let raw = raw.trim();
+    raw.parse::<ipnet::IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{raw:?} is not an IP address or CIDR block"))
 }
 
 #[derive(Debug, Args)]

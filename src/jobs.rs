@@ -78,10 +78,31 @@ struct Reporter {
     clock: SharedClock,
 }
 
+/// Writes the counted refusals of every minute that is over (`all`: of every minute, at
+/// shutdown), one audit row each; returns how many rows.
+pub async fn write_refusal_digest(state: &AppState, all: bool) -> ApiResult<usize> {
+    let now = state.clock.now();
+    let due = state.refusals.due(now, all);
+    let rows = due.len();
+    if rows == 0 {
+        return Ok(0);
+    }
+    state
+        .db
+        .write(move |tx| {
+            for r in due {
+                crate::audit::store::record_repeated(tx, r, now)?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(rows)
+}
+
 /// Starts every job; they stop when `cancel` fires (join the handles to wait for them).
 pub fn start(state: &AppState, cancel: &CancellationToken) -> Vec<JoinHandle<()>> {
     let s = &state.settings;
-    let jobs: [Job<AppState>; 6] = [
+    let jobs: [Job<AppState>; 7] = [
         Job {
             name: "holdExpiry",
             every: s.sweep_interval,
@@ -106,6 +127,11 @@ pub fn start(state: &AppState, cancel: &CancellationToken) -> Vec<JoinHandle<()>
             name: "plans",
             every: s.plans.reload_interval,
             pass: |st| Box::pin(async move { crate::plans::store::reload(&st).await.map(|()| 0) }),
+        },
+        Job {
+            name: "refusalDigest",
+            every: s.sweep_interval,
+            pass: |st| Box::pin(async move { write_refusal_digest(&st, false).await }),
         },
         Job {
             name: "indexSnapshot",

@@ -23,13 +23,16 @@ pub mod memory;
 pub mod orchestrator;
 pub mod outbound;
 pub mod plans;
+pub mod private;
 pub mod state;
 pub mod team;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt;
+use axum::extract::ConnectInfo;
 use tokio::net::TcpListener;
 
 pub use state::AppState;
@@ -37,6 +40,13 @@ pub use state::AppState;
 pub fn app(state: AppState) -> Router {
     http::router(state)
 }
+
+/// How long a client has to send a request's head (its line and headers) once it starts: a
+/// connection that dribbles them (slowloris) is closed after this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for open connections (an export still streaming) before closing
+/// them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serves until `shutdown` resolves, lets in-flight requests finish, stops and joins the
 /// background jobs and then the index thread (a last snapshot is written), then folds the WAL
@@ -46,30 +56,27 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Without TCP_NODELAY, a response written in two segments on a kept-alive connection waits
-    // for the client's delayed ACK: tens of milliseconds on every request.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
     // Every tenant's quotas in force before the first request.
     if let Err(e) = plans::store::reload(&state).await {
         tracing::error!(error = %e, "syncing the plans failed; the plans job retries");
     }
     let cancel = tokio_util::sync::CancellationToken::new();
     let jobs = jobs::start(&state, &cancel);
-    let served = axum::serve(
+    let served = accept(
         listener,
-        app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app(state.clone()),
+        state.settings.max_connections,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await;
     cancel.cancel();
     for job in jobs {
         if let Err(e) = job.await {
             tracing::error!(error = %e, "a background job did not stop cleanly");
         }
+    }
+    if let Err(e) = jobs::write_refusal_digest(&state, true).await {
+        tracing::error!(error = %e, "could not audit the last counted refusals");
     }
     served?;
     tokio::task::spawn_blocking(move || {
@@ -78,6 +85,84 @@ pub async fn serve(
     })
     .await
     .map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// Accepts connections until `shutdown`, at most `max_connections` open at once (past that the
+/// next waits in the kernel's backlog), each served by hyper with a deadline on its request
+/// heads; then closes the listener and waits for the open connections to finish (at most
+/// [`SHUTDOWN_GRACE`]).
+async fn accept(
+    listener: TcpListener,
+    router: Router,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::Service;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (socket, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Without TCP_NODELAY, a response written in two segments on a kept-alive connection
+        // waits for the client's delayed ACK: tens of milliseconds on every request.
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+        let router = router.clone();
+        let service = hyper::service::service_fn(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(remote));
+                router.clone().call(req)
+            },
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(socket), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open {}s after the shutdown signal; closing them",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
     Ok(())
 }
 

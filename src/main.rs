@@ -28,6 +28,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     memesh::tune_allocator();
+    // The data directory holds every memory in plain text: nothing memesh creates is readable
+    // by anyone but its own user.
+    memesh::private::restrict_umask();
     let cli = Cli::parse();
     init_tracing(cli.global.log_format);
     let result = match cli.command {
@@ -124,8 +127,18 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Opens the database. A data directory that holds no database yet (a fresh clone's `data/`)
+/// becomes owner-only first; an existing one that others can read is warned about.
 fn open_db(global: &GlobalArgs) -> anyhow::Result<Db> {
-    Db::open_with(&global.database_path(), global.durability)
+    use std::os::unix::fs::PermissionsExt;
+    let path = global.database_path();
+    if !path.exists() && global.data_dir.is_dir() {
+        std::fs::set_permissions(&global.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} owner-only", global.data_dir.display()))?;
+    } else if let Some(warning) = memesh::private::exposure(&global.data_dir) {
+        tracing::warn!("{warning}");
+    }
+    Db::open_with(&path, global.durability)
 }
 
 fn print_new_tenant(t: &NewTenant) {
@@ -140,6 +153,42 @@ fn print_new_tenant(t: &NewTenant) {
     );
 }
 
+/// Announces a new tenant, its owner key written to `key_file` (a new file, mode 0600) when
+/// given, else printed. The key exists only here: if the file cannot be written, it is printed
+/// after all rather than lost.
+fn announce_new_tenant(t: &NewTenant, key_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let Some(path) = key_file else {
+        print_new_tenant(t);
+        return Ok(());
+    };
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        writeln!(f, "{}", t.key)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        tracing::error!(error = %e, file = %path.display(), "cannot write the bootstrap key file; printing the key instead");
+        print_new_tenant(t);
+        return Ok(());
+    }
+    println!(
+        "memesh: tenant {:?} ({}) created",
+        t.tenant_name, t.tenant_id
+    );
+    println!("memesh: owner {} ({})", t.owner.email, t.owner.user_id);
+    println!(
+        "memesh: owner API key written to {} (mode 0600)",
+        path.display()
+    );
+    Ok(())
+}
+
 fn spec(owner: &OwnerArgs) -> TenantSpec<'_> {
     TenantSpec {
         name: &owner.tenant_name,
@@ -152,7 +201,7 @@ fn init(global: &GlobalArgs, owner: &OwnerArgs) -> anyhow::Result<ExitCode> {
     let db = open_db(global)?;
     match bootstrap::initialize(&db, &spec(owner), SystemClock.now())? {
         Some(t) => {
-            print_new_tenant(&t);
+            announce_new_tenant(&t, owner.bootstrap_key_file.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         None => {
@@ -267,12 +316,20 @@ fn audit_heads(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut settings = args.settings();
     settings.plans.file = Some(global.plans_path()?);
+    if settings.device.public_url.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "--listen {} reaches beyond loopback without --public-url: device login builds its \
+             verification link from each request's Host header, which a caller chooses; set \
+             --public-url to the address people reach this server at",
+            args.listen
+        );
+    }
     // A plans file that does not parse stops the server here, before it serves anything.
     memesh::plans::PlanBook::load(settings.plans.file.as_deref(), settings.plans.rate)?;
     let db = open_db(global)?;
     let clock = Arc::new(SystemClock);
     if let Some(t) = bootstrap::initialize(&db, &spec(&args.owner), clock.now())? {
-        print_new_tenant(&t);
+        announce_new_tenant(&t, args.owner.bootstrap_key_file.as_deref())?;
     } else if args.owner.bootstrap_key.is_some() {
         tracing::info!("MEMESH_BOOTSTRAP_KEY ignored: the data directory is already initialized");
     }
@@ -291,18 +348,21 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             snapshot_interval: Duration::from_secs(args.index.snapshot_interval_secs),
         },
     )?;
-    let state = AppState::new(db, clock, settings, engine);
+    let state = AppState::new(db, clock, settings, engine)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Signals are caught from before the server says it listens: a SIGTERM right after
+        // that line stops it gracefully, never by the default action.
+        let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
-        memesh::serve(listener, state, shutdown_signal()).await?;
+        memesh::serve(listener, state, shutdown).await?;
         tracing::info!("shut down cleanly");
         anyhow::Ok(())
     })?;
@@ -374,27 +434,16 @@ fn reindex(global: &GlobalArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves at the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
         }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
+        tracing::info!("shutdown signal received; finishing in-flight requests");
+    })
 }

@@ -29,6 +29,8 @@ pub struct Settings {
     /// Lets Agent Card URLs, agent endpoints and probes reach loopback and private addresses
     /// (labs, tests); refused by default.
     pub allow_private_agent_urls: bool,
+    /// `--agent-proxy`: the one proxy requests on a user's behalf go through (none: direct).
+    pub agent_proxy: Option<String>,
     /// Largest result an agent may complete an execution with, as JSON text.
     pub max_result_bytes: usize,
     /// How often expired holds and leases are looked for (the snapshot interval is the memory
@@ -45,6 +47,10 @@ pub struct Settings {
     /// often a client may poll, and the URL people open (None: from the request's Host).
     pub device: DeviceSettings,
     pub plans: PlansSettings,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 /// Where plans come from, the default plan's request rate from the command line, the limit on
@@ -101,12 +107,15 @@ impl Default for Settings {
             max_attempts: 3,
             max_result_bytes: 1024 * 1024,
             allow_private_agent_urls: false,
+            agent_proxy: None,
             sweep_interval: Duration::from_secs(1),
             remote_refresh_interval: Duration::from_secs(5),
             remote_cancel_attempts: 5,
             remote_cancel_timeout: Duration::from_secs(60),
             device: DeviceSettings::default(),
             plans: PlansSettings::default(),
+            trusted_proxies: Vec::new(),
+            max_connections: 4096,
         }
     }
 }
@@ -126,14 +135,28 @@ pub struct App {
     pub device_guesses: crate::device::Guesses,
     /// The plans in force and the request limiters.
     pub plans: crate::plans::Registry,
+    /// Refused mutations counted, to be audited one row a key, route and minute.
+    pub refusals: crate::audit::refusals::RefusalDigest,
+    /// Imports running per tenant.
+    pub imports: crate::memory::transfer::ImportSlots,
 }
 
 #[derive(Clone)]
 pub struct AppState(Arc<App>);
 
 impl AppState {
-    pub fn new(db: Db, clock: SharedClock, settings: Settings, memory: MemoryEngine) -> Self {
-        let outbound = Outbound::new(settings.allow_private_agent_urls);
+    /// Fails when the guarded outbound client cannot be built (a bad `--agent-proxy`): the
+    /// server does not start rather than make requests unguarded.
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        settings: Settings,
+        memory: MemoryEngine,
+    ) -> anyhow::Result<Self> {
+        let outbound = Outbound::new(
+            settings.allow_private_agent_urls,
+            settings.agent_proxy.as_deref(),
+        )?;
         let p = &settings.plans;
         let book = crate::plans::PlanBook::load(p.file.as_deref(), p.rate).unwrap_or_else(|e| {
             // `serve` reads the file before it gets here and stops on an error; a file broken
@@ -142,7 +165,7 @@ impl AppState {
             crate::plans::PlanBook::load(None, p.rate).expect("the built-in plans load")
         });
         let plans = crate::plans::Registry::new(book, (p.public_per_second, p.public_burst));
-        AppState(Arc::new(App {
+        Ok(AppState(Arc::new(App {
             db,
             clock,
             settings,
@@ -152,7 +175,9 @@ impl AppState {
             keys: KeyCache::default(),
             device_guesses: crate::device::Guesses::default(),
             plans,
-        }))
+            refusals: crate::audit::refusals::RefusalDigest::default(),
+            imports: crate::memory::transfer::ImportSlots::default(),
+        })))
     }
 }
 

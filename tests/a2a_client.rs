@@ -132,7 +132,7 @@ async fn until(c: &A2aClient<'_>, task: &str, state: RemoteState) {
 }
 
 async fn send_get_and_cancel(peer: &Peer, protocol: Protocol) {
-    let outbound = Outbound::new(true);
+    let outbound = Outbound::new(true, None).unwrap();
     let endpoint = peer.endpoint();
     let c = client(&outbound, &endpoint, protocol);
 
@@ -197,7 +197,7 @@ async fn an_a2a_0_3_agent_is_sent_read_and_canceled() {
     let peer = Peer::start(&["--only-0.3"]);
     send_get_and_cancel(&peer, Protocol::V0_3).await;
     // It does not speak 1.0: the protocol has to come from its card.
-    let outbound = Outbound::new(true);
+    let outbound = Outbound::new(true, None).unwrap();
     let endpoint = peer.endpoint();
     let err = client(&outbound, &endpoint, Protocol::V1_0)
         .send("m-9", &json!("hi"))
@@ -208,7 +208,7 @@ async fn an_a2a_0_3_agent_is_sent_read_and_canceled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_is_not_there_is_a_transient_failure() {
-    let outbound = Outbound::new(true);
+    let outbound = Outbound::new(true, None).unwrap();
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -222,7 +222,7 @@ async fn an_agent_that_is_not_there_is_a_transient_failure() {
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
     // And the guard still holds: without the private opening, loopback is refused.
-    let guarded = Outbound::new(false);
+    let guarded = Outbound::new(false, None).unwrap();
     let err = client(&guarded, &endpoint, Protocol::V1_0)
         .get("t")
         .await

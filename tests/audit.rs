@@ -40,6 +40,10 @@ async fn mutations_are_recorded_with_actor_and_request_id() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
+    // The server files the request under its own id; the caller's is echoed apart.
+    let server_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(server_id, "req-audit-1");
+    assert_eq!(resp.headers()["x-client-request-id"], "req-audit-1");
     let created: Value = resp.json().await.unwrap();
 
     let (st, page) = s
@@ -50,7 +54,8 @@ async fn mutations_are_recorded_with_actor_and_request_id() {
     assert_eq!(entry["action"], "keys.create");
     assert_eq!(entry["resourceType"], "api_key");
     assert_eq!(entry["resourceId"], created["id"]);
-    assert_eq!(entry["requestId"], "req-audit-1");
+    assert_eq!(entry["requestId"], server_id.as_str());
+    assert_eq!(entry["detail"]["clientRequestId"], "req-audit-1");
     assert_eq!(entry["outcome"], "success");
     assert_eq!(entry["actor"]["type"], "user");
     assert!(

@@ -3,102 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::binary::{audit_verify, get, key_in, memesh, post, start, stop};
 use reqwest::StatusCode;
 use serde_json::Value;
-
-struct Running {
-    child: Child,
-    base: String,
-    stdout: String,
-}
-
-fn memesh(data: &Path) -> Command {
-    let mut cmd = Command::new(common::bin_path());
-    cmd.arg("--data-dir")
-        .arg(data)
-        .env_remove("MEMESH_BOOTSTRAP_KEY")
-        .env("MEMESH_LOG", "info");
-    cmd
-}
-
-/// Starts `memesh` on port 0 and waits for its "listening on" log line.
-fn start(data: &Path, envs: &[(&str, &str)]) -> Running {
-    let mut cmd = memesh(data);
-    cmd.args(["--listen", "127.0.0.1:0"])
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn memesh");
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(rest.trim().to_owned());
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("memesh reports its address");
-    // The banner is printed before the server listens, so it is complete by now.
-    let mut out = String::new();
-    let mut reader = BufReader::new(stdout);
-    let (otx, orx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut line = String::new();
-        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-            all.push_str(&line);
-            line.clear();
-            if all.contains("owner API key") {
-                break;
-            }
-        }
-        let _ = otx.send(all);
-    });
-    if let Ok(s) = orx.recv_timeout(Duration::from_millis(500)) {
-        out = s;
-    }
-    Running {
-        child,
-        base,
-        stdout: out,
-    }
-}
-
-fn key_in(text: &str) -> Option<String> {
-    text.split_whitespace()
-        .find(|w| w.starts_with("mk_"))
-        .map(str::to_owned)
-}
-
-fn stop(mut r: Running) {
-    // SIGTERM, then wait: a graceful stop exits 0.
-    let pid = r.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-    let exit = r.child.wait().unwrap();
-    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
-}
-
-async fn get(base: &str, path: &str, key: &str) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .get(format!("{base}{path}"))
-        .header("x-api-key", key)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_start_prints_key_once_and_restart_keeps_everything() {
@@ -214,12 +123,8 @@ fn init_then_tenant_create_then_audit_verify() {
     assert!(tenant.status.success());
     assert!(key_in(&String::from_utf8_lossy(&tenant.stdout)).is_some());
 
-    let verify = memesh(dir.path())
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&verify.stdout);
-    assert!(verify.status.success(), "{text}");
+    let (intact, text) = audit_verify(dir.path());
+    assert!(intact, "{text}");
     assert!(text.contains("intact: 4 rows in 2 tenants"), "{text}");
 
     // The heads to keep outside memesh: one line per tenant, its newest sequence and hash.
@@ -265,12 +170,8 @@ fn init_then_tenant_create_then_audit_verify() {
         .unwrap();
     assert_eq!(changed, 1);
     drop(conn);
-    let verify = memesh(dir.path())
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&verify.stdout);
-    assert!(!verify.status.success());
+    let (intact, text) = audit_verify(dir.path());
+    assert!(!intact);
     assert!(
         text.contains("at sequence 2") && text.contains("altered"),
         "{text}"
@@ -292,12 +193,8 @@ fn deleting_an_audit_row_breaks_the_chain() {
     conn.execute("DELETE FROM audit_log WHERE seq = 1", [])
         .unwrap();
     drop(conn);
-    let verify = memesh(dir.path())
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&verify.stdout);
-    assert!(!verify.status.success());
+    let (intact, text) = audit_verify(dir.path());
+    assert!(!intact);
     assert!(text.contains("missing"), "{text}");
 }
 
@@ -335,27 +232,8 @@ async fn acknowledged_writes_survive_sigkill() {
         assert!(listed.contains(&id.as_str()), "{id} lost after SIGKILL");
     }
     stop(second);
-    let verify = memesh(dir.path())
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
-}
-
-async fn post(base: &str, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .header("x-api-key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    let (intact, text) = audit_verify(dir.path());
+    assert!(intact, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -720,12 +598,8 @@ async fn a_backup_under_write_load_restores_every_acknowledged_write() {
         .output()
         .unwrap();
     assert!(!again.status.success());
-    let verify = memesh(&target).args(["audit", "verify"]).output().unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    let (intact, text) = audit_verify(&target);
+    assert!(intact, "{text}");
 
     let server = start(&target, &[]);
     let (st, ready) = get(&server.base, "/readyz", &key).await;

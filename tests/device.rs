@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use common::browser::Browser;
 use common::{TestServer, code};
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, SET_COOKIE};
+use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -68,125 +68,6 @@ fn codes(d: &Value) -> (&str, &str) {
 
 fn oauth_error(v: &Value) -> &str {
     v["error"].as_str().unwrap_or("<none>")
-}
-
-/// A browser on the verification page: keeps its cookies, sends its forms.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    cookies: HashMap<String, String>,
-}
-
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    html: String,
-}
-
-impl Browser {
-    fn new(s: &TestServer) -> Browser {
-        Browser {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-            base: s.url(""),
-            cookies: HashMap::new(),
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    async fn take(&mut self, resp: reqwest::Response) -> Page {
-        for v in resp.headers().get_all(SET_COOKIE) {
-            let v = v.to_str().unwrap();
-            assert!(
-                v.contains("HttpOnly") && v.contains("SameSite=Strict"),
-                "{v}"
-            );
-            let (kv, _) = v.split_once(';').unwrap();
-            let (k, val) = kv.split_once('=').unwrap();
-            if val.is_empty() {
-                self.cookies.remove(k);
-            } else {
-                self.cookies.insert(k.into(), val.into());
-            }
-        }
-        Page {
-            status: resp.status(),
-            headers: resp.headers().clone(),
-            html: resp.text().await.unwrap(),
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header())
-            .send()
-            .await
-            .unwrap();
-        self.take(resp).await
-    }
-
-    /// The CSRF token the page's forms carry.
-    fn csrf(page: &Page) -> String {
-        let at = page
-            .html
-            .find("name=\"csrf\" value=\"")
-            .expect("a form with a CSRF token");
-        let rest = &page.html[at + 19..];
-        rest[..rest.find('"').unwrap()].to_owned()
-    }
-
-    async fn post(&mut self, fields: &[(&str, &str)], origin: Option<&str>) -> Page {
-        let mut req = self
-            .http
-            .post(format!("{}/device", self.base))
-            .header("cookie", self.cookie_header())
-            .form(fields);
-        if let Some(o) = origin {
-            req = req.header("origin", o);
-        }
-        let resp = req.send().await.unwrap();
-        self.take(resp).await
-    }
-
-    /// Signs in with `key` from the page for `code`; follows the redirect.
-    async fn sign_in(&mut self, key: &str, code: &str) -> Page {
-        let page = self.get(&format!("/device?user_code={code}")).await;
-        let csrf = Browser::csrf(&page);
-        let r = self
-            .post(
-                &[
-                    ("action", "signin"),
-                    ("csrf", &csrf),
-                    ("api_key", key),
-                    ("user_code", code),
-                ],
-                None,
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.html);
-        let to = r.headers["location"].to_str().unwrap().to_owned();
-        self.get(&to).await
-    }
-
-    async fn decide(&mut self, page: &Page, code: &str, action: &str) -> Page {
-        let csrf = Browser::csrf(page);
-        self.post(
-            &[("action", action), ("csrf", &csrf), ("user_code", code)],
-            None,
-        )
-        .await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,8 +157,17 @@ async fn the_device_endpoints_answer_as_rfc_8628_says() {
         (vec![("device_code", device_code)], "invalid_request"),
         (vec![("grant_type", GRANT)], "invalid_request"),
         (
-            vec![("grant_type", GRANT), ("device_code", "mdc_nope")],
+            vec![
+                ("grant_type", GRANT),
+                ("device_code", "mdc_nope"),
+                ("client_id", "memesh-cli"),
+            ],
             "invalid_grant",
+        ),
+        // RFC 8628 §3.4: a public client names itself on every poll.
+        (
+            vec![("grant_type", GRANT), ("device_code", device_code)],
+            "invalid_request",
         ),
         (
             vec![

@@ -37,6 +37,7 @@ async fn health_shows_each_background_jobs_last_pass() {
                 "leaseRecovery",
                 "plans",
                 "probes",
+                "refusalDigest",
                 "remoteRefresh"
             ]
         );
@@ -56,7 +57,7 @@ async fn health_shows_each_background_jobs_last_pass() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_id_is_generated_or_kept() {
+async fn request_id_is_generated_and_the_callers_kept_apart() {
     let s = TestServer::start().await;
     let resp = s.client.get(s.url("/healthz")).send().await.unwrap();
     let generated = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
@@ -69,7 +70,10 @@ async fn request_id_is_generated_or_kept() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(resp.headers()["x-request-id"], "trace-me-42");
+    // The server's own id, always; the caller's comes back under its own name.
+    let own = resp.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(own.len(), 36, "a UUID: {own}");
+    assert_eq!(resp.headers()["x-client-request-id"], "trace-me-42");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,7 @@ async fn team_and_key_shapes() {
     let (_, key) = s.post("/v1/keys", &k, json!({ "name": "ci" })).await;
     assert_json_snapshot!("key_create", key, {
         ".id" => "[key id]", ".userId" => "[user id]", ".key" => "[secret]", ".maskedKey" => "[mask]",
+        ".parentKeyId" => "[parent key id]",
     });
     let (_, inv) = s
         .post(

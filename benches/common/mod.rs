@@ -81,7 +81,8 @@ impl InProcess {
             },
         )
         .unwrap();
-        let state = AppState::new(db.clone(), Arc::new(SystemClock), settings, engine);
+        let state =
+            AppState::new(db.clone(), Arc::new(SystemClock), settings, engine).expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

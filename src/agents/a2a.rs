@@ -139,7 +139,7 @@ pub enum A2aError {
     #[error("the agent answered JSON-RPC error {code}: {message}")]
     Rpc { code: i64, message: String },
     #[error("the agent's answer is not an A2A task or message: {0}")]
-    Malformed(String),
+    Malformed(&'static str),
 }
 
 impl A2aError {
@@ -204,7 +204,9 @@ impl A2aClient<'_> {
                 raw_state: "message".into(),
                 output: message.clone(),
             }),
-            (None, None) => Err(A2aError::Malformed(truncate(&result))),
+            (None, None) => Err(A2aError::Malformed(
+                "its result is neither a task nor a message",
+            )),
         }
     }
 
@@ -244,19 +246,17 @@ impl A2aClient<'_> {
         if let Some(error) = answer.get("error") {
             return Err(A2aError::Rpc {
                 code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
-                message: error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("(no message)")
-                    .chars()
-                    .take(500)
-                    .collect(),
+                message: sanitized(
+                    error
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("(no message)"),
+                ),
             });
         }
-        answer
-            .get("result")
-            .cloned()
-            .ok_or_else(|| A2aError::Malformed(truncate(&answer)))
+        answer.get("result").cloned().ok_or(A2aError::Malformed(
+            "it is not a JSON-RPC answer with a result",
+        ))
     }
 }
 
@@ -265,13 +265,11 @@ fn parse_task(task: &Value) -> Result<RemoteTask, A2aError> {
     let id = task
         .get("id")
         .and_then(Value::as_str)
-        .ok_or_else(|| A2aError::Malformed(format!("a task without an id: {}", truncate(task))))?;
+        .ok_or(A2aError::Malformed("its task has no id"))?;
     let raw_state = task
         .pointer("/status/state")
         .and_then(Value::as_str)
-        .ok_or_else(|| {
-            A2aError::Malformed(format!("a task without a state: {}", truncate(task)))
-        })?;
+        .ok_or(A2aError::Malformed("its task has no status.state"))?;
     Ok(RemoteTask {
         id: Some(id.to_owned()),
         context_id: task
@@ -284,17 +282,24 @@ fn parse_task(task: &Value) -> Result<RemoteTask, A2aError> {
     })
 }
 
-/// An answer quoted in an error, cut short.
-fn truncate(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() <= 300 {
-        return s;
+/// Longest part of an agent's JSON-RPC error message kept in a run's view.
+const MAX_RPC_MESSAGE_CHARS: usize = 120;
+
+/// An agent's error message as a run's view shows it: printable characters only, cut short.
+/// What a peer that is not an A2A agent answered is never quoted (a status and a fixed reason
+/// are), so the guard cannot be used to read another service's answers through run views.
+fn sanitized(message: &str) -> String {
+    let clean: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_RPC_MESSAGE_CHARS + 1)
+        .collect();
+    if clean.chars().count() > MAX_RPC_MESSAGE_CHARS {
+        let cut: String = clean.chars().take(MAX_RPC_MESSAGE_CHARS).collect();
+        format!("{cut}…")
+    } else {
+        clean
     }
-    let mut end = 300;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod handlers;
 pub mod model;
+pub mod refusals;
 pub mod store;
 
 pub use model::AuditEvent;

@@ -75,7 +75,14 @@ pub fn append<P: Permission>(w: &Write<'_, P>, event: &AuditEvent) -> ApiResult<
         None => (1, GENESIS.to_owned()),
     };
     let id = AuditId::generate();
-    let detail = event.detail.to_string();
+    let detail = match (&actor.client_request_id, &event.detail) {
+        (Some(client), serde_json::Value::Object(fields)) => {
+            let mut fields = fields.clone();
+            fields.insert("clientRequestId".into(), json!(client));
+            serde_json::Value::Object(fields).to_string()
+        }
+        _ => event.detail.to_string(),
+    };
     let request_id = actor
         .request_id
         .as_deref()
@@ -124,6 +131,26 @@ pub fn record_refusal(
     append(
         &w,
         &AuditEvent::denied("auth.denied", "route", route, json!({ "code": code })),
+    )
+}
+
+/// Writes one row for a minute's repeated refusals of one key on one route.
+pub fn record_repeated(tx: &Tx<'_>, r: super::refusals::Repeated, now: Timestamp) -> ApiResult<()> {
+    let route = r.route.clone();
+    let w = Write::<KeysWrite>::recording_refusal(tx, r.actor, now);
+    append(
+        &w,
+        &AuditEvent::denied(
+            "auth.denied.repeated",
+            "route",
+            &route,
+            json!({
+                "code": r.code,
+                "count": r.count,
+                "from": Timestamp(r.minute * super::refusals::MINUTE_MS),
+                "until": Timestamp((r.minute + 1) * super::refusals::MINUTE_MS),
+            }),
+        ),
     )
 }
 

@@ -44,6 +44,7 @@ pub struct Principal {
     role: Role,
     kind: KeyKind,
     request_id: Option<String>,
+    client_request_id: Option<String>,
 }
 
 impl Principal {
@@ -53,6 +54,7 @@ impl Principal {
             user_id: Some(self.user_id.clone()),
             key_id: Some(self.key_id.clone()),
             request_id: self.request_id.clone(),
+            client_request_id: self.client_request_id.clone(),
         }
     }
 
@@ -198,7 +200,9 @@ impl<P: Permission> Grant<P> {
     }
 
     /// Checks another permission for the same caller (a request whose body asks for more,
-    /// such as a key bound to an agent).
+    /// such as a key bound to an agent). Write with the grant it returns (whose role is re-read
+    /// in the transaction); never carry whether it passed into another grant's write, where a
+    /// demotion committed in between would go unseen.
     pub fn also<Q: Permission>(&self) -> ApiResult<Grant<Q>> {
         Ok(Grant {
             bound: Q::bind(&self.principal)?,
@@ -220,11 +224,12 @@ impl<P: Permission> Grant<P> {
     {
         let grant = self.clone();
         db.write(move |tx| {
-            let role = recheck(tx, &grant.principal, P::ACCESS, grant.clock.now())?;
+            let (role, key_expires) = recheck(tx, &grant.principal, P::ACCESS, grant.clock.now())?;
             let w = Write {
                 tx,
                 actor: grant.principal.actor(),
                 role,
+                key_expires,
                 now: grant.now,
                 bound: grant.bound,
                 _p: PhantomData,
@@ -249,6 +254,9 @@ pub struct Write<'t, P: Permission> {
     tx: &'t Tx<'t>,
     actor: Actor,
     role: Role,
+    /// When the acting key expires, as re-read in this transaction (`None`: never, or the
+    /// system acts). A key it creates expires no later.
+    key_expires: Option<Timestamp>,
     now: Timestamp,
     bound: P::Bound,
     _p: PhantomData<fn() -> P>,
@@ -293,6 +301,11 @@ impl<'t, P: Permission> Write<'t, P> {
         self.role
     }
 
+    /// When the acting key expires (`None`: it does not, or no key acts).
+    pub fn key_expires_at(&self) -> Option<Timestamp> {
+        self.key_expires
+    }
+
     pub fn now(&self) -> Timestamp {
         self.now
     }
@@ -305,6 +318,7 @@ impl<'t, P: Permission> Write<'t, P> {
             tx: self.tx,
             actor: self.actor.clone(),
             role: self.role,
+            key_expires: self.key_expires,
             now: self.now,
             bound: (),
             _p: PhantomData,
@@ -321,6 +335,7 @@ impl<'t, P: Permission<Bound = ()>> Write<'t, P> {
             tx,
             actor: Actor::system(tenant),
             role: Role::Owner,
+            key_expires: None,
             now,
             bound: (),
             _p: PhantomData,
@@ -346,17 +361,21 @@ impl<'t, P: Permission<Bound = ()>> Write<'t, P> {
 
 impl<'t, P: Permission<Bound = ()>> Write<'t, P> {
     /// A member acting through a device authorization they approved (the device code is the
-    /// credential), with their role as re-read in this transaction; confined like
-    /// [`Write::system`].
+    /// credential), with their role as re-read in this transaction and the key they approved
+    /// with (still live, its expiry as re-read): what is made here is that key's child.
+    /// Confined like [`Write::system`].
     pub(crate) fn by_device_grant(
         tx: &'t Tx<'t>,
         tenant: TenantId,
         user: UserId,
         role: Role,
+        approver: (KeyId, Option<Timestamp>),
         now: Timestamp,
     ) -> Self {
         let mut w = Write::system(tx, tenant, now);
         w.actor.user_id = Some(user);
+        w.actor.key_id = Some(approver.0);
+        w.key_expires = approver.1;
         w.role = role;
         w
     }
@@ -384,7 +403,7 @@ fn recheck(
     principal: &Principal,
     access: Access,
     now: Timestamp,
-) -> ApiResult<Role> {
+) -> ApiResult<(Role, Option<Timestamp>)> {
     /// Revoked, expires, removed, role.
     type Live = (
         Option<Timestamp>,
@@ -417,7 +436,7 @@ fn recheck(
     {
         return Err(insufficient_role(min, role));
     }
-    Ok(role)
+    Ok((role, expires))
 }
 
 fn key_expired(at: Option<Timestamp>) -> ApiError {
@@ -541,6 +560,7 @@ fn key_row(conn: &Connection, column: &str, value: &str) -> ApiResult<Option<Fou
             role,
             kind,
             request_id: None,
+            client_request_id: None,
         },
         last_used_at,
         expires_at,
@@ -555,6 +575,15 @@ fn touch(tx: &Transaction<'_>, key_id: &KeyId, now: Timestamp) -> ApiResult<()> 
         rusqlite::params![key_id, now],
     )?;
     Ok(())
+}
+
+/// The id the caller gave the request, if any (see `http::CLIENT_REQUEST_ID`).
+pub fn client_request_id(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get("x-client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 pub fn request_id(parts: &Parts) -> Option<String> {
@@ -665,14 +694,15 @@ async fn authenticate(
     now: Timestamp,
 ) -> Result<Principal, Refusal> {
     let raw = presented_key(parts)?;
-    authenticate_raw(state, raw, request_id(parts), now).await
+    let ids = (request_id(parts), client_request_id(parts));
+    authenticate_raw(state, raw, ids, now).await
 }
 
 /// The live key a person typed or a client presented, as [`authenticate`] checks a request's.
 async fn authenticate_raw(
     state: &AppState,
     raw: &str,
-    request_id: Option<String>,
+    (request_id, client_request_id): (Option<String>, Option<String>),
     now: Timestamp,
 ) -> Result<Principal, Refusal> {
     let Some(parsed) = parse_api_key(raw) else {
@@ -683,6 +713,7 @@ async fn authenticate_raw(
         .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
     let principal = Principal {
         request_id,
+        client_request_id,
         ..found.principal
     };
     let refuse = |error: ApiError| Refusal {
@@ -711,13 +742,24 @@ impl<P: Permission> FromRequestParts<AppState> for Grant<P> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Refusal> {
         let now = state.clock.now();
-        let principal = authenticate(parts, state, now).await?;
-        let bound = P::bind(&principal).map_err(|error| Refusal {
-            error,
-            by: Some(principal.actor()),
-        })?;
-        // Every authenticated request counts against its key's budget. A 429 is not audited:
-        // a flood would otherwise turn into a flood of audit rows.
+        // A refusal costs the caller as much as an answer: a known key's (revoked, expired,
+        // lacking the permission) is charged to that key's budget before it is refused, an
+        // unknown or missing key to the client's address. Past the budget the answer is 429,
+        // which is not audited: a flood of refusals must not become a flood of audit rows.
+        let principal = match authenticate(parts, state, now).await {
+            Ok(p) => p,
+            Err(refusal) => return Err(charge_refusal(state, parts, refusal)),
+        };
+        let bound = match P::bind(&principal) {
+            Ok(b) => b,
+            Err(error) => {
+                let refusal = Refusal {
+                    error,
+                    by: Some(principal.actor()),
+                };
+                return Err(charge_refusal(state, parts, refusal));
+            }
+        };
         let expensive = parts
             .extensions
             .get::<axum::extract::MatchedPath>()
@@ -733,6 +775,28 @@ impl<P: Permission> FromRequestParts<AppState> for Grant<P> {
             rate,
             _p: PhantomData,
         })
+    }
+}
+
+/// Charges a refused request to its key's budget (a known key) or its client's address (none,
+/// or an unknown one); a budget spent turns the refusal into a 429.
+fn charge_refusal(state: &AppState, parts: &Parts, refusal: Refusal) -> Refusal {
+    let charged = match &refusal.by {
+        Some(actor) => match &actor.key_id {
+            Some(key) => state
+                .plans
+                .check_key(&actor.tenant_id, key, false)
+                .map(|_| ()),
+            None => Ok(()),
+        },
+        None => {
+            let addr = crate::http::extract::ClientAddr::of(&parts.extensions).0;
+            state.plans.check_address(addr)
+        }
+    };
+    match charged {
+        Ok(()) => refusal,
+        Err(limited) => Refusal::from(limited),
     }
 }
 
@@ -753,10 +817,29 @@ impl<P: Permission> Grant<P> {
     /// in with one), checked against `P` as a request's key would be.
     pub async fn for_typed_key(state: &AppState, raw: &str) -> ApiResult<Grant<P>> {
         let now = state.clock.now();
-        let principal = authenticate_raw(state, raw.trim(), None, now)
+        let principal = authenticate_raw(state, raw.trim(), (None, None), now)
             .await
             .map_err(|r| r.error)?;
         Grant::checked(principal, state, now)
+    }
+
+    /// The same caller checked again now: the key still live and unexpired, its user still a
+    /// member, and `P` still allowed by their role. Returns when the key expires. For work that
+    /// outlives its request (an export stream re-checks between pages).
+    pub async fn still_allowed(&self, state: &AppState) -> ApiResult<Option<Timestamp>> {
+        let now = state.clock.now();
+        let id = self.principal.key_id.as_str().to_owned();
+        let found = state
+            .db
+            .read(move |c| key_row(c, "k.id", &id))
+            .await?
+            .filter(|f| f.live)
+            .ok_or_else(|| ApiError::unauthorized("this API key was revoked"))?;
+        if found.expires_at.is_some_and(|e| e <= now) {
+            return Err(key_expired(found.expires_at));
+        }
+        P::bind(&found.principal)?;
+        Ok(found.expires_at)
     }
 
     /// The grant of the key a page session was signed in with: the session token (held by the

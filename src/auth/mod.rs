@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{KeyId, TenantId, UserId};
 
 pub use grant::{
-    Grant, KeyCache, Principal, Refusal, RefusedCaller, TOUCH_INTERVAL_MS, Write, request_id,
+    Grant, KeyCache, Principal, Refusal, RefusedCaller, TOUCH_INTERVAL_MS, Write,
+    client_request_id, request_id,
 };
 pub use perm::{Access, Permission};
 pub use scope::{Scope, Scopes};
@@ -81,7 +82,10 @@ pub struct Actor {
     pub tenant_id: TenantId,
     pub user_id: Option<UserId>,
     pub key_id: Option<KeyId>,
+    /// The server's id of the request.
     pub request_id: Option<String>,
+    /// The id the caller gave the request (`x-request-id` as sent), recorded apart.
+    pub client_request_id: Option<String>,
 }
 
 impl Actor {
@@ -91,6 +95,7 @@ impl Actor {
             user_id: None,
             key_id: None,
             request_id: None,
+            client_request_id: None,
         }
     }
 }

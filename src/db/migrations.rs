@@ -511,6 +511,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE fts_rebuild (next_seq INTEGER NOT NULL);
     INSERT INTO fts_rebuild VALUES (0);
     "#,
+    // 14: hardening. A key records the key that made it (its expiry is capped by that key's,
+    // and revoking with cascade reaches its descendants); a device request records where it
+    // came from and which key approved it; a member records since when they hold their role
+    // (two-person approval looks at it, and at who invited them).
+    r#"
+    ALTER TABLE api_keys ADD COLUMN parent_key_id TEXT REFERENCES api_keys(id);
+    CREATE INDEX api_keys_parent ON api_keys(parent_key_id) WHERE parent_key_id IS NOT NULL;
+    ALTER TABLE device_grants ADD COLUMN requested_from TEXT;
+    ALTER TABLE device_grants ADD COLUMN approver_key_id TEXT;
+    ALTER TABLE users ADD COLUMN role_since INTEGER;
+    UPDATE users SET role_since = created_at;
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

@@ -60,6 +60,12 @@ pub struct Heads {
 }
 
 impl Heads {
+    /// Forgets every head: the next append reads its tenant's head from the table.
+    fn forget(&mut self) {
+        self.known.clear();
+        self.undo.clear();
+    }
+
     fn mark(&self) -> usize {
         self.undo.len()
     }
@@ -210,8 +216,14 @@ impl Db {
 
     pub fn open_with(path: &Path, durability: Durability) -> anyhow::Result<Db> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::private::create_dir(dir)
                 .with_context(|| format!("creating data directory {}", dir.display()))?;
+        }
+        if !path.exists() {
+            // Owner-only from the start; SQLite gives its WAL and shared-memory files the
+            // database file's mode.
+            crate::private::create_file(path)
+                .with_context(|| format!("creating database {}", path.display()))?;
         }
         let mut conn = Connection::open(path)
             .with_context(|| format!("opening database {}", path.display()))?;

@@ -108,6 +108,7 @@ fn run(
     auth_epoch: &Arc<AtomicU64>,
 ) {
     let mut heads = Heads::default();
+    let mut seen = Seen::default();
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -116,7 +117,25 @@ fn run(
                 Err(_) => break,
             }
         }
-        heads = commit_group(&mut conn, group, heads, auth_epoch.clone());
+        heads = commit_group(&mut conn, group, heads, auth_epoch.clone(), &mut seen);
+    }
+}
+
+/// What the writer last knew of the database file: SQLite's `data_version`, which changes on
+/// this connection only when *another* connection (another process: `memesh plan set`,
+/// `memesh tenant create`, an operator's `sqlite3`) has committed since it was last read.
+#[derive(Default)]
+struct Seen(Option<i64>);
+
+impl Seen {
+    /// Inside a transaction that holds the write lock (so nobody can commit until it ends):
+    /// true when another connection committed since the writer last looked. Its own commits do
+    /// not move the value, so the cached audit heads stay valid until someone else writes.
+    fn foreign_commit(&mut self, tx: &Tx<'_>) -> rusqlite::Result<bool> {
+        let now: i64 = tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        Ok(self.0.replace(now).is_some_and(|before| before != now))
     }
 }
 
@@ -126,7 +145,9 @@ fn commit_group(
     group: Vec<Box<dyn Mutation>>,
     heads: Heads,
     auth_epoch: Arc<AtomicU64>,
+    seen: &mut Seen,
 ) -> Heads {
+    let epoch = auth_epoch.clone();
     let tx = match Tx::begin(conn, heads, auth_epoch) {
         Ok(tx) => tx,
         Err(e) => {
@@ -137,6 +158,22 @@ fn commit_group(
             return Heads::default();
         }
     };
+    match seen.foreign_commit(&tx) {
+        // Another process wrote: what the writer remembers (audit heads, cached keys) may be
+        // stale. Forget it; the next audited mutation re-reads its tenant's head (one indexed
+        // lookup) inside this transaction, which holds the write lock.
+        Ok(true) => {
+            tracing::info!("another process changed the database; re-reading what was cached");
+            tx.heads.borrow_mut().forget();
+            epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "reading data_version failed; forgetting cached heads");
+            tx.heads.borrow_mut().forget();
+            *seen = Seen::default();
+        }
+    }
     let mut answers: Vec<Deliver> = Vec::with_capacity(group.len());
     for job in group {
         if let Err(e) = statement(&tx, "SAVEPOINT mutation") {

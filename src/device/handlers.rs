@@ -159,10 +159,13 @@ fn unknown_client(headers: &HeaderMap) -> OAuthError {
     e
 }
 
-/// `scope`: space-separated key scopes (none: what the approving person's key may do).
+/// `scope`: space-separated key scopes. None asked for: `memory:read memory:write`, what an
+/// agent's memory client needs (never "everything the approver's key may do").
 fn requested_scopes(raw: Option<&str>) -> Result<Option<Scopes>, OAuthError> {
     let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
-        return Ok(None);
+        return Ok(Some(
+            Scopes::only(Scope::MemoryRead).union(Scopes::only(Scope::MemoryWrite)),
+        ));
     };
     let mut set = Scopes::EMPTY;
     for name in raw.split(' ').filter(|n| !n.is_empty()) {
@@ -214,6 +217,7 @@ pub async fn authorize(
     let device_code = crate::auth::generate_secret("mdc_");
     let code = device_code.clone();
     let client_for_db = client.clone();
+    let from = addr.map(|a| a.to_string());
     let stored = state
         .db
         .write(move |tx| {
@@ -229,6 +233,7 @@ pub async fn authorize(
                     now,
                     now.plus_ms(ttl),
                     interval,
+                    from.as_deref(),
                 )? {
                     return Ok(Some(user_code));
                 }
@@ -294,11 +299,15 @@ pub async fn token(
             "device_code is required",
         ));
     };
-    let client = client_id(&headers, &pairs);
-    if client
-        .as_ref()
-        .is_some_and(|c| !state.settings.device.clients.contains(c))
-    {
+    // RFC 8628 §3.4: a public client identifies itself on every poll.
+    let Some(client) = client_id(&headers, &pairs) else {
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_id is required",
+        ));
+    };
+    if !state.settings.device.clients.contains(&client) {
         return Err(unknown_client(&headers));
     }
     let now = state.clock.now();
@@ -306,8 +315,8 @@ pub async fn token(
         .db
         .write(move |tx| {
             // A code issued to another client is refused before it is counted as a poll.
-            if let (Some(c), Some(g)) = (&client, store::by_device_code(tx, &device_code)?)
-                && *c != g.client_id
+            if let Some(g) = store::by_device_code(tx, &device_code)?
+                && client != g.client_id
             {
                 return Ok(Some(Poll::Invalid(
                     "this device code was issued to another client",
@@ -401,7 +410,9 @@ pub async fn logout(
     }
     let key = grant.key().clone();
     let revoked = grant
-        .write(&state.db, move |w| crate::keys::store::revoke(w, &key))
+        .write(&state.db, move |w| {
+            crate::keys::store::revoke(w, &key, true)
+        })
         .await?;
     Ok(axum::Json(json!(revoked)))
 }

@@ -1,14 +1,15 @@
 //! `/device`: the page a person opens to approve a device. Server-rendered HTML with no script
 //! and no external assets (it works offline); its one stylesheet is served beside it. The person
 //! signs in with one of their API keys (which must carry `keys:write`: approving creates a key),
-//! which opens a session held in an `HttpOnly`, `SameSite=Strict` cookie; every form carries a
-//! CSRF token matched against a cookie of its own, and a foreign `Origin` is refused. Wrong user
-//! codes are counted per address and per session ([`super::Guesses`]).
-
-use std::net::SocketAddr;
+//! which opens a session held in an `HttpOnly`, `SameSite=Strict` cookie (`Secure` and
+//! `__Host-` prefixed when the public URL is https); the sign-in form carries a CSRF token
+//! matched against a cookie of its own, every later form one derived from the session itself,
+//! and a foreign `Origin` is refused. The key is checked before any user code is looked at (no
+//! code oracle before sign-in); requests are limited per client address, and wrong user codes
+//! are counted per address and per session ([`super::Guesses`]).
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
@@ -24,6 +25,10 @@ use super::{display_user_code, normalize_user_code};
 
 const SESSION_COOKIE: &str = "memesh_device_session";
 const CSRF_COOKIE: &str = "memesh_device_csrf";
+/// The same cookies' names when the page is served over https: `__Host-` makes browsers refuse
+/// them unless set `Secure`, for `Path=/`, by this very host (no cookie planted by a sibling).
+const SECURE_SESSION_COOKIE: &str = "__Host-memesh_device_session";
+const SECURE_CSRF_COOKIE: &str = "__Host-memesh_device_csrf";
 /// A page session lasts an hour.
 const SESSION_MS: i64 = 3_600_000;
 /// Largest form accepted.
@@ -50,14 +55,34 @@ fn esc(s: &str) -> String {
 /// What a request to the page carries: cookies, the client's address, the form or query.
 struct Visit {
     session_token: Option<String>,
+    /// The sign-in form's token (double-submitted with its cookie).
     csrf: String,
     /// A CSRF cookie to set (the visitor had none).
     new_csrf: bool,
     address: String,
+    /// Served over https (`--public-url https://…`): cookies are `Secure` and `__Host-`.
+    secure: bool,
+}
+
+/// The CSRF token of a signed-in session's forms: derived from the session token, so a token
+/// planted in a cookie by someone else cannot match it.
+fn session_csrf(session_token: &str) -> String {
+    hex::encode(&hash_secret(&format!("csrf:{session_token}"))[..16])
 }
 
 impl Visit {
-    fn read(headers: &HeaderMap, addr: Option<SocketAddr>) -> Visit {
+    fn read(state: &AppState, headers: &HeaderMap, addr: Option<std::net::IpAddr>) -> Visit {
+        let secure = state
+            .settings
+            .device
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
+        let (session_name, csrf_name) = if secure {
+            (SECURE_SESSION_COOKIE, SECURE_CSRF_COOKIE)
+        } else {
+            (SESSION_COOKIE, CSRF_COOKIE)
+        };
         let cookie = |name: &str| -> Option<String> {
             headers
                 .get_all(header::COOKIE)
@@ -69,12 +94,41 @@ impl Visit {
                 .map(|(_, v)| v.to_owned())
                 .filter(|v| !v.is_empty() && v.len() <= 128)
         };
-        let existing = cookie(CSRF_COOKIE);
+        let existing = cookie(csrf_name);
         Visit {
-            session_token: cookie(SESSION_COOKIE),
+            session_token: cookie(session_name),
             new_csrf: existing.is_none(),
             csrf: existing.unwrap_or_else(|| generate_secret("")),
-            address: addr.map_or_else(|| "unknown".into(), |a| a.ip().to_string()),
+            address: addr.map_or_else(
+                || "unknown".into(),
+                |a| crate::plans::per_network(a).to_string(),
+            ),
+            secure,
+        }
+    }
+
+    /// The token this visit's forms carry: the session's own once signed in.
+    fn form_csrf(&self) -> String {
+        match &self.session_token {
+            Some(t) => session_csrf(t),
+            None => self.csrf.clone(),
+        }
+    }
+
+    fn session_cookie(&self) -> &'static str {
+        if self.secure {
+            SECURE_SESSION_COOKIE
+        } else {
+            SESSION_COOKIE
+        }
+    }
+
+    /// A `Set-Cookie` value with the attributes every cookie of the page carries.
+    fn cookie(&self, value: &str) -> String {
+        if self.secure {
+            format!("{value}; Path=/; Secure; HttpOnly; SameSite=Strict")
+        } else {
+            format!("{value}; Path=/device; HttpOnly; SameSite=Strict")
         }
     }
 
@@ -143,17 +197,24 @@ fn page(
     );
     secure(h);
     if visit.new_csrf {
-        set_cookie(h, &format!("{CSRF_COOKIE}={}; Max-Age=86400", visit.csrf));
+        let name = if visit.secure {
+            SECURE_CSRF_COOKIE
+        } else {
+            CSRF_COOKIE
+        };
+        set_cookie(
+            h,
+            &visit.cookie(&format!("{name}={}; Max-Age=86400", visit.csrf)),
+        );
     }
     for c in extra {
-        set_cookie(h, c);
+        set_cookie(h, &visit.cookie(c));
     }
     r
 }
 
-fn set_cookie(h: &mut HeaderMap, value: &str) {
-    let full = format!("{value}; Path=/device; HttpOnly; SameSite=Strict");
-    if let Ok(v) = HeaderValue::from_str(&full) {
+fn set_cookie(h: &mut HeaderMap, full: &str) {
+    if let Ok(v) = HeaderValue::from_str(full) {
         h.append(header::SET_COOKIE, v);
     }
 }
@@ -190,7 +251,7 @@ fn message(kind: &str, text: &str) -> String {
 fn csrf_field(visit: &Visit) -> String {
     format!(
         "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-        esc(&visit.csrf)
+        esc(&visit.form_csrf())
     )
 }
 
@@ -270,7 +331,9 @@ fn confirm_view(who: &SignedIn, visit: &Visit, g: &DeviceGrant) -> String {
          <input type=\"hidden\" name=\"user_code\" value=\"{code}\">\n\
          <button type=\"submit\" name=\"action\" value=\"approve\"{disabled}>Approve</button>\n\
          <button type=\"submit\" name=\"action\" value=\"deny\" class=\"secondary\">Deny</button>\n\
-         </form>\n<p class=\"hint\">Requested {at}; the code expires {expires}.</p>",
+         </form>\n<p class=\"hint\">Requested {at} from {from}; the code expires {expires}. \
+         Approve only if you started this yourself, on a device you control: anyone who can \
+         make you enter their code gets the key.</p>",
         who = who_view(who, visit),
         client = esc(&g.client_id),
         code = esc(&display_user_code(&g.user_code)),
@@ -285,8 +348,37 @@ fn confirm_view(who: &SignedIn, visit: &Visit, g: &DeviceGrant) -> String {
         csrf = csrf_field(visit),
         disabled = if none { " disabled" } else { "" },
         at = g.created_at,
+        from = esc(g.requested_from.as_deref().unwrap_or("an unknown address")),
         expires = g.expires_at,
     )
+}
+
+/// The per-address limit of the page (the same as the other unauthenticated endpoints).
+fn address_limited(
+    state: &AppState,
+    visit: &Visit,
+    addr: Option<std::net::IpAddr>,
+) -> Option<Response> {
+    let e = state.plans.check_address(addr).err()?;
+    let retry = e
+        .details
+        .as_ref()
+        .and_then(|d| d["retryAfterSeconds"].as_u64())
+        .unwrap_or(1);
+    let mut r = page(
+        StatusCode::TOO_MANY_REQUESTS,
+        visit,
+        "Too many requests",
+        &message(
+            "error",
+            &format!("Too many requests from your address. Try again in {retry} seconds."),
+        ),
+        &[],
+    );
+    if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    Some(r)
 }
 
 fn too_many(visit: &Visit, until: Timestamp, now: Timestamp) -> Response {
@@ -342,11 +434,11 @@ const NO_SUCH_CODE: &str =
 
 /// `GET /device?user_code=`.
 pub async fn show(State(state): State<AppState>, req: Request) -> Response {
-    let addr = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let visit = Visit::read(req.headers(), addr);
+    let addr = crate::http::extract::ClientAddr::of(req.extensions()).0;
+    let visit = Visit::read(&state, req.headers(), addr);
+    if let Some(limited) = address_limited(&state, &visit, addr) {
+        return limited;
+    }
     let typed: Option<String> = req.uri().query().and_then(|q| {
         serde_urlencoded::from_str::<Vec<(String, String)>>(q)
             .ok()?
@@ -396,12 +488,12 @@ fn host_of(v: &str) -> &str {
 
 /// `POST /device`: `action` = `signin` | `approve` | `deny` | `signout`.
 pub async fn act(State(state): State<AppState>, req: Request) -> Response {
-    let addr = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+    let addr = crate::http::extract::ClientAddr::of(req.extensions()).0;
     let headers = req.headers().clone();
-    let visit = Visit::read(&headers, addr);
+    let visit = Visit::read(&state, &headers, addr);
+    if let Some(limited) = address_limited(&state, &visit, addr) {
+        return limited;
+    }
     let forbidden = |why: &str| {
         page(
             StatusCode::FORBIDDEN,
@@ -431,9 +523,12 @@ pub async fn act(State(state): State<AppState>, req: Request) -> Response {
             .map_or("", |(_, v)| v.as_str())
     };
     let sent = field("csrf");
-    if visit.new_csrf
+    // Signed in: the token derived from the session. Not yet: the one double-submitted with
+    // its cookie.
+    let expected = visit.form_csrf();
+    if (visit.session_token.is_none() && visit.new_csrf)
         || sent.is_empty()
-        || !bool::from(sent.as_bytes().ct_eq(visit.csrf.as_bytes()))
+        || !bool::from(sent.as_bytes().ct_eq(expected.as_bytes()))
     {
         return forbidden("The form's security token did not match.");
     }
@@ -452,13 +547,8 @@ pub async fn act(State(state): State<AppState>, req: Request) -> Response {
                 message("status", "You are signed out."),
                 sign_in_view(&visit, "", None)
             );
-            page(
-                StatusCode::OK,
-                &visit,
-                title,
-                &view,
-                &[format!("{SESSION_COOKIE}=; Max-Age=0")],
-            )
+            let gone = format!("{}=; Max-Age=0", visit.session_cookie());
+            page(StatusCode::OK, &visit, title, &view, &[gone])
         }
         action @ ("approve" | "deny") => {
             let Some(who) = signed_in(&state, &visit).await else {
@@ -484,16 +574,7 @@ pub async fn act(State(state): State<AppState>, req: Request) -> Response {
 
 async fn sign_in(state: &AppState, visit: &Visit, key: &str, typed: &str) -> Response {
     let title = "Connect a device";
-    if !typed.trim().is_empty() {
-        match find_code(state, visit, typed).await {
-            Err(r) => return r,
-            Ok(None) => {
-                let view = sign_in_view(visit, typed, Some(NO_SUCH_CODE));
-                return page(StatusCode::NOT_FOUND, visit, title, &view, &[]);
-            }
-            Ok(Some(_)) => {}
-        }
-    }
+    // The key first: whether a user code exists is told only to someone signed in.
     let grant = match Grant::<KeysWrite>::for_typed_key(state, key).await {
         Ok(g) => g,
         Err(e) => {
@@ -507,6 +588,16 @@ async fn sign_in(state: &AppState, visit: &Visit, key: &str, typed: &str) -> Res
             );
         }
     };
+    if !typed.trim().is_empty() {
+        match find_code(state, visit, typed).await {
+            Err(r) => return r,
+            Ok(None) => {
+                let view = sign_in_view(visit, typed, Some(NO_SUCH_CODE));
+                return page(StatusCode::NOT_FOUND, visit, title, &view, &[]);
+            }
+            Ok(Some(_)) => {}
+        }
+    }
     let token = generate_secret("mds_");
     let expires = state.clock.now().plus_ms(SESSION_MS);
     let t = token.clone();
@@ -536,10 +627,12 @@ async fn sign_in(state: &AppState, visit: &Visit, key: &str, typed: &str) -> Res
         .unwrap_or_default();
     let h = r.headers_mut();
     secure(h);
-    set_cookie(
-        h,
-        &format!("{SESSION_COOKIE}={token}; Max-Age={}", SESSION_MS / 1000),
+    let session = format!(
+        "{}={token}; Max-Age={}",
+        visit.session_cookie(),
+        SESSION_MS / 1000
     );
+    set_cookie(h, &visit.cookie(&session));
     r
 }
 

@@ -52,10 +52,15 @@ pub struct DeviceGrant {
     pub tenant_id: Option<TenantId>,
     pub user_id: Option<UserId>,
     pub approved_scopes: Option<Scopes>,
+    /// The address the request came from, shown to the person asked to approve it.
+    pub requested_from: Option<String>,
+    /// The key the person approved with: the issued key is its child.
+    pub approver_key_id: Option<KeyId>,
 }
 
 const COLUMNS: &str = "id, user_code, client_id, scopes, state, created_at, expires_at,
-    interval_ms, last_poll_at, tenant_id, user_id, approved_scopes";
+    interval_ms, last_poll_at, tenant_id, user_id, approved_scopes, requested_from,
+    approver_key_id";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceGrant> {
     let d = Decoded::new(r, "device_grants", 0)?;
@@ -75,6 +80,8 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceGrant> {
         tenant_id: d.get(9)?,
         user_id: d.get(10)?,
         approved_scopes: scopes(d.get(11)?),
+        requested_from: d.get(12)?,
+        approver_key_id: d.get(13)?,
     })
 }
 
@@ -90,6 +97,7 @@ pub fn insert(
     now: Timestamp,
     expires_at: Timestamp,
     interval_ms: i64,
+    requested_from: Option<&str>,
 ) -> ApiResult<bool> {
     crate::db::exec(
         tx,
@@ -104,13 +112,15 @@ pub fn insert(
     let inserted = crate::db::exec(
         tx,
         "INSERT INTO device_grants (id, device_hash, user_code, client_id, scopes, state,
-             created_at, expires_at, interval_ms)
-         VALUES (:id, :hash, :code, :client, :scopes, 'pending', :now, :expires, :interval)
+             created_at, expires_at, interval_ms, requested_from)
+         VALUES (:id, :hash, :code, :client, :scopes, 'pending', :now, :expires, :interval,
+             :from)
          ON CONFLICT DO NOTHING",
         named_params! {
             ":id": DeviceGrantId::generate(), ":hash": hash_secret(device_code).as_slice(),
             ":code": user_code, ":client": client_id, ":scopes": scopes.map(Scopes::to_column),
             ":now": now, ":expires": expires_at, ":interval": interval_ms,
+            ":from": requested_from,
         },
     )?;
     Ok(inserted == 1)
@@ -193,7 +203,8 @@ pub fn poll(tx: &Tx<'_>, device_code: &str, now: Timestamp) -> ApiResult<Option<
 }
 
 /// Creates the approved key as its approver, with the approved scopes within what their role
-/// allows now (re-read here: a demotion or removal since the approval wins).
+/// allows now (re-read here: a demotion or removal since the approval wins), as a child of the
+/// key they approved with: that key must still be live, and the new key expires no later.
 fn issue(tx: &Tx<'_>, g: &DeviceGrant, now: Timestamp) -> ApiResult<Poll> {
     let (Some(tenant), Some(user)) = (g.tenant_id.clone(), g.user_id.clone()) else {
         return Err(ApiError::internal(anyhow::anyhow!(
@@ -221,7 +232,35 @@ fn issue(tx: &Tx<'_>, g: &DeviceGrant, now: Timestamp) -> ApiResult<Poll> {
             "the approver's role no longer allows any of the approved scopes",
         ));
     }
-    let w = Write::<KeysWrite>::by_device_grant(tx, tenant, user.clone(), role, now);
+    let Some(approver_key) = g.approver_key_id.clone() else {
+        return Ok(Poll::Invalid(
+            "this device was approved before keys recorded their parent; approve it again",
+        ));
+    };
+    let approver: Option<(Option<Timestamp>, Option<Timestamp>)> = tx
+        .prepare_cached(
+            "SELECT revoked_at, expires_at FROM api_keys WHERE id = ?1 AND user_id = ?2",
+        )?
+        .query_row(rusqlite::params![approver_key, user], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let expires = match approver {
+        Some((None, expires)) if expires.is_none_or(|e| e > now) => expires,
+        _ => {
+            return Ok(Poll::Invalid(
+                "the key that approved this device was revoked or has expired",
+            ));
+        }
+    };
+    let w = Write::<KeysWrite>::by_device_grant(
+        tx,
+        tenant,
+        user.clone(),
+        role,
+        (approver_key, expires),
+        now,
+    );
     let name = KeyName::parse(&g.client_id)?;
     let created = crate::keys::store::create(
         &w,
@@ -276,11 +315,12 @@ pub fn decide(
     crate::db::exec(
         w,
         "UPDATE device_grants SET state = :state, tenant_id = :tenant, user_id = :user,
-             approved_scopes = :scopes, decided_at = :now
+             approved_scopes = :scopes, decided_at = :now, approver_key_id = :key
          WHERE id = :id AND state = 'pending'",
         named_params! {
             ":state": state, ":tenant": w.tenant(), ":user": w.user(),
             ":scopes": approve.then(|| granted.to_column()), ":now": w.now(), ":id": g.id,
+            ":key": w.actor().key_id,
         },
     )?;
     let requested = g.scopes.map(Scopes::names);
@@ -291,7 +331,7 @@ pub fn decide(
             "device_grant",
             g.id.as_str(),
             json!({ "clientId": g.client_id, "requestedScopes": requested,
-                    "requestedAt": g.created_at }),
+                    "requestedAt": g.created_at, "requestedFrom": g.requested_from }),
         ),
     )?;
     let (action, detail) = if approve {

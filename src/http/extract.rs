@@ -272,20 +272,57 @@ pub fn required_text(field: &str, raw: String, max: usize) -> ApiResult<String> 
     bounded_text(field, Some(raw), max)?.ok_or_else(|| ApiError::field(field, "must not be empty"))
 }
 
-/// The address of the client, when the server was started with connection info (it is, by
-/// `serve`); the per-address limit of unauthenticated endpoints keys on it.
+/// The address of the client: the connection's peer, or (when the peer is one of the
+/// operator's `--trusted-proxies`) the nearest untrusted address in `X-Forwarded-For`. The
+/// per-address limits of unauthenticated endpoints and the device page key on it. Resolved once
+/// per request by the layer in `http` (see [`resolve_client`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl ClientAddr {
+    pub fn of(extensions: &axum::http::Extensions) -> ClientAddr {
+        ClientAddr(
+            extensions
+                .get::<ClientAddr>()
+                .and_then(|c| c.0)
+                .or_else(|| {
+                    extensions
+                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                        .map(|c| c.0.ip())
+                }),
+        )
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
+        Ok(ClientAddr::of(&parts.extensions))
     }
+}
+
+/// The client behind `peer`: `peer` itself unless it is a trusted proxy, in which case the
+/// right-most address of `X-Forwarded-For` that is not a trusted proxy (each proxy appends the
+/// address it received from; only the part our own proxies wrote can be believed).
+pub fn resolve_client(
+    peer: std::net::IpAddr,
+    forwarded: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<std::net::IpAddr> = forwarded
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
 }

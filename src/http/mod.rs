@@ -24,6 +24,11 @@ use crate::state::AppState;
 use crate::{agents, audit, device, keys, memory, orchestrator, plans, team};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The `x-request-id` a caller sent, kept apart from the server's own (which every request
+/// gets): logs and audit rows carry the server's id, and the caller's as `clientRequestId`.
+pub const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
+/// Longest caller request id kept (a longer one is dropped, not cut).
+const MAX_CLIENT_REQUEST_ID: usize = 128;
 
 /// One row of the route table: where a route is and who may call it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,8 +264,6 @@ async fn refuse_oversized(
     next.run(req).await
 }
 
-/// A refused mutation by a caller whose key is known (401 for a revoked or expired key, 403) is
-/// audited with its outcome, after the response is made.
 /// Longest request target (path and query) accepted, and largest header value and header
 /// section: past them, 414 `uri_too_long` / 431 `headers_too_large`, before any work.
 const MAX_URI_BYTES: usize = 16 * 1024;
@@ -289,6 +292,9 @@ async fn refuse_oversized_head(req: Request<Body>, next: axum::middleware::Next)
     next.run(req).await
 }
 
+/// A refused mutation by a caller whose key is known (401 for a revoked or expired key, 403) is
+/// audited with its outcome, after the response is made: the first of its key, route and
+/// minute at once, the others of that minute as one counted row (see `audit::refusals`).
 async fn audit_refusals(
     State(state): State<AppState>,
     req: Request<Body>,
@@ -304,6 +310,10 @@ async fn audit_refusals(
     let refused = response.extensions().get::<RefusedCaller>().cloned();
     if let (true, Some(RefusedCaller { actor, code })) = (mutation, refused) {
         let now = state.clock.now();
+        // The first of a minute is written now; the rest are counted into one row.
+        if !state.refusals.note(&actor, &route, code, now) {
+            return response;
+        }
         let recorded = state
             .db
             .write(move |tx| audit::store::record_refusal(tx, actor, &route, code, now))
@@ -319,17 +329,23 @@ async fn audit_refusals(
 pub fn router(state: AppState) -> Router {
     let rest = finish(rest_routes(&state), &state);
     let endpoint = crate::mcp::http::Endpoint::new(rest, state.settings.max_body_bytes);
-    let mcp = mcp().router.layer(axum::Extension(endpoint));
+    let mcp = mcp()
+        .router
+        .layer(axum::Extension(endpoint))
+        .layer(timeout(&state));
     finish(rest_routes(&state).merge(mcp), &state)
+}
+
+/// The request timeout: every route answers within it but the two bulk streams (which bound
+/// themselves: the import stops when its body stalls, the export is paced by its reader).
+fn timeout(state: &AppState) -> TimeoutLayer {
+    TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.settings.request_timeout)
 }
 
 fn rest_routes(state: &AppState) -> Router<AppState> {
     let timed = v1()
         .router
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            state.settings.request_timeout,
-        ))
+        .layer(timeout(state))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             refuse_oversized,
@@ -340,18 +356,65 @@ fn rest_routes(state: &AppState) -> Router<AppState> {
             state.clone(),
             audit_refusals,
         ));
-    probes().router.merge(device_page().router).nest("/v1", v1)
+    probes()
+        .router
+        .merge(device_page().router)
+        .layer(timeout(state))
+        .nest("/v1", v1)
+}
+
+/// Works out once who the client is (the peer, or behind a trusted proxy the address it
+/// forwarded) for the per-address limits and the device page.
+async fn client_address(
+    State(state): State<AppState>,
+    mut req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(peer) = peer {
+        let client = extract::resolve_client(peer, req.headers(), &state.settings.trusted_proxies);
+        req.extensions_mut()
+            .insert(extract::ClientAddr(Some(client)));
+    }
+    next.run(req).await
+}
+
+/// Every request gets the server's own request id: one the caller sent moves to
+/// `x-client-request-id` (and is echoed back under that name), so a caller cannot choose the id
+/// logs and audit rows are filed under.
+async fn own_request_ids(mut req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let headers = req.headers_mut();
+    headers.remove(&CLIENT_REQUEST_ID);
+    let client = headers
+        .remove(&REQUEST_ID)
+        .filter(|v| v.len() <= MAX_CLIENT_REQUEST_ID && v.to_str().is_ok());
+    if let Some(v) = &client {
+        headers.insert(CLIENT_REQUEST_ID, v.clone());
+    }
+    let mut response = next.run(req).await;
+    if let Some(v) = client {
+        response.headers_mut().insert(CLIENT_REQUEST_ID, v);
+    }
+    response
 }
 
 /// The layers every request passes through.
 fn finish(routes: Router<AppState>, state: &AppState) -> Router {
     let layers = ServiceBuilder::new()
+        .layer(axum::middleware::from_fn(own_request_ids))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(make_span))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(CompressionLayer::new())
         .layer(axum::middleware::map_response(json_errors))
         .layer(axum::middleware::from_fn(refuse_oversized_head))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            client_address,
+        ))
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
     routes
         .fallback(not_found)

@@ -152,6 +152,7 @@ fn shared_schemas() -> Vec<(&'static str, Value)> {
                 ("expiresAt", "string?"),
                 ("createdAt", "string"),
                 ("lastUsedAt", "string?"),
+                ("parentKeyId", "string?"),
             ]),
         ),
         ("Revoked", obj(&[("id", "string"), ("revokedAt", "string")])),
@@ -237,9 +238,10 @@ fn returns(method: &str, path: &str) -> Value {
         ]),
         ("POST", "/v1/keys") => with("@Key", &[("key", "string")]),
         ("GET", "/v1/keys") => list("keys", "@Key"),
-        ("DELETE", "/v1/keys/{id}" | "/v1/team/invitations/{id}") | ("POST", "/v1/auth/logout") => {
-            r("@Revoked")
+        ("DELETE", "/v1/keys/{id}") | ("POST", "/v1/auth/logout") => {
+            with("@Revoked", &[("revokedDescendants", "[]string")])
         }
+        ("DELETE", "/v1/team/invitations/{id}") => r("@Revoked"),
         ("GET", "/v1/team/members") => list("members", "@Member"),
         ("POST", "/v1/team/members/invite") => obj(&[
             ("invitation", "object"),
@@ -341,6 +343,7 @@ fn returns(method: &str, path: &str) -> Value {
             ("results", "[]object"),
             ("count", "integer"),
             ("total", "integer"),
+            ("totalCapped", "boolean"),
             ("limit", "integer"),
             ("offset", "integer"),
         ]),
@@ -412,7 +415,10 @@ fn doc(method: &str, path: &str, g: &mut SchemaGenerator) -> Option<Doc> {
             .body::<crate::keys::model::CreateKeyRequest>(g)
             .ok(&[201]),
         ("GET", "/v1/keys") => d("The caller's live keys, masked"),
-        ("DELETE", "/v1/keys/{id}") => d("Revoke one of the caller's keys"),
+        ("DELETE", "/v1/keys/{id}") => {
+            d("Revoke one of the caller's keys (cascade=true: and the keys made from it)")
+                .query::<crate::keys::model::RevokeParams>(g)
+        }
         ("GET", "/v1/team/members") => d("Members of the caller's workspace"),
         ("POST", "/v1/team/members/invite") => d("Invite a member")
             .body::<team::InviteRequest>(g)

@@ -91,7 +91,8 @@ fn write_partition(
             p.graph.clone(),
         )
     };
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file = crate::private::create_file(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     let mut w = CrcWriter::new(BufWriter::with_capacity(1 << 20, file));
     w.write_all(MAGIC)?;
     for v in [dim as u64, n as u64, version] {
@@ -197,7 +198,7 @@ fn publish(dir: &Path, staging: &Path, manifest: &Manifest) -> anyhow::Result<()
     fs::rename(staging, &final_dir)?;
     fsync_dir(dir)?;
     let tmp = dir.join(format!("{MANIFEST}.tmp"));
-    let mut f = File::create(&tmp)?;
+    let mut f = crate::private::create_file(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(manifest)?)?;
     f.sync_all()?;
     fs::rename(&tmp, dir.join(MANIFEST))?;
@@ -221,7 +222,7 @@ fn publish(dir: &Path, staging: &Path, manifest: &Manifest) -> anyhow::Result<()
 /// the upkeep lock, so no graph changes and no compaction happens while it is written.
 pub fn save(index: &VectorIndex, dir: &Path, model: &str) -> anyhow::Result<()> {
     let _upkeep = upkeep_guard(index);
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::private::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     let previous = read_manifest(dir)
         .ok()
         .flatten()
@@ -236,7 +237,7 @@ pub fn save(index: &VectorIndex, dir: &Path, model: &str) -> anyhow::Result<()> 
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
     }
-    fs::create_dir_all(&staging)?;
+    crate::private::create_dir(&staging)?;
     let (mut written, mut linked) = (0, 0);
     let mut partitions = Vec::new();
     for (n, (owner, part)) in index.all_partitions().into_iter().enumerate() {

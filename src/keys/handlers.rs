@@ -7,11 +7,11 @@ use serde_json::json;
 use crate::auth::perm::{AgentsWrite, KeysWrite};
 use crate::auth::{Grant, Scope, Scopes};
 use crate::error::{ApiError, ApiResult, Code};
-use crate::http::extract::{Ids, Json};
+use crate::http::extract::{Ids, Json, Query};
 use crate::ids::{KeyId, TargetId};
 use crate::state::AppState;
 
-use super::model::{CreateKeyRequest, CreatedKey, KeyName, NewKey, RevokedKey};
+use super::model::{CreateKeyRequest, CreatedKey, KeyName, NewKey, RevokeParams, RevokedKey};
 use super::store;
 
 /// The scopes a new user key gets. Asked for: each must be allowed by the caller's role (403
@@ -118,9 +118,11 @@ pub async fn revoke(
     grant: Grant<KeysWrite>,
     State(state): State<AppState>,
     Ids(key_id): Ids<KeyId>,
+    Query(params): Query<RevokeParams>,
 ) -> ApiResult<axum::Json<RevokedKey>> {
+    let cascade = params.cascade.unwrap_or(false);
     let revoked = grant
-        .write(&state.db, move |w| store::revoke(w, &key_id))
+        .write(&state.db, move |w| store::revoke(w, &key_id, cascade))
         .await?;
     Ok(axum::Json(revoked))
 }

@@ -103,6 +103,9 @@ pub struct KeyView {
     pub expires_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub last_used_at: Option<Timestamp>,
+    /// The key this one was made with (`POST /v1/keys`, or the key that approved a device);
+    /// `null` for a tenant's first key. It expires no later than its parent.
+    pub parent_key_id: Option<KeyId>,
 }
 
 /// The effective scopes of a stored key whose user holds `role`.
@@ -130,4 +133,15 @@ pub struct CreatedKey {
 pub struct RevokedKey {
     pub id: KeyId,
     pub revoked_at: Timestamp,
+    /// With `?cascade=true`: the live keys made from this one (and from those) revoked with it.
+    pub revoked_descendants: Vec<KeyId>,
+}
+
+/// `DELETE /v1/keys/{id}?cascade=true`: also revoke every key made from this one.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeParams {
+    /// Revoke the keys made from this key too (and theirs). Default false, so a key can be
+    /// rotated: make the new key with the old one, then revoke the old one.
+    pub cascade: Option<bool>,
 }

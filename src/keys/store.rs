@@ -20,7 +20,9 @@ use super::model::{CreatedKey, KeyKind, KeyName, KeyView, NewKey, RevokedKey, ef
 
 /// Creates a key for `user` in the capability's tenant (a random one, or `chosen` when an
 /// operator supplies it) and audits it. Returns the raw value, which is never stored. The key's
-/// user holds `role` (for the scopes shown).
+/// user holds `role` (for the scopes shown). A key made by a key is its child: it records its
+/// parent and expires no later than it (absent `expires_at`: when the parent does; a later one
+/// is refused, 400 naming the parent's expiry).
 pub fn create<P: Permission>(
     w: &Write<'_, P>,
     user: &UserId,
@@ -43,16 +45,19 @@ pub fn create<P: Permission>(
     let id = KeyId::generate();
     let now = w.now();
     let scopes = new.scopes_column();
+    let parent = w.actor().key_id.clone();
+    let expires_at = capped_expiry(w.key_expires_at(), expires_at)?;
     crate::db::exec(
         w,
         "INSERT INTO api_keys (id, tenant_id, user_id, name, lookup, hash, last4, created_at,
-             target_id, scopes, expires_at)
+             target_id, scopes, expires_at, parent_key_id)
          VALUES (:id, :tenant, :user, :name, :lookup, :hash, :last4, :now, :target, :scopes,
-             :expires)",
+             :expires, :parent)",
         named_params! {
             ":id": id, ":tenant": w.tenant(), ":user": user, ":name": name.as_str(),
             ":lookup": parsed.lookup, ":hash": hash_secret(&raw).as_slice(), ":last4": last4(&raw),
             ":now": now, ":target": new.target(), ":scopes": scopes, ":expires": expires_at,
+            ":parent": parent,
         },
     )
     .map_err(|e| {
@@ -79,6 +84,7 @@ pub fn create<P: Permission>(
         expires_at,
         created_at: now,
         last_used_at: None,
+        parent_key_id: parent,
     };
     audit::append(
         w,
@@ -87,10 +93,27 @@ pub fn create<P: Permission>(
             "api_key",
             view.id.as_str(),
             json!({ "name": view.name, "userId": user, "targetId": view.target_id,
-                    "scopes": scopes, "expiresAt": expires_at }),
+                    "scopes": scopes, "expiresAt": expires_at, "parentKeyId": view.parent_key_id }),
         ),
     )?;
     Ok(CreatedKey { view, key: raw })
+}
+
+/// A derived key's expiry: no later than its parent's.
+fn capped_expiry(
+    parent: Option<Timestamp>,
+    asked: Option<Timestamp>,
+) -> ApiResult<Option<Timestamp>> {
+    match (parent, asked) {
+        (None, asked) => Ok(asked),
+        (Some(p), None) => Ok(Some(p)),
+        (Some(p), Some(a)) if a <= p => Ok(Some(a)),
+        (Some(p), Some(_)) => Err(ApiError::field(
+            "expiresAt",
+            format!("must not be later than the expiry of the key that creates it ({p})"),
+        )
+        .with_details(json!({ "field": "expiresAt", "parentExpiresAt": p }))),
+    }
 }
 
 /// The live keys of one user (who holds `role`), newest first.
@@ -102,7 +125,7 @@ pub fn list(
 ) -> ApiResult<Vec<KeyView>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, name, user_id, lookup, last4, created_at, last_used_at, target_id, scopes,
-                expires_at
+                expires_at, parent_key_id
          FROM api_keys
          WHERE tenant_id = ?1 AND user_id = ?2 AND revoked_at IS NULL
          ORDER BY created_at DESC, id DESC",
@@ -135,15 +158,20 @@ pub fn list(
                 expires_at: d.get(9)?,
                 created_at: d.get(5)?,
                 last_used_at: d.get(6)?,
+                parent_key_id: d.get(10)?,
             })
         })?
         .collect::<Result<_, _>>()?;
     Ok(keys)
 }
 
-/// Revokes one of the acting user's own live keys. Another user's key, or one already
-/// revoked, is not found.
-pub fn revoke<P: Permission>(w: &Write<'_, P>, key_id: &KeyId) -> ApiResult<RevokedKey> {
+/// Revokes one of the acting user's own live keys and, with `cascade`, every live key made from
+/// it, from those, and so on. Another user's key, or one already revoked, is not found.
+pub fn revoke<P: Permission>(
+    w: &Write<'_, P>,
+    key_id: &KeyId,
+    cascade: bool,
+) -> ApiResult<RevokedKey> {
     let now = w.now();
     let changed = crate::db::exec(
         w,
@@ -155,14 +183,42 @@ pub fn revoke<P: Permission>(w: &Write<'_, P>, key_id: &KeyId) -> ApiResult<Revo
         return Err(ApiError::not_found("API key"));
     }
     w.tx().auth_changed();
+    let descendants = if cascade {
+        revoke_descendants(w, key_id)?
+    } else {
+        Vec::new()
+    };
     audit::append(
         w,
-        &AuditEvent::success("keys.revoke", "api_key", key_id.as_str(), json!({})),
+        &AuditEvent::success(
+            "keys.revoke",
+            "api_key",
+            key_id.as_str(),
+            json!({ "cascade": cascade, "revokedDescendants": descendants }),
+        ),
     )?;
     Ok(RevokedKey {
         id: key_id.clone(),
         revoked_at: now,
+        revoked_descendants: descendants,
     })
+}
+
+/// Revokes the live keys descended from `key_id` in the capability's tenant; returns them.
+fn revoke_descendants<P: Permission>(w: &Write<'_, P>, key_id: &KeyId) -> ApiResult<Vec<KeyId>> {
+    let mut stmt = w.prepare_cached(
+        "WITH RECURSIVE below(id) AS (
+             SELECT id FROM api_keys WHERE parent_key_id = ?1 AND tenant_id = ?2
+             UNION SELECT k.id FROM api_keys k JOIN below b ON k.parent_key_id = b.id
+         )
+         UPDATE api_keys SET revoked_at = ?3
+         WHERE id IN (SELECT id FROM below) AND tenant_id = ?2 AND revoked_at IS NULL
+         RETURNING id",
+    )?;
+    let ids = stmt
+        .query_map(rusqlite::params![key_id, w.tenant(), w.now()], |r| r.get(0))?
+        .collect::<Result<Vec<KeyId>, _>>()?;
+    Ok(ids)
 }
 
 /// Revokes every live key of `user` (when the user leaves the team); returns how many.

@@ -20,7 +20,7 @@ use crate::ids::MemoryId;
 use crate::state::AppState;
 
 use super::model::{
-    BatchRequest, BatchSearchBody, ContextWindowBody, ExportParams, Memory, QueryBody,
+    BatchRequest, BatchSearchBody, ContextWindowBody, ExportParams, Memory, Mode, QueryBody,
     RecentParams, SearchBody, SearchParams, Space, WriteRequest,
 };
 use super::search::{self, MAX_LIMIT, Search};
@@ -148,6 +148,10 @@ pub async fn query(
     State(state): State<AppState>,
     Json(body): Json<QueryBody>,
 ) -> ApiResult<axum::Json<Value>> {
+    // Keyword and hybrid queries walk the full-text index: they draw on the expensive budget.
+    if body.mode.is_some_and(|m| m != Mode::Semantic) {
+        state.plans.check_expensive(grant.tenant(), grant.key())?;
+    }
     Ok(axum::Json(
         search::query(&state, &Owner::of(&grant), body).await?,
     ))
@@ -197,7 +201,7 @@ pub async fn export(
             audit::append(w, &event)
         })
         .await?;
-    let events = transfer::export(state, Owner::of(&grant), spaces, after);
+    let events = transfer::export(state, grant, spaces, after);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 

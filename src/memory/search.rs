@@ -31,6 +31,11 @@ const HYBRID_DEPTH: usize = 100;
 const CONTEXT_CANDIDATES: usize = 100;
 /// Largest budget accepted (far beyond any model's window; stops absurd requests).
 const MAX_TOKEN_BUDGET: i64 = 2_000_000;
+/// Distinct words a keyword or hybrid query may search by, and the index tokens they may make
+/// (an unspaced run of Japanese or Chinese is one word of many bigrams). A keyword query costs
+/// the index a lookup per token over the whole corpus, so past these it is refused (400).
+pub const MAX_KEYWORD_WORDS: usize = 64;
+pub const MAX_KEYWORD_TOKENS: usize = 512;
 
 /// A validated search: its text, the spaces it is limited to and how many results it wants.
 pub struct Search {
@@ -212,6 +217,25 @@ impl Query {
                 ));
             }
         }
+        if mode != Mode::Semantic {
+            let terms = crate::db::fts::terms(&search.query);
+            let tokens: HashSet<&String> = terms.iter().flat_map(|t| &t.tokens).collect();
+            if terms.len() > MAX_KEYWORD_WORDS || tokens.len() > MAX_KEYWORD_TOKENS {
+                return Err(ApiError::field(
+                    "query",
+                    format!(
+                        "has {} distinct words ({} index tokens); a keyword or hybrid query takes at most {MAX_KEYWORD_WORDS} words and {MAX_KEYWORD_TOKENS} tokens",
+                        terms.len(),
+                        tokens.len()
+                    ),
+                )
+                .with_details(json!({
+                    "field": "query",
+                    "words": terms.len(), "maxWords": MAX_KEYWORD_WORDS,
+                    "tokens": tokens.len(), "maxTokens": MAX_KEYWORD_TOKENS,
+                })));
+            }
+        }
         Ok(Query {
             text: search.query,
             mode,
@@ -365,6 +389,7 @@ pub async fn query(state: &AppState, owner: &Owner, body: QueryBody) -> ApiResul
         "query": q.text,
         "mode": q.mode,
         "total": total,
+        "totalCapped": q.mode == Mode::Keyword && total >= store::MAX_KEYWORD_TOTAL,
         "offset": offset,
         "limit": limit,
         "count": results.len(),

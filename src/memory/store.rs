@@ -620,6 +620,10 @@ pub fn plan_keywords(
 
 /// The owner's memories matching any token of `plan` under `filter`, best BM25 first (scores
 /// made positive, higher is better), at most `limit`; and how many match in all.
+/// Matches a keyword query counts at most: past it, `total` says "at least this many"
+/// (`totalCapped`), so a query of common words does not walk every memory to count them.
+pub const MAX_KEYWORD_TOTAL: usize = 10_000;
+
 pub fn keyword_search(
     conn: &Connection,
     owner: &Owner,
@@ -658,6 +662,9 @@ pub fn keyword_search(
             hits.push((r.get(0)?, r.get(1)?));
         }
         total += 1;
+        if total >= MAX_KEYWORD_TOTAL && hits.len() >= limit {
+            break;
+        }
     }
     Ok((hits, total))
 }

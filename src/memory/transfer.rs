@@ -12,7 +12,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use crate::auth::Grant;
-use crate::auth::perm::MemoryWrite;
+use crate::auth::perm::{MemoryRead, MemoryWrite};
 use crate::clock::Timestamp;
 use crate::db::run_blocking;
 use crate::embed::Embedding;
@@ -30,8 +30,17 @@ use super::write::embedding_failed;
 
 /// Memories per export page (one short read each).
 const EXPORT_PAGE: usize = 1000;
-/// Records per import transaction.
+/// Records per import transaction, and the bytes of records held before one is written: what an
+/// import holds is bounded by both.
 const IMPORT_CHUNK: usize = 256;
+const IMPORT_CHUNK_BYTES: usize = 16 << 20;
+/// Imports of one tenant running at once; past it, 429 with `Retry-After`.
+pub const MAX_IMPORTS_PER_TENANT: usize = 2;
+/// Longest wait for the next piece of an import's body.
+const IMPORT_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a refused import's remaining body is read (and dropped) so the client gets its
+/// answer instead of a reset connection.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Largest import body.
 const MAX_IMPORT_BYTES: usize = 1 << 30;
 /// Per-record errors reported in an import response at most.
@@ -59,6 +68,11 @@ pub fn resume_point(headers: &HeaderMap, param: Option<&str>) -> ApiResult<RowId
 /// Where an export stream is.
 struct Cursor {
     state: AppState,
+    /// The caller, re-checked between pages: a key revoked or expired, or a user removed or
+    /// demoted, mid-stream ends it with an `error` event.
+    grant: Grant<MemoryRead>,
+    /// The authentication epoch the caller was last checked in, and when their key expires.
+    checked: Option<(u64, Option<Timestamp>)>,
     owner: Owner,
     spaces: Vec<Space>,
     after: RowId,
@@ -85,9 +99,29 @@ impl Cursor {
             .await
     }
 
+    /// Whether the caller may still read: re-read only when something about who may
+    /// authenticate changed since the last check (the epoch moved) or the key's expiry passed.
+    async fn still_allowed(&mut self) -> ApiResult<()> {
+        let epoch = self.state.db.auth_epoch();
+        let now = self.state.clock.now();
+        if let Some((at, expires)) = self.checked
+            && at == epoch
+            && expires.is_none_or(|e| e > now)
+        {
+            return Ok(());
+        }
+        let expires = self.grant.still_allowed(&self.state).await?;
+        self.checked = Some((epoch, expires));
+        Ok(())
+    }
+
     /// The events of one step of the stream: a page of `memory` events, or the final `done`
     /// (or `error`, with the same error body as a response; its cause is logged).
     async fn step(&mut self) -> Vec<Event> {
+        if let Err(e) = self.still_allowed().await {
+            self.finished = true;
+            return vec![Event::default().event("error").data(e.body().to_string())];
+        }
         match self.next_page().await {
             Ok(records) if records.is_empty() => {
                 self.finished = true;
@@ -121,13 +155,15 @@ impl Cursor {
 /// memory, no lock held between pages); each event's `id:` is a cursor to resume after.
 pub fn export(
     state: AppState,
-    owner: Owner,
+    grant: Grant<MemoryRead>,
     spaces: Vec<Space>,
     after: RowId,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let start = Cursor {
         state,
-        owner,
+        owner: Owner::of(&grant),
+        grant,
+        checked: None,
         spaces,
         after,
         sent: 0,
@@ -144,8 +180,10 @@ pub fn export(
 }
 
 /// Longest line an import accepts (a record with the longest content and its embedding takes
-/// well under a tenth of it); a longer line is reported as failed and skipped.
-const MAX_LINE_BYTES: usize = 1 << 20;
+/// well under a tenth of it); a longer line is reported as failed and skipped. An SSE event's
+/// data (its `data:` lines together) is held to the same limit: past it the stream is not an
+/// export memesh made, and the import stops with 413.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// A record read from an import body, or why its line could not be one.
 type RawRecord = (usize, Result<String, ApiError>);
@@ -162,6 +200,8 @@ struct RecordReader {
     line: usize,
     event: Option<String>,
     data: String,
+    /// Set when an event's data passed [`MAX_LINE_BYTES`]: the line it happened at.
+    event_too_large: Option<usize>,
 }
 
 impl RecordReader {
@@ -174,7 +214,21 @@ impl RecordReader {
             line: 0,
             event: None,
             data: String::new(),
+            event_too_large: None,
         }
+    }
+
+    /// The import must stop: an event's data passed the limit.
+    fn refusal(&self) -> Option<ApiError> {
+        self.event_too_large.map(|line| {
+            ApiError::new(
+                Code::PayloadTooLarge,
+                format!(
+                    "an event's data is limited to {MAX_LINE_BYTES} bytes; the event at line {line} is longer"
+                ),
+            )
+            .with_details(json!({ "limit": MAX_LINE_BYTES, "line": line }))
+        })
     }
 
     /// Feeds bytes; appends the records (with their line numbers) they complete.
@@ -182,6 +236,9 @@ impl RecordReader {
         self.buffer.extend_from_slice(bytes);
         let mut start = 0;
         while let Some(pos) = self.buffer[self.scanned..].iter().position(|b| *b == b'\n') {
+            if self.event_too_large.is_some() {
+                return;
+            }
             let end = self.scanned + pos;
             self.line += 1;
             if std::mem::take(&mut self.skipping) {
@@ -196,6 +253,13 @@ impl RecordReader {
         self.buffer.drain(..start);
         self.scanned = self.buffer.len();
         if self.buffer.len() > MAX_LINE_BYTES {
+            if self.sse {
+                // One line of an event past the limit: its event is.
+                self.event_too_large = Some(self.line + 1);
+                self.buffer.clear();
+                self.scanned = 0;
+                return;
+            }
             self.skipping = true;
             self.buffer.clear();
             self.scanned = 0;
@@ -231,10 +295,16 @@ impl RecordReader {
         } else if let Some(v) = line.strip_prefix("event:") {
             self.event = Some(v.trim().to_owned());
         } else if let Some(v) = line.strip_prefix("data:") {
+            let v = v.strip_prefix(' ').unwrap_or(v);
+            if self.data.len() + 1 + v.len() > MAX_LINE_BYTES {
+                self.event_too_large = Some(self.line);
+                self.data = String::new();
+                return;
+            }
             if !self.data.is_empty() {
                 self.data.push('\n');
             }
-            self.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            self.data.push_str(v);
         }
     }
 }
@@ -476,12 +546,13 @@ pub async fn import(
     if announced.is_some_and(|n| n > MAX_IMPORT_BYTES as u64) {
         return Err(too_large_import());
     }
+    let _slot = state.imports.enter(grant.tenant())?;
     let mut reader = RecordReader::new(is_event_stream(headers)?);
     let mut tally = ImportTally::default();
     let mut pending: Vec<RawRecord> = Vec::new();
     let mut received = 0usize;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = next_chunk(&mut stream).await? {
         let chunk =
             chunk.map_err(|e| ApiError::new(Code::MalformedJson, format!("reading body: {e}")))?;
         received += chunk.len();
@@ -489,15 +560,126 @@ pub async fn import(
             return Err(too_large_import());
         }
         reader.feed(&chunk, &mut pending);
-        while pending.len() >= IMPORT_CHUNK {
-            let rest = pending.split_off(IMPORT_CHUNK);
+        if let Some(e) = reader.refusal() {
+            drain(&mut stream, received).await;
+            return Err(with_tally(e, &tally));
+        }
+        while pending.len() >= IMPORT_CHUNK || held_bytes(&pending) >= IMPORT_CHUNK_BYTES {
+            let rest = pending.split_off(IMPORT_CHUNK.min(pending.len()));
             let chunk = std::mem::replace(&mut pending, rest);
             import_chunk(state, grant, chunk, &mut tally).await?;
         }
     }
     reader.finish(&mut pending);
+    if let Some(e) = reader.refusal() {
+        return Err(with_tally(e, &tally));
+    }
     if !pending.is_empty() {
         import_chunk(state, grant, pending, &mut tally).await?;
     }
     Ok(tally.report())
+}
+
+/// The next piece of an import's body, or 408 when none came for [`IMPORT_IDLE`]: an import
+/// has no overall deadline (it takes as long as its data), so a stalled sender is cut off.
+async fn next_chunk<S>(stream: &mut S) -> ApiResult<Option<Result<axum::body::Bytes, axum::Error>>>
+where
+    S: Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin,
+{
+    tokio::time::timeout(IMPORT_IDLE, stream.next())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                Code::RequestTimeout,
+                format!(
+                    "no part of the body arrived for {} s; the import stopped (what was read before is stored)",
+                    IMPORT_IDLE.as_secs()
+                ),
+            )
+        })
+}
+
+/// The bytes of the records waiting to be written.
+fn held_bytes(pending: &[RawRecord]) -> usize {
+    pending
+        .iter()
+        .map(|(_, r)| r.as_ref().map_or(0, String::len))
+        .sum()
+}
+
+/// A refusal that stops an import, with what it had done before (those records are stored).
+fn with_tally(e: ApiError, tally: &ImportTally) -> ApiError {
+    let mut details = e.details.clone().unwrap_or_else(|| json!({}));
+    details["imported"] = json!(tally.imported);
+    details["skipped"] = json!(tally.skipped);
+    details["failed"] = json!(tally.failed);
+    e.with_details(details)
+}
+
+/// Reads and drops what is left of a refused body (within the size cap and a deadline), so
+/// the client reads the refusal rather than a connection reset in the middle of its upload.
+async fn drain<S>(stream: &mut S, mut received: usize)
+where
+    S: Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin,
+{
+    let rest = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            received += chunk.len();
+            if received > MAX_IMPORT_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, rest).await;
+}
+
+/// How many imports each tenant is running; an import holds its place while it runs.
+#[derive(Default)]
+pub struct ImportSlots(std::sync::Mutex<std::collections::HashMap<crate::ids::TenantId, usize>>);
+
+/// A running import's place, given back when it ends (however it ends).
+pub struct ImportSlot<'a> {
+    slots: &'a ImportSlots,
+    tenant: crate::ids::TenantId,
+}
+
+impl ImportSlots {
+    /// Takes a place for `tenant`, or 429 when it already runs [`MAX_IMPORTS_PER_TENANT`].
+    pub fn enter(&self, tenant: &crate::ids::TenantId) -> ApiResult<ImportSlot<'_>> {
+        let mut running = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = running.entry(tenant.clone()).or_default();
+        if *n >= MAX_IMPORTS_PER_TENANT {
+            return Err(ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "this tenant already runs {MAX_IMPORTS_PER_TENANT} imports; retry when one has finished"
+                ),
+            )
+            .with_details(json!({ "limit": MAX_IMPORTS_PER_TENANT, "retryAfterSeconds": 5 })));
+        }
+        *n += 1;
+        Ok(ImportSlot {
+            slots: self,
+            tenant: tenant.clone(),
+        })
+    }
+}
+
+impl Drop for ImportSlot<'_> {
+    fn drop(&mut self) {
+        let mut running = self
+            .slots
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = running.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.tenant);
+            }
+        }
+    }
 }

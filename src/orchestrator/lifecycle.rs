@@ -27,9 +27,10 @@ use crate::agents::policy::Policy;
 use crate::agents::store::{self as targets, Target};
 use crate::audit::{self, AuditEvent};
 use crate::auth::perm::{Executions, RunsAdmin, RunsWrite};
-use crate::auth::{Permission, Write};
+use crate::auth::{Permission, Role, Write};
+use crate::clock::Timestamp;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::ids::{ApprovalId, ExecutionId, RunId, TargetId};
+use crate::ids::{ApprovalId, ExecutionId, RunId, TargetId, UserId};
 
 use super::model::{
     ApprovalState, CancelProgress, CancelState, Execution, ExecutionState, RemoteTaskRow,
@@ -158,6 +159,47 @@ pub struct RemoteRules {
     pub cancel_attempts: i64,
     /// How long a cancel the agent accepted may take to stop the task, in ms.
     pub cancel_timeout_ms: i64,
+    /// Largest result kept (`--max-result-bytes`, as for local executions).
+    pub max_result_bytes: usize,
+}
+
+/// Events a run's timeline gets from a remote agent's state changes and unreachability at
+/// most: past it (an agent flipping states forever) the run's state is still followed, and one
+/// `remote_events_capped` event says the timeline stops recording them.
+pub const MAX_REMOTE_STATE_EVENTS: i64 = 100;
+
+/// Records a remote state change or unreachability on the run's timeline, within
+/// [`MAX_REMOTE_STATE_EVENTS`].
+fn remote_event<P: Permission>(
+    w: &Write<'_, P>,
+    run: &RunId,
+    kind: &str,
+    detail: &Value,
+) -> ApiResult<()> {
+    let recorded = store::count_events(w, run, &["remote_state", "remote_unreachable"])?;
+    if recorded < MAX_REMOTE_STATE_EVENTS {
+        return store::append_event(w, run, kind, detail);
+    }
+    if store::count_events(w, run, &["remote_events_capped"])? == 0 {
+        let note = json!({ "limit": MAX_REMOTE_STATE_EVENTS,
+            "message": "the agent changed state this often; further changes are followed but not recorded here" });
+        store::append_event(w, run, "remote_events_capped", &note)?;
+    }
+    Ok(())
+}
+
+/// An agent's output as kept: itself, or when it is larger than the limit an error saying so
+/// (the output is not stored; 4 MiB answers would otherwise bypass `--max-result-bytes`).
+fn kept_output(output: Value, limit: usize) -> Result<Value, Value> {
+    let bytes = output.to_string().len();
+    if bytes <= limit {
+        return Ok(output);
+    }
+    Err(json!({ "error": {
+        "code": "result_too_large",
+        "message": format!("the agent's result is {bytes} bytes, more than the limit of {limit} (--max-result-bytes); it was not kept"),
+        "bytes": bytes, "limit": limit,
+    }}))
 }
 
 /// The longest wait between two looks at a remote task that keeps failing.
@@ -302,7 +344,7 @@ pub fn apply_remote<P: Permission>(
             }
             row.next_check_at = now.plus_ms(backoff(rules.every_ms, row.failures));
             if row.failures == 1 {
-                store::append_event(
+                remote_event(
                     w,
                     &run.id,
                     "remote_unreachable",
@@ -336,7 +378,22 @@ pub fn apply_remote<P: Permission>(
             }
             match task.state {
                 RemoteState::Completed => {
-                    run.result = Some(task.output);
+                    let output = match kept_output(task.output, rules.max_result_bytes) {
+                        Ok(output) => output,
+                        Err(too_large) => {
+                            run.result = Some(too_large);
+                            transition(
+                                w,
+                                &mut run,
+                                RunState::Failed,
+                                "remote_result_too_large",
+                                detail,
+                            )?;
+                            store::save_remote(w, &mut row)?;
+                            return Ok(summary(&run, before, &row));
+                        }
+                    };
+                    run.result = Some(output);
                     let event = if row.cancel.state.is_some() {
                         detail["message"] = json!(
                             "the agent completed the task after memesh asked it to cancel; the completion is what happened, so the run succeeded"
@@ -348,7 +405,9 @@ pub fn apply_remote<P: Permission>(
                     transition(w, &mut run, RunState::Succeeded, event, detail)?;
                 }
                 RemoteState::Failed | RemoteState::Rejected => {
-                    run.result = Some(json!({ "remoteState": state, "output": task.output }));
+                    let output = kept_output(task.output, rules.max_result_bytes)
+                        .unwrap_or_else(|too_large| too_large);
+                    run.result = Some(json!({ "remoteState": state, "output": output }));
                     transition(w, &mut run, RunState::Failed, "remote_failed", detail)?;
                 }
                 RemoteState::Canceled => {
@@ -365,7 +424,7 @@ pub fn apply_remote<P: Permission>(
                 _ if run.state == RunState::Dispatched => {
                     transition(w, &mut run, RunState::Running, "remote_accepted", detail)?;
                 }
-                _ if changed => store::append_event(w, &run.id, "remote_state", &detail)?,
+                _ if changed => remote_event(w, &run.id, "remote_state", &detail)?,
                 _ => {}
             }
         }
@@ -485,6 +544,7 @@ pub fn decide(
             "the requester of a run may not decide its approval",
         ));
     }
+    ensure_independent_reviewer(w, &run)?;
     if state != ApprovalState::Pending || run.state != RunState::AwaitingApproval {
         return Err(ApiError::new(
             Code::ApprovalDecided,
@@ -509,12 +569,64 @@ pub fn decide(
     Ok(run)
 }
 
+/// Two-person approval means a second person the requester could not have made: the approver
+/// must have been a member before the run was requested, must have held the role they decide
+/// with since before then (no reviewer invited or promoted for a run already waiting), and,
+/// unless the requester is an OWNER, must not have been invited by the requester (an ADMIN
+/// could otherwise accept their own invitation as a second account; inviting or promoting an
+/// ADMIN needs an OWNER). An OWNER appoints everyone, so for an OWNER's run approval proves a
+/// second, earlier member agreed, not independence from the OWNER. Nothing proves that two
+/// people did not agree beforehand.
+fn ensure_independent_reviewer(w: &Write<'_, RunsAdmin>, run: &Run) -> ApiResult<()> {
+    let Some(approver) = w.user() else {
+        return Ok(());
+    };
+    type Facts = (Timestamp, Option<Timestamp>, Option<UserId>, Option<Role>);
+    let (joined, role_since, invited_by, requester_role): Facts = w
+        .prepare_cached(
+            "SELECT u.created_at, u.role_since,
+                    (SELECT i.invited_by FROM invitations i WHERE i.accepted_user_id = u.id),
+                    (SELECT r.role FROM users r WHERE r.id = ?2)
+             FROM users u WHERE u.id = ?1",
+        )?
+        .query_row(rusqlite::params![approver, run.requested_by], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    let requester_is_owner = requester_role == Some(Role::Owner);
+    let reason = if invited_by.as_ref() == Some(&run.requested_by) && !requester_is_owner {
+        Some((
+            "invited_by_requester",
+            "the requester invited this reviewer; another member must decide",
+        ))
+    } else if joined > run.created_at {
+        Some((
+            "joined_after_request",
+            "this reviewer joined after the run was requested; a member from before must decide",
+        ))
+    } else if role_since.is_some_and(|since| since > run.created_at) {
+        Some((
+            "role_granted_after_request",
+            "this reviewer was given their role after the run was requested; a member who held it before must decide",
+        ))
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some((reason, why)) => Err(ApiError::new(Code::SelfReviewBlocked, why).with_details(
+            json!({ "reason": reason, "requestedBy": run.requested_by,
+                    "runCreatedAt": run.created_at, "reviewerJoinedAt": joined,
+                    "reviewerRoleSince": role_since }),
+        )),
+    }
+}
+
 /// Asks for cancellation: immediate when no worker holds the run, else the worker is told
 /// through its heartbeat and the run waits for its acknowledgement. The requester may cancel
-/// their own run; `any` (OWNER, ADMIN) lets the caller cancel anyone's.
-pub fn cancel(w: &Write<'_, RunsWrite>, run_id: &RunId, any: bool) -> ApiResult<Run> {
+/// their own run; an OWNER or ADMIN (the role as re-read in this transaction) anyone's.
+pub fn cancel(w: &Write<'_, RunsWrite>, run_id: &RunId) -> ApiResult<Run> {
     let mut run = store::load_run(w, w.tenant(), run_id)?;
-    may_cancel(w, &run, any)?;
+    may_cancel(w, &run)?;
     if !run.state.is_terminal()
         && let Some(mut row) = store::load_remote(w, run_id)?
     {
@@ -583,8 +695,10 @@ fn cancel_remote(
     Ok(run)
 }
 
-/// The requester, or an OWNER or ADMIN (`any`), may cancel a run and retry its cancel.
-fn may_cancel(w: &Write<'_, RunsWrite>, run: &Run, any: bool) -> ApiResult<()> {
+/// The requester, or an OWNER or ADMIN, may cancel a run and retry its cancel. The role is the
+/// one re-read inside this transaction: a demotion that committed first wins.
+fn may_cancel(w: &Write<'_, RunsWrite>, run: &Run) -> ApiResult<()> {
+    let any = w.role().at_least(Role::Admin);
     if !any && w.user() != Some(&run.requested_by) {
         return Err(ApiError::new(
             Code::InsufficientRole,
@@ -608,9 +722,9 @@ fn refusal(run: &Run, row: Option<&RemoteTaskRow>) -> (&'static str, String) {
 
 /// Makes a failed remote cancel due now; the caller sends it after the commit. Allowed only
 /// while the cancel is pending with a failed attempt (409 `cancel_not_retryable` otherwise).
-pub fn retry_cancel(w: &Write<'_, RunsWrite>, run_id: &RunId, any: bool) -> ApiResult<Run> {
+pub fn retry_cancel(w: &Write<'_, RunsWrite>, run_id: &RunId) -> ApiResult<Run> {
     let run = store::load_run(w, w.tenant(), run_id)?;
-    may_cancel(w, &run, any)?;
+    may_cancel(w, &run)?;
     let mut row = remote_of(w, &run)?;
     if run.state.is_terminal() || !row.cancel_retryable() {
         let (reason, why) = refusal(&run, Some(&row));

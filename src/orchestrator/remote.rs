@@ -113,5 +113,6 @@ pub fn rules(state: &AppState) -> RemoteRules {
         every_ms: ms(s.remote_refresh_interval),
         cancel_attempts: i64::from(s.remote_cancel_attempts),
         cancel_timeout_ms: ms(s.remote_cancel_timeout),
+        max_result_bytes: s.max_result_bytes,
     }
 }

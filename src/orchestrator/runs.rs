@@ -259,14 +259,13 @@ async fn cancel_then_send(
     grant: Grant<RunsWrite>,
     state: AppState,
     id: RunId,
-    record: fn(&crate::auth::Write<'_, RunsWrite>, &RunId, bool) -> ApiResult<Run>,
+    record: fn(&crate::auth::Write<'_, RunsWrite>, &RunId) -> ApiResult<Run>,
     after_failure: bool,
 ) -> ApiResult<axum::Json<Value>> {
-    let any = grant.also::<RunsAdmin>().is_ok();
     let run = id.clone();
     let view = grant
         .write(&state.db, move |w| {
-            record(w, &run, any)?;
+            record(w, &run)?;
             full_view(w, w.tenant(), &run, FIRST_EVENTS)
         })
         .await?;
@@ -325,13 +324,32 @@ async fn decide(
     body: &[u8],
 ) -> ApiResult<axum::Json<Value>> {
     let note = decision_note(body)?;
-    let view = grant
+    let run = id.clone();
+    let decided = grant
         .write(&state.db, move |w| {
-            lifecycle::decide(w, &id, &approval, approve, note.as_deref())?;
-            full_view(w, w.tenant(), &id, FIRST_EVENTS)
+            lifecycle::decide(w, &run, &approval, approve, note.as_deref())?;
+            full_view(w, w.tenant(), &run, FIRST_EVENTS)
         })
-        .await?;
-    Ok(axum::Json(view))
+        .await;
+    match decided {
+        Ok(view) => Ok(axum::Json(view)),
+        // A reviewer the two-person rule refuses is on the record, not only the one who passed.
+        Err(e) if e.code == Code::SelfReviewBlocked => {
+            let (actor, now) = (grant.actor(), grant.now());
+            let route = format!("POST /v1/orchestrator/runs/{id}/approvals/{{approval_id}}");
+            let reason = e.details.as_ref().and_then(|d| d["reason"].as_str());
+            let code = reason.unwrap_or("self_review_blocked").to_owned();
+            let recorded = state
+                .db
+                .write(move |tx| crate::audit::store::record_refusal(tx, actor, &route, &code, now))
+                .await;
+            if let Err(audit_error) = recorded {
+                tracing::error!(error = %audit_error, "could not audit a refused approval");
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub async fn approve(

@@ -268,6 +268,20 @@ pub fn append_event<P: Permission>(
     Ok(())
 }
 
+/// How many events of these kinds a run's timeline holds.
+pub fn count_events(conn: &Connection, run: &RunId, kinds: &[&str]) -> ApiResult<i64> {
+    let marks = vec!["?"; kinds.len()].join(", ");
+    // Unnumbered parameters follow ?1: ?2, ?3, …
+    let sql = format!("SELECT COUNT(*) FROM run_events WHERE run_id = ?1 AND kind IN ({marks})");
+    let mut params: Vec<&dyn ToSql> = vec![run];
+    for k in kinds {
+        params.push(k);
+    }
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params.as_slice(), |r| r.get(0))?)
+}
+
 pub fn insert_approval<P: Permission>(w: &Write<'_, P>, run: &RunId) -> ApiResult<ApprovalId> {
     let id = ApprovalId::generate();
     crate::db::exec(

@@ -233,6 +233,8 @@ pub struct Registry {
     /// Each assigned tenant's limiters, resolved at install: one lookup per request.
     by_tenant: RwLock<HashMap<TenantId, Arc<PlanLimiters>>>,
     public: Option<KeyedLimiter<IpAddr>>,
+    /// The per-address rate and burst, for the 429's message.
+    public_quota: (u32, u32),
     clock: DefaultClock,
 }
 
@@ -249,6 +251,7 @@ impl Registry {
             limiters: RwLock::new(limiters),
             by_tenant: RwLock::new(HashMap::new()),
             public: Limits::quota(Some(public.0), Some(public.1)).map(keyed),
+            public_quota: public,
             clock: DefaultClock::default(),
         }
     }
@@ -345,14 +348,8 @@ impl Registry {
         let Some(l) = self.limiters_of(tenant) else {
             return Ok(None);
         };
-        if expensive && let Some(e) = &l.expensive {
-            self.check(
-                e,
-                key,
-                l.limits.expensive_per_second,
-                l.limits.expensive_burst,
-                "expensive calls",
-            )?;
+        if expensive {
+            self.check_expensive_of(&l, key)?;
         }
         match &l.general {
             Some(g) => self
@@ -368,13 +365,43 @@ impl Registry {
         }
     }
 
-    /// Counts one unauthenticated request from `addr`.
+    /// Counts one call against `key`'s expensive budget only: for a call whose cost its body
+    /// decides (a keyword or hybrid query), once the body is read.
+    pub fn check_expensive(&self, tenant: &TenantId, key: &KeyId) -> Result<(), ApiError> {
+        match self.limiters_of(tenant) {
+            Some(l) => self.check_expensive_of(&l, key),
+            None => Ok(()),
+        }
+    }
+
+    fn check_expensive_of(&self, l: &PlanLimiters, key: &KeyId) -> Result<(), ApiError> {
+        if let Some(e) = &l.expensive {
+            self.check(
+                e,
+                key,
+                l.limits.expensive_per_second,
+                l.limits.expensive_burst,
+                "expensive calls",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Counts one unauthenticated request from `addr` (an IPv6 client by its /64, which one
+    /// subscriber usually holds whole).
     pub fn check_address(&self, addr: Option<IpAddr>) -> Result<(), ApiError> {
         let (Some(p), Some(addr)) = (&self.public, addr) else {
             return Ok(());
         };
-        self.check(p, &addr, None, None, "requests from this address")
-            .map(|_| ())
+        let (rate, burst) = self.public_quota;
+        self.check(
+            p,
+            &per_network(addr),
+            Some(rate),
+            Some(burst),
+            "requests from this address",
+        )
+        .map(|_| ())
     }
 
     fn check<K: Clone + std::hash::Hash + Eq>(
@@ -419,6 +446,17 @@ impl Registry {
                 })))
             }
         }
+    }
+}
+
+/// The address a per-address limit counts: an IPv4 address itself, an IPv6 address by its /64.
+pub fn per_network(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+        v4 => v4,
     }
 }
 

@@ -95,6 +95,19 @@ fn ensure_may_touch_owner(w: &Write<'_, TeamWrite>, touches_owner: bool) -> ApiR
     Ok(())
 }
 
+/// Only an OWNER may make someone an ADMIN (by invitation or promotion): otherwise one ADMIN
+/// could mint a second ADMIN to approve their own runs.
+fn ensure_may_grant(w: &Write<'_, TeamWrite>, role: Role) -> ApiResult<()> {
+    if role == Role::Admin && w.role() != Role::Owner {
+        return Err(ApiError::new(
+            Code::InsufficientRole,
+            "only an OWNER may grant the ADMIN role",
+        )
+        .with_details(json!({ "requiredRole": "OWNER", "role": w.role().as_str() })));
+    }
+    Ok(())
+}
+
 fn last_owner_error() -> ApiError {
     ApiError::new(
         Code::LastOwner,
@@ -111,8 +124,8 @@ pub fn insert_user<P: Permission>(
     let id = UserId::generate();
     let (tenant, now) = (w.tenant(), w.now());
     crate::db::exec(w,
-        "INSERT INTO users (id, tenant_id, email, role, created_at)
-         VALUES (:id, :tenant, :email, :role, :now)",
+        "INSERT INTO users (id, tenant_id, email, role, created_at, role_since)
+         VALUES (:id, :tenant, :email, :role, :now, :now)",
         named_params! { ":id": id, ":tenant": tenant, ":email": email.as_str(), ":role": role, ":now": now },
     )
     .map_err(|e| {
@@ -133,6 +146,7 @@ pub fn invite(
     ttl_ms: i64,
 ) -> ApiResult<CreatedInvitation> {
     ensure_may_touch_owner(w, role == Role::Owner)?;
+    ensure_may_grant(w, role)?;
     let (tenant, now) = (w.tenant(), w.now());
     if is_member_email(w, tenant, email)? {
         return Err(ApiError::new(
@@ -320,13 +334,14 @@ pub fn change_role(w: &Write<'_, TeamWrite>, user: &UserId, role: Role) -> ApiRe
     if member.role == role {
         return Ok(member);
     }
+    ensure_may_grant(w, role)?;
     if member.role == Role::Owner && owner_count(w, tenant)? <= 1 {
         return Err(last_owner_error());
     }
     crate::db::exec(
         w,
-        "UPDATE users SET role = ?2 WHERE id = ?1",
-        rusqlite::params![user, role],
+        "UPDATE users SET role = ?2, role_since = ?3 WHERE id = ?1",
+        rusqlite::params![user, role, w.now()],
     )?;
     w.tx().auth_changed();
     audit::append(

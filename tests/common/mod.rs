@@ -2,6 +2,9 @@
 //! the test controls, plus small HTTP helpers that return (status, JSON).
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -141,7 +144,7 @@ impl TestServer {
         owner_key: String,
     ) -> TestServer {
         let engine = open_engine(&db, dir.path());
-        let state = AppState::new(db, clock.clone(), settings, engine);
+        let state = AppState::new(db, clock.clone(), settings, engine).expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
