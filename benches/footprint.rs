@@ -33,7 +33,7 @@ async fn fill(dir: &Path, n: usize) -> String {
                 "content": format!("synthetic memory {i} about topic {}", i % 200),
                 "space": "default", "tags": [], "sensitivity": "internal",
                 "createdAt": "2026-11-29T00:00:00.000Z",
-                "embeddingModel": memesh::embed::MODEL_ID,
+                "embeddingModel": common::bench_model().id,
                 "embedding": base64::engine::general_purpose::STANDARD.encode(blob),
             })
             .to_string(),

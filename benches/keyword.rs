@@ -9,8 +9,10 @@
 //!
 //! Quality: `benches/data/appstream.jsonl` (see `extract_appstream.py` there): AppStream
 //! metadata of Debian 12's applications; each component's description is a memory and its
-//! summary a query whose one relevant memory is that description. One user per language,
-//! written through `POST /v1/memory/batch` with the real model.
+//! summary a query whose one relevant memory is that description. And JSQuAD v1.3's validation
+//! split as a retrieval set (`benches/data/jsquad-valid/`, CC BY-SA 4.0: paragraphs are
+//! memories, questions queries). One user per set, written through `POST /v1/memory/batch` with
+//! the real model (`MEMESH_BENCH_MODEL`, default MiniLM; `MEMESH_BENCH_SETS=JSQuAD,…` for some).
 //!
 //! Run: `cargo bench --bench keyword` (`MEMESH_BENCH_PART=latency` or `quality` for one half).
 
@@ -98,7 +100,7 @@ async fn latency() {
             "id": id,
             "content": text, "space": "default", "tags": [], "sensitivity": "internal",
             "createdAt": "2026-11-29T00:00:00.000Z",
-            "embeddingModel": memesh::embed::MODEL_ID,
+            "embeddingModel": common::bench_model().id,
             "embedding": base64::engine::general_purpose::STANDARD.encode(blob),
         });
         lines.push_str(&record.to_string());
@@ -225,32 +227,98 @@ fn ndcg_at_10(ranking: &[String], relevant: &str) -> f64 {
         .map_or(0.0, |i| 1.0 / ((i + 2) as f64).log2())
 }
 
-async fn quality() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = InProcess::start(dir.path(), "owner@localhost").await;
-    let client = reqwest::Client::new();
+/// A labelled set: documents (id, text) and queries (text, the one relevant document's id).
+struct Labelled {
+    name: String,
+    docs: Vec<(String, String)>,
+    queries: Vec<(String, String)>,
+}
+
+/// The AppStream sets, one per language.
+fn appstream() -> Vec<Labelled> {
     let data = std::fs::read_to_string(root().join("benches/data/appstream.jsonl")).unwrap();
     let records: Vec<Value> = data
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    ["en", "ja", "zh"]
+        .into_iter()
+        .map(|lang| {
+            let set: Vec<&Value> = records.iter().filter(|r| r["lang"] == lang).collect();
+            let text = |v: &Value| v.as_str().unwrap().to_owned();
+            Labelled {
+                name: format!("AppStream {lang}"),
+                docs: set
+                    .iter()
+                    .map(|r| (text(&r["id"]), text(&r["document"])))
+                    .collect(),
+                queries: set
+                    .iter()
+                    .map(|r| (text(&r["query"]), text(&r["id"])))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// JSQuAD v1.3 validation as a retrieval set (`benches/data/jsquad-valid/`, CC BY-SA 4.0).
+fn jsquad() -> Labelled {
+    let dir = root().join("benches/data/jsquad-valid");
+    let jsonl = |name: &str| -> Vec<Value> {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let text = |v: &Value| v.as_str().unwrap().to_owned();
+    let docs = jsonl("corpus.jsonl")
+        .iter()
+        .map(|d| (text(&d["_id"]), text(&d["text"])))
+        .collect();
+    let questions: HashMap<String, String> = jsonl("queries.jsonl")
+        .iter()
+        .map(|q| (text(&q["_id"]), text(&q["text"])))
+        .collect();
+    let qrels = std::fs::read_to_string(dir.join("qrels.tsv")).unwrap();
+    let queries = qrels
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split('\t');
+            let (q, d) = (f.next().unwrap(), f.next().unwrap());
+            (questions[q].clone(), d.to_owned())
+        })
+        .collect();
+    Labelled {
+        name: "JSQuAD".into(),
+        docs,
+        queries,
+    }
+}
+
+async fn quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = InProcess::start(dir.path(), "owner@localhost").await;
+    let client = reqwest::Client::new();
+    let only = std::env::var("MEMESH_BENCH_SETS").unwrap_or_default();
+    let mut sets = appstream();
+    sets.push(jsquad());
+    sets.retain(|s| only.is_empty() || only.split(',').any(|o| s.name.contains(o.trim())));
     println!(
-        "## Retrieval quality, nDCG@10 (AppStream summaries → descriptions, one relevant each)\n"
+        "## Retrieval quality, nDCG@10 through `POST /v1/memory/query`, model {}\n",
+        common::bench_model().id
     );
     println!(
-        "| language | memories = queries | keyword | hybrid | semantic |\n|---|---|---|---|---|"
+        "| set | memories | queries | keyword | hybrid | semantic |\n|---|---|---|---|---|---|"
     );
-    for lang in ["en", "ja", "zh"] {
-        let set: Vec<&Value> = records.iter().filter(|r| r["lang"] == lang).collect();
-        let tenant = server.create_tenant(&format!("quality-{lang}"), &format!("{lang}@q.test"));
+    for (n, set) in sets.iter().enumerate() {
+        let tenant = server.create_tenant(&format!("quality-{n}"), &format!("q{n}@q.test"));
         let key = tenant.key.clone();
-        // Record id → memory id.
-        let mut by_record: HashMap<String, String> = HashMap::new();
-        for chunk in set.chunks(100) {
-            let memories: Vec<Value> = chunk
-                .iter()
-                .map(|r| json!({ "content": r["document"] }))
-                .collect();
+        // Document id → memory id.
+        let mut by_doc: HashMap<String, String> = HashMap::new();
+        for chunk in set.docs.chunks(100) {
+            let memories: Vec<Value> = chunk.iter().map(|(_, t)| json!({ "content": t })).collect();
             let (_, answer) = post(
                 &client,
                 &format!("{}/v1/memory/batch", server.base),
@@ -259,22 +327,25 @@ async fn quality() {
             )
             .await;
             let stored = answer["memories"].as_array().unwrap();
-            for (r, m) in chunk.iter().zip(stored) {
-                let mid = m["id"].as_str().unwrap().to_owned();
-                let rid = r["id"].as_str().unwrap().to_owned();
-                by_record.insert(rid, mid);
+            for ((doc, _), m) in chunk.iter().zip(stored) {
+                by_doc.insert(doc.clone(), m["id"].as_str().unwrap().to_owned());
             }
         }
-        let mut row = format!("| {lang} | {} |", set.len());
+        let mut row = format!(
+            "| {} | {} | {} |",
+            set.name,
+            set.docs.len(),
+            set.queries.len()
+        );
         for mode in ["keyword", "hybrid", "semantic"] {
             let mut sum = 0.0;
-            for r in &set {
-                let body = json!({ "query": r["query"], "limit": 10, "mode": mode });
+            for (query, doc) in &set.queries {
+                let body = json!({ "query": query, "limit": 10, "mode": mode });
                 let url = format!("{}/v1/memory/query", server.base);
                 let (_, answer) = post(&client, &url, &key, &body).await;
-                sum += ndcg_at_10(&ranked_ids(&answer), &by_record[r["id"].as_str().unwrap()]);
+                sum += ndcg_at_10(&ranked_ids(&answer), &by_doc[doc]);
             }
-            row.push_str(&format!(" {:.3} |", sum / set.len() as f64));
+            row.push_str(&format!(" {:.3} |", sum / set.queries.len() as f64));
         }
         println!("{row}");
     }

@@ -61,7 +61,8 @@ fn corpus_and_queries() -> (Vec<String>, Vec<String>) {
 }
 
 fn backend() -> OnnxBackend {
-    let files = ModelFiles::locate(Some(&root().join("models/all-minilm-l6-v2-int8"))).unwrap();
+    let model = common::bench_model();
+    let files = ModelFiles::locate(model, Some(&root().join("models").join(model.id))).unwrap();
     let runtime =
         RuntimeLibrary::locate(Some(&root().join("runtime/libonnxruntime.so.1.31.1"))).unwrap();
     OnnxBackend::load(&files, &runtime, 2).unwrap().0
@@ -182,7 +183,7 @@ fn import_line(text: &str, embedding: &Embedding) -> String {
         "sensitivity": "internal",
         "source": null,
         "createdAt": SystemClock.now(),
-        "embeddingModel": memesh::embed::MODEL_ID,
+        "embeddingModel": common::bench_model().id,
         "embedding": base64::engine::general_purpose::STANDARD.encode(blob),
     })
     .to_string()
@@ -672,7 +673,7 @@ fn main() {
     index.maintain_now();
     let build = started.elapsed();
     let started = Instant::now();
-    memesh::index::save_snapshot(&index, &dir.path().join("index"), memesh::embed::MODEL_ID)
+    memesh::index::save_snapshot(&index, &dir.path().join("index"), common::bench_model().id)
         .unwrap();
     let snap = started.elapsed();
     let stats = index.stats();

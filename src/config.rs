@@ -61,7 +61,8 @@ pub enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Re-embed every memory with the bundled model (after a model change); stop the server first.
+    /// Re-embed every memory with a bundled model (`--model`, default the multilingual one) and
+    /// make it the data directory's model; stop the server first.
     Reindex(ModelArgs),
     /// Sign this machine in to a memesh server: approve a code in a browser, get an API key
     /// (stored in the config directory, mode 0600).
@@ -120,8 +121,13 @@ pub enum PlanCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Directory of the bundled embedding model (default: models/all-minilm-l6-v2-int8 beside
-    /// the binary, in the checkout, or in the working directory).
+    /// The bundled embedding model: `multilingual-e5-small` (about 100 languages; the default
+    /// for a new data directory) or `minilm` (English only, faster, smaller). Default: the
+    /// model the data directory's memories were embedded with.
+    #[arg(long, env = "MEMESH_MODEL")]
+    pub model: Option<String>,
+    /// Directory of the model's files (default: models/<model id> beside the binary, in the
+    /// checkout, or in the working directory).
     #[arg(long, env = "MEMESH_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
     /// The ONNX Runtime shared library (default: runtime/libonnxruntime.so.1.31.1, found like
@@ -141,6 +147,22 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The model asked for by name, if any (an unknown name is an error listing the names).
+    pub fn asked(&self) -> anyhow::Result<Option<&'static crate::embed::BundledModel>> {
+        self.model
+            .as_deref()
+            .filter(|name| !name.trim().is_empty())
+            .map(|name| {
+                crate::embed::catalog::by_name(name).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--model {name:?} is not a bundled model; choose one of: {}",
+                        crate::embed::catalog::names()
+                    )
+                })
+            })
+            .transpose()
+    }
+
     pub fn threads(&self) -> usize {
         self.embed_threads.map_or_else(
             || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),

@@ -15,7 +15,7 @@ use memesh::config::{
     ServeArgs, TenantCommand,
 };
 use memesh::db::Db;
-use memesh::embed::{MODEL_DIM, MODEL_ID};
+use memesh::embed::{BundledModel, DEFAULT_MODEL, MODEL_DIM};
 use memesh::index::IndexConfig;
 use memesh::memory::engine::{EngineConfig, MemoryEngine};
 use memesh::state::AppState;
@@ -88,6 +88,7 @@ fn main() -> ExitCode {
                 .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
                 .unwrap_or_default();
             println!("scopes:  {}", scopes.join(" "));
+            println!("model:   {}", text("embeddingModel"));
             Ok(())
         }),
         Some(Command::Mcp { server, api_key }) => client(async move {
@@ -333,11 +334,13 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else if args.owner.bootstrap_key.is_some() {
         tracing::info!("MEMESH_BOOTSTRAP_KEY ignored: the data directory is already initialized");
     }
+    let model = serving_model(&db, &args.model)?;
+    tracing::info!(model = model.id, "embedding model");
     let engine = MemoryEngine::open(
         &db,
-        MODEL_ID,
+        model.id,
         // The worker thread runs detached for the life of the process.
-        || load_embedder(&args.model, true).map(|(embedder, _worker)| embedder),
+        || load_embedder(model, &args.model, true).map(|(embedder, _worker)| embedder),
         EngineConfig {
             index: IndexConfig {
                 graph_threshold: args.index.index_graph_threshold as usize,
@@ -369,13 +372,35 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The model a server uses: the one `--model` names, else the one the data directory's
+/// memories were embedded with, else (a new data directory) the multilingual default. A
+/// `--model` other than the recorded one is refused at start until `memesh reindex` moves the
+/// memories to it.
+fn serving_model(db: &Db, args: &ModelArgs) -> anyhow::Result<&'static BundledModel> {
+    if let Some(asked) = args.asked()? {
+        return Ok(asked);
+    }
+    let recorded = db.read_blocking(memesh::memory::store::stored_model)?;
+    match recorded {
+        None => Ok(DEFAULT_MODEL),
+        Some(id) => memesh::embed::catalog::by_name(&id).ok_or_else(|| {
+            anyhow::anyhow!(
+                "this data directory's memories were embedded with {id:?}, which this memesh                  does not bundle; run `memesh reindex --model NAME` with one of: {}",
+                memesh::embed::catalog::names()
+            )
+        }),
+    }
+}
+
 /// Loads the model; a server (`queries`) also gets the query session `--embed-query-threads`
 /// asks for, an operator command does not.
 fn load_embedder(
+    bundled: &'static BundledModel,
     model: &ModelArgs,
     queries: bool,
 ) -> anyhow::Result<(memesh::embed::Embedder, memesh::embed::EmbedWorker)> {
     memesh::embed::load_bundled(
+        bundled,
         model.model_dir.as_deref(),
         model.ort_lib.as_deref(),
         model.threads(),
@@ -393,7 +418,8 @@ fn load_embedder(
 fn reindex(global: &GlobalArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
     const BATCH: usize = 64;
     let db = open_db(global)?;
-    let (embedder, worker) = load_embedder(model, false)?;
+    let bundled = model.asked()?.unwrap_or(DEFAULT_MODEL);
+    let (embedder, worker) = load_embedder(bundled, model, false)?;
     let total = db.read_blocking(memesh::memory::store::count_all)?;
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template(

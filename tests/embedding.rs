@@ -67,13 +67,15 @@ async fn long_text_is_truncated_and_flagged() {
 #[test]
 fn corrupt_or_missing_files_are_refused_with_instructions() {
     let dir = tempfile::tempdir().unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-minilm-l6-v2-int8");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(common::TEST_MODEL.id);
     for f in std::fs::read_dir(&src).unwrap() {
         let f = f.unwrap();
         std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
     }
     std::fs::write(dir.path().join("tokenizer.json"), b"{}").unwrap();
-    let err = memesh::embed::ModelFiles::locate(Some(dir.path()))
+    let err = memesh::embed::ModelFiles::locate(common::TEST_MODEL, Some(dir.path()))
         .err()
         .unwrap();
     assert!(format!("{err:#}").contains("is corrupt"), "{err:#}");
@@ -83,7 +85,7 @@ fn corrupt_or_missing_files_are_refused_with_instructions() {
         std::fs::read(src.join("tokenizer.json")).unwrap(),
     )
     .unwrap();
-    let err = memesh::embed::ModelFiles::locate(Some(dir.path()))
+    let err = memesh::embed::ModelFiles::locate(common::TEST_MODEL, Some(dir.path()))
         .err()
         .unwrap();
     assert!(format!("{err:#}").contains("is missing"), "{err:#}");

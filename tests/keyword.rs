@@ -205,7 +205,7 @@ async fn import_many(s: &TestServer, key: &str, n: usize) {
             "id": memesh::ids::MemoryId::generate(),
             "content": format!("everywhere note number{i} about item{i}"),
             "space": "default", "tags": [], "sensitivity": "internal",
-            "createdAt": common::START, "embeddingModel": memesh::embed::MODEL_ID,
+            "createdAt": common::START, "embeddingModel": common::TEST_MODEL.id,
             "embedding": embedding,
         });
         lines.push_str(&record.to_string());

@@ -60,7 +60,8 @@ impl InProcess {
             .unwrap()
             .unwrap();
         let (embedder, _worker) = memesh::embed::load_bundled(
-            Some(&root().join("models/all-minilm-l6-v2-int8")),
+            bench_model(),
+            Some(&root().join("models").join(bench_model().id)),
             Some(&root().join("runtime/libonnxruntime.so.1.31.1")),
             2,
             // As the server's `--embed-query-threads` (the same variable).
@@ -72,7 +73,7 @@ impl InProcess {
         .unwrap();
         let engine = MemoryEngine::open(
             &db,
-            memesh::embed::MODEL_ID,
+            bench_model().id,
             || Ok(embedder),
             EngineConfig {
                 index: IndexConfig::new(memesh::embed::MODEL_DIM),
@@ -148,4 +149,14 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The model a bench runs with: `MEMESH_BENCH_MODEL` (a `--model` name), else the small English
+/// model the figures of issue 11 were measured with.
+pub fn bench_model() -> &'static memesh::embed::BundledModel {
+    match std::env::var("MEMESH_BENCH_MODEL") {
+        Ok(name) => memesh::embed::catalog::by_name(&name)
+            .unwrap_or_else(|| panic!("MEMESH_BENCH_MODEL={name:?} is not a bundled model")),
+        Err(_) => &memesh::embed::catalog::ALL_MINILM_L6_V2,
+    }
 }

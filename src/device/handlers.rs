@@ -391,6 +391,7 @@ pub async fn whoami(
         "keyId": grant.key(),
         "scopes": grant.scopes().names(),
         "restricted": grant.key_scopes().is_some(),
+        "embeddingModel": state.memory.model_id(),
     })))
 }
 

@@ -2,6 +2,7 @@
 //! worker thread that owns the model and gathers concurrent requests into micro-batches, served
 //! fairly across tenants, bounded, and restarted if the model panics.
 
+pub mod catalog;
 mod onnx;
 pub mod tokens;
 
@@ -12,7 +13,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-pub use onnx::{MODEL_DIM, MODEL_ID, ModelFiles, OnnxBackend, RuntimeLibrary};
+pub use catalog::{BundledModel, DEFAULT_MODEL};
+pub use onnx::{MODEL_DIM, ModelFiles, OnnxBackend, RuntimeLibrary};
 
 /// Texts taken from the queue at once; more queued texts wait for the next batch. A batch runs
 /// as several model calls of similar length (the backend's plan), and a search that arrives
@@ -47,6 +49,9 @@ pub struct ModelInfo {
     pub id: String,
     pub dim: usize,
     pub max_tokens: usize,
+    /// Put before every search's text and every stored text (see [`catalog::BundledModel`]).
+    pub query_prefix: &'static str,
+    pub passage_prefix: &'static str,
 }
 
 /// Texts that may wait for the model at once, across all callers; more is refused with
@@ -455,7 +460,14 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let rx = self.handle.0.submit(lane, priority, texts)?;
+        let prefix = match priority {
+            Priority::Interactive => self.info.query_prefix,
+            Priority::Bulk => self.info.passage_prefix,
+        };
+        let rx = self
+            .handle
+            .0
+            .submit(lane, priority, prefixed(prefix, texts))?;
         rx.await.map_err(|_| EmbedError::Stopped)?
     }
 
@@ -464,22 +476,32 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let texts = prefixed(self.info.passage_prefix, texts);
         let rx = self.handle.0.submit(SYSTEM_LANE, Priority::Bulk, texts)?;
         rx.blocking_recv().map_err(|_| EmbedError::Stopped)?
     }
 }
 
-/// Locates and verifies the bundled model and the ONNX Runtime library, loads the model, and
+/// `texts` with the model's `prefix` in front (e5 reads `query: …` and `passage: …`).
+fn prefixed(prefix: &str, texts: Vec<String>) -> Vec<String> {
+    if prefix.is_empty() {
+        return texts;
+    }
+    texts.into_iter().map(|t| format!("{prefix}{t}")).collect()
+}
+
+/// Locates and verifies a bundled model and the ONNX Runtime library, loads the model, and
 /// starts its worker thread (which reloads the model if it ever panics). With `query_threads`
 /// above 0, a query helper embeds queries with a second session of that many threads while
 /// the model is busy with writes (loaded when first needed, dropped after a minute unused).
 pub fn load_bundled(
+    model: &'static BundledModel,
     model_dir: Option<&Path>,
     ort_lib: Option<&Path>,
     threads: usize,
     query_threads: usize,
 ) -> anyhow::Result<(Embedder, EmbedWorker)> {
-    let files = ModelFiles::locate(model_dir)?;
+    let files = ModelFiles::locate(model, model_dir)?;
     let runtime = RuntimeLibrary::locate(ort_lib)?;
     let (backend, info) = if query_threads > 0 {
         // With a query helper, the bulk model runs at a lower CPU priority, so a search's model
@@ -826,6 +848,8 @@ mod tests {
             id: "len".into(),
             dim: 1,
             max_tokens: 8,
+            query_prefix: "",
+            passage_prefix: "",
         }
     }
 

@@ -1,6 +1,6 @@
-//! The bundled model (all-MiniLM-L6-v2, int8 ONNX) run by fastembed on ONNX Runtime, loaded
-//! from local files only. Every file is checked against the checksums compiled into the binary,
-//! and a missing or wrong file is reported with what to do about it.
+//! A bundled model (see [`super::catalog`]) run by fastembed on ONNX Runtime, loaded from local
+//! files only. Every file is checked against the checksums compiled into the binary, and a
+//! missing or wrong file is reported with what to do about it.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -12,20 +12,17 @@ use fastembed::{
 };
 use sha2::{Digest, Sha256};
 
+use super::catalog::BundledModel;
 use super::{EmbedBackend, Embedding, ModelInfo};
 
-pub const MODEL_ID: &str = "all-minilm-l6-v2-int8";
+/// The output size of every bundled model (a test keeps the catalogue to it).
 pub const MODEL_DIM: usize = 384;
-/// The sequence length the model was trained at; longer texts are truncated (and flagged).
-pub const MODEL_MAX_TOKENS: usize = 256;
 /// Texts per ONNX Runtime call within a micro-batch (measured best on 2 cores).
 const ORT_BATCH: usize = 32;
 /// Padded tokens per ONNX Runtime call (texts × the longest of them). Measured on 2 cores with
 /// texts of ~40 and ~240 tokens: 512 was the fastest for both, and keeps the arena of 100 long
 /// texts at ~90 MiB where unbounded calls of 32 left it at ~1.3 GiB.
 const TOKENS_PER_CALL: usize = 512;
-
-const MODEL_SUMS: &str = include_str!("../../models/all-minilm-l6-v2-int8/SHA256SUMS");
 
 pub const ORT_LIB_NAME: &str = "libonnxruntime.so.1.31.1";
 const ORT_LIB_SHA256: &str = "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3";
@@ -54,20 +51,25 @@ fn candidates(explicit: Option<&Path>, relative: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The model directory, located and verified.
+/// A model's directory, located and verified.
 #[derive(Clone)]
 pub struct ModelFiles {
     dir: PathBuf,
+    model: &'static BundledModel,
 }
 
 impl ModelFiles {
-    pub fn locate(explicit: Option<&Path>) -> anyhow::Result<ModelFiles> {
-        let relative = Path::new("models").join(MODEL_ID);
+    pub fn locate(
+        model: &'static BundledModel,
+        explicit: Option<&Path>,
+    ) -> anyhow::Result<ModelFiles> {
+        let id = model.id;
+        let relative = Path::new("models").join(id);
         let tried = candidates(explicit, &relative);
         let Some(dir) = tried.iter().find(|d| d.join("model.onnx").is_file()) else {
             bail!(
                 "the embedding model was not found (looked in {}). It ships in the repository \
-                 under models/{MODEL_ID}/; run memesh from the checkout or an unpacked bundle, \
+                 under models/{id}/; run memesh from the checkout or an unpacked bundle, \
                  or pass --model-dir / MEMESH_MODEL_DIR",
                 tried
                     .iter()
@@ -76,14 +78,18 @@ impl ModelFiles {
                     .join(", ")
             );
         };
-        let files = ModelFiles { dir: dir.clone() };
+        let files = ModelFiles {
+            dir: dir.clone(),
+            model,
+        };
         files.verify()?;
         Ok(files)
     }
 
     /// Compares every file with the checksums compiled into this binary.
     fn verify(&self) -> anyhow::Result<()> {
-        for line in MODEL_SUMS.lines().filter(|l| !l.trim().is_empty()) {
+        let id = self.model.id;
+        for line in self.model.sums.lines().filter(|l| !l.trim().is_empty()) {
             let (expected, name) = line
                 .split_once(char::is_whitespace)
                 .context("malformed SHA256SUMS compiled into the binary")?;
@@ -91,7 +97,7 @@ impl ModelFiles {
             let path = self.dir.join(name);
             if !path.is_file() {
                 bail!(
-                    "model file {} is missing; restore models/{MODEL_ID}/ from the repository \
+                    "model file {} is missing; restore models/{id}/ from the repository \
                      or the release bundle",
                     path.display()
                 );
@@ -199,6 +205,7 @@ pub(crate) fn trim_freed_memory() {
 /// fastembed's text embedding over the bundled model.
 pub struct OnnxBackend {
     model: TextEmbedding,
+    max_tokens: usize,
 }
 
 impl OnnxBackend {
@@ -222,19 +229,26 @@ impl OnnxBackend {
         // they take the cores the server's own threads need, and a search then waits for the
         // scheduler. Not spinning: search p99 6.7 ms instead of 10.6-12.8 ms (2 cores, 100k
         // memories), write throughput the same within noise.
+        let bundled = files.model;
         let options = InitOptionsUserDefined::new()
-            .with_max_length(MODEL_MAX_TOKENS)
+            .with_max_length(bundled.max_tokens)
             .with_intra_threads(threads.max(1))
             .with_session_config("session.intra_op.allow_spinning", "0");
         let model = TextEmbedding::try_new_from_user_defined(model, options)
             .map_err(|e| anyhow::anyhow!("loading the embedding model: {e}"))?;
         trim_freed_memory();
         let info = ModelInfo {
-            id: MODEL_ID.to_owned(),
-            dim: MODEL_DIM,
-            max_tokens: MODEL_MAX_TOKENS,
+            id: bundled.id.to_owned(),
+            dim: bundled.dim,
+            max_tokens: bundled.max_tokens,
+            query_prefix: bundled.query_prefix,
+            passage_prefix: bundled.passage_prefix,
         };
-        Ok((OnnxBackend { model }, info))
+        let backend = OnnxBackend {
+            model,
+            max_tokens: bundled.max_tokens,
+        };
+        Ok((backend, info))
     }
 }
 
@@ -259,8 +273,8 @@ impl OnnxBackend {
 /// texts and `TOKENS_PER_CALL` padded tokens: similar lengths pad little, and a call's
 /// activations (which ONNX Runtime's arena keeps at their peak size) stay bounded however long
 /// the texts are.
-fn plan_calls(lens: &[usize]) -> Vec<Vec<usize>> {
-    let len = |i: usize| lens[i].clamp(1, MODEL_MAX_TOKENS);
+fn plan_calls(lens: &[usize], max_tokens: usize) -> Vec<Vec<usize>> {
+    let len = |i: usize| lens[i].clamp(1, max_tokens);
     let mut order: Vec<usize> = (0..lens.len()).collect();
     order.sort_by_key(|&i| len(i));
     let mut out: Vec<Vec<usize>> = Vec::new();
@@ -280,7 +294,7 @@ impl EmbedBackend for OnnxBackend {
         match self.encode(texts) {
             Ok(encoded) => {
                 let lens: Vec<usize> = encoded.iter().map(|e| e.0).collect();
-                plan_calls(&lens)
+                plan_calls(&lens, self.max_tokens)
             }
             // `embed` reports the error.
             Err(_) => vec![(0..texts.len()).collect()],
@@ -292,7 +306,7 @@ impl EmbedBackend for OnnxBackend {
         let encoded = self.encode(texts)?;
         let lens: Vec<usize> = encoded.iter().map(|e| e.0).collect();
         let mut vectors: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
-        for group in plan_calls(&lens) {
+        for group in plan_calls(&lens, self.max_tokens) {
             let slice: Vec<&str> = group.iter().map(|&i| texts[i].as_str()).collect();
             let out = self
                 .model

@@ -464,9 +464,15 @@ async fn not_found() -> impl IntoResponse {
     crate::error::ApiError::new(Code::NotFound, "no such route")
 }
 
-/// Alive, with how each background job is doing (its last successful pass, its last error).
+/// Alive, with the embedding model in use and how each background job is doing (its last
+/// successful pass, its last error).
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok", "jobs": state.jobs.snapshot() }))
+    let model = state.memory.embedder.info();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "model": { "id": model.id, "dim": model.dim, "maxTokens": model.max_tokens },
+        "jobs": state.jobs.snapshot(),
+    }))
 }
 
 /// Ready when the index holds exactly the memories SQLite holds: two counters kept up to date

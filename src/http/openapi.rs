@@ -229,7 +229,11 @@ fn shared_schemas() -> Vec<(&'static str, Value)> {
 fn returns(method: &str, path: &str) -> Value {
     let r = |s: &str| ty_schema(s);
     match (method, path) {
-        ("GET", "/healthz") => obj(&[("status", "string"), ("jobs", "object")]),
+        ("GET", "/healthz") => obj(&[
+            ("status", "string"),
+            ("model", "object"),
+            ("jobs", "object"),
+        ]),
         ("GET", "/readyz") => obj(&[("status", "string")]),
         ("GET", "/v1/openapi.json") => obj(&[
             ("openapi", "string"),
@@ -281,6 +285,7 @@ fn returns(method: &str, path: &str) -> Value {
             ("keyId", "string"),
             ("scopes", "[]string"),
             ("restricted", "boolean"),
+            ("embeddingModel", "string"),
         ]),
         ("GET", "/v1/billing/plan") => obj(&[
             ("name", "string"),
@@ -292,6 +297,7 @@ fn returns(method: &str, path: &str) -> Value {
             ("plan", "string"),
             ("usage", "object"),
             ("rateLimit", "object?"),
+            ("embeddingModel", "string"),
         ]),
         ("GET", "/v1/audit/logs") => obj(&[("logs", "[]object")]),
         ("GET", "/v1/agents/dispatch-targets") => page_of("targets", "@TargetSummary"),

@@ -56,5 +56,6 @@ pub async fn usage(
         "plan": name,
         "usage": usage,
         "rateLimit": grant.rate(),
+        "embeddingModel": state.memory.model_id(),
     })))
 }

@@ -26,12 +26,14 @@ impl Running {
     }
 }
 
-/// `memesh --data-dir DATA` with no bootstrap key from the environment.
+/// `memesh --data-dir DATA` with no bootstrap key from the environment, on the small English
+/// model (tests that care about the model set `MEMESH_MODEL` themselves, or remove it).
 pub fn memesh(data: &Path) -> Command {
     let mut cmd = Command::new(super::bin_path());
     cmd.arg("--data-dir")
         .arg(data)
         .env_remove("MEMESH_BOOTSTRAP_KEY")
+        .env("MEMESH_MODEL", super::TEST_MODEL.id)
         .env("MEMESH_LOG", "info");
     cmd
 }

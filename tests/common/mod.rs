@@ -5,8 +5,9 @@
 pub mod binary;
 pub mod browser;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -27,14 +28,26 @@ use tokio::task::JoinHandle;
 
 pub const START: &str = "2026-03-20T09:00:00.000Z";
 
-/// The real bundled model, loaded once per test binary and shared by its servers.
+/// The model tests run with where they do not care which model answers: the small English one
+/// (quick to load and run). Tests of the multilingual default load it themselves.
+pub const TEST_MODEL: &memesh::embed::BundledModel = &memesh::embed::catalog::ALL_MINILM_L6_V2;
+
+/// The test model, loaded once per test binary and shared by its servers.
 pub fn embedder() -> Embedder {
-    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
-    EMBEDDER
-        .get_or_init(|| {
+    embedder_of(TEST_MODEL)
+}
+
+/// A real bundled model, loaded once per test binary and shared by its servers.
+pub fn embedder_of(model: &'static memesh::embed::BundledModel) -> Embedder {
+    static LOADED: OnceLock<Mutex<HashMap<&'static str, Embedder>>> = OnceLock::new();
+    let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap();
+    loaded
+        .entry(model.id)
+        .or_insert_with(|| {
             let root = Path::new(env!("CARGO_MANIFEST_DIR"));
             let (embedder, worker) = memesh::embed::load_bundled(
-                Some(&root.join("models/all-minilm-l6-v2-int8")),
+                model,
+                Some(&root.join("models").join(model.id)),
                 Some(&root.join("runtime/libonnxruntime.so.1.31.1")),
                 2,
                 2,
@@ -55,11 +68,15 @@ pub fn test_index_config() -> IndexConfig {
     }
 }
 
-pub fn open_engine(db: &Db, dir: &Path) -> MemoryEngine {
+pub fn open_engine(
+    db: &Db,
+    dir: &Path,
+    model: &'static memesh::embed::BundledModel,
+) -> MemoryEngine {
     MemoryEngine::open(
         db,
-        memesh::embed::MODEL_ID,
-        || Ok(embedder()),
+        model.id,
+        || Ok(embedder_of(model)),
         EngineConfig {
             index: test_index_config(),
             snapshot_dir: dir.join("index"),
@@ -100,6 +117,7 @@ pub struct TestServer {
     pub owner_key: String,
     pub dir: TempDir,
     pub state: AppState,
+    pub model: &'static memesh::embed::BundledModel,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -118,6 +136,14 @@ impl TestServer {
     }
 
     pub async fn start_with(settings: Settings) -> TestServer {
+        Self::start_on(TEST_MODEL, settings).await
+    }
+
+    /// A server embedding with `model` (the test model unless a test is about another).
+    pub async fn start_on(
+        model: &'static memesh::embed::BundledModel,
+        settings: Settings,
+    ) -> TestServer {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("memesh=info")
             .with_test_writer()
@@ -133,7 +159,7 @@ impl TestServer {
         let tenant = bootstrap::initialize(&db, &spec, clock.now())
             .expect("bootstrap")
             .expect("fresh database is initialized");
-        Self::launch(dir, db, clock, settings, tenant.key).await
+        Self::launch(dir, db, clock, settings, tenant.key, model).await
     }
 
     async fn launch(
@@ -142,8 +168,9 @@ impl TestServer {
         clock: Arc<ManualClock>,
         settings: Settings,
         owner_key: String,
+        model: &'static memesh::embed::BundledModel,
     ) -> TestServer {
-        let engine = open_engine(&db, dir.path());
+        let engine = open_engine(&db, dir.path(), model);
         let state = AppState::new(db, clock.clone(), settings, engine).expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -158,6 +185,7 @@ impl TestServer {
             owner_key,
             dir,
             state,
+            model,
             shutdown: Some(tx),
             handle: Some(handle),
         }
@@ -191,6 +219,7 @@ impl TestServer {
             self.clock.clone(),
             test_settings(),
             self.owner_key.clone(),
+            self.model,
         )
         .await
     }

