@@ -331,6 +331,32 @@ async fn quality() {
                 by_doc.insert(doc.clone(), m["id"].as_str().unwrap().to_owned());
             }
         }
+        // MEMESH_BENCH_DUMP=FILE: each query's semantic and keyword rankings, 100 deep, as JSON
+        // lines, to study fusion offline.
+        if let Ok(path) = std::env::var("MEMESH_BENCH_DUMP") {
+            use std::io::Write;
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            let url = format!("{}/v1/memory/query", server.base);
+            for (query, doc) in &set.queries {
+                let mut line = json!({ "set": set.name, "query": query, "relevant": by_doc[doc] });
+                for mode in ["semantic", "keyword"] {
+                    let body = json!({ "query": query, "limit": 100, "mode": mode });
+                    let (_, answer) = post(&client, &url, &key, &body).await;
+                    let ranked: Vec<Value> = answer["results"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|h| json!([h["memory"]["id"], h["score"]]))
+                        .collect();
+                    line[mode] = json!(ranked);
+                }
+                writeln!(out, "{line}").unwrap();
+            }
+        }
         let mut row = format!(
             "| {} | {} | {} |",
             set.name,
@@ -353,6 +379,105 @@ async fn quality() {
     server.stop().await;
 }
 
+/// Imports `texts` for `key` with one fixed vector each (keyword cost and quality do not depend
+/// on the vectors, and importing skips the model); returns the memory ids in order.
+async fn import_plain(base: &str, key: &str, texts: &[String]) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut v = vec![0f32; memesh::embed::MODEL_DIM];
+    v[0] = 1.0;
+    let blob: Vec<u8> = v.iter().flat_map(|a| a.to_le_bytes()).collect();
+    let embedding = base64::engine::general_purpose::STANDARD.encode(blob);
+    let mut ids = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(5_000) {
+        let mut lines = String::new();
+        for text in chunk {
+            let id = memesh::ids::MemoryId::generate().to_string();
+            let record = json!({
+                "id": id, "content": text, "space": "default", "tags": [],
+                "sensitivity": "internal", "createdAt": "2026-11-29T00:00:00.000Z",
+                "embeddingModel": common::bench_model().id, "embedding": embedding,
+            });
+            lines.push_str(&record.to_string());
+            lines.push('\n');
+            ids.push(id);
+        }
+        let report: Value = client
+            .post(format!("{base}/v1/memory/import"))
+            .header("x-api-key", key)
+            .header("content-type", "application/x-ndjson")
+            .body(lines)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(report["failed"], 0, "{report}");
+    }
+    ids
+}
+
+/// The rule for common words (issue 23, item 6): each labelled set among 10,000 English
+/// sentences of another domain (so its owner has enough memories for the rule to act, as in a
+/// real store), keyword nDCG@10 and latency with common words only scoring what rarer words
+/// find, against every word finding.
+async fn common_words() {
+    const DISTRACTORS: usize = 10_000;
+    let distractors = common::corpus::natural_sentences(DISTRACTORS);
+    let mut sets = appstream();
+    sets.push(jsquad());
+    println!("## Common words: keyword nDCG@10 among {DISTRACTORS} other memories, p50 / p99\n");
+    println!("| set | every word finds | common words only score (default) |\n|---|---|---|");
+    for set in &sets {
+        let mut row = format!("| {} |", set.name);
+        for share in [1.0, memesh::memory::store::COMMON_SHARE] {
+            let dir = tempfile::tempdir().unwrap();
+            let settings = memesh::state::Settings {
+                keyword_common_share: share,
+                ..Default::default()
+            };
+            let server = InProcess::start_with(
+                dir.path(),
+                "owner@localhost",
+                settings,
+                memesh::db::Durability::Normal,
+            )
+            .await;
+            let key = server.tenant.key.clone();
+            let texts: Vec<String> = set.docs.iter().map(|(_, t)| t.clone()).collect();
+            let ids = import_plain(&server.base, &key, &texts).await;
+            import_plain(&server.base, &key, &distractors).await;
+            let by_doc: HashMap<&str, &str> = set
+                .docs
+                .iter()
+                .zip(&ids)
+                .map(|((d, _), m)| (d.as_str(), m.as_str()))
+                .collect();
+            let (client, url) = (
+                reqwest::Client::new(),
+                format!("{}/v1/memory/query", server.base),
+            );
+            let (mut sum, mut ms) = (0.0, Vec::new());
+            for (query, doc) in &set.queries {
+                let body = json!({ "query": query, "limit": 10, "mode": "keyword" });
+                let (t, answer) = post(&client, &url, &key, &body).await;
+                ms.push(t);
+                sum += ndcg_at_10(&ranked_ids(&answer), by_doc[doc.as_str()]);
+            }
+            ms.sort_by(f64::total_cmp);
+            row.push_str(&format!(
+                " {:.3} ({:.1} / {:.1} ms) |",
+                sum / set.queries.len() as f64,
+                percentile(&ms, 0.5),
+                percentile(&ms, 0.99)
+            ));
+            server.stop().await;
+        }
+        println!("{row}");
+    }
+    println!();
+}
+
 fn main() {
     let part = std::env::var("MEMESH_BENCH_PART").unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -362,6 +487,9 @@ fn main() {
     runtime.block_on(async {
         if part.is_empty() || part == "quality" {
             quality().await;
+        }
+        if part.is_empty() || part == "common" {
+            common_words().await;
         }
         if part.is_empty() || part == "latency" {
             latency().await;

@@ -352,6 +352,7 @@ impl ServeArgs {
             },
             trusted_proxies: self.trusted_proxies.clone(),
             max_connections: self.max_connections as usize,
+            keyword_common_share: crate::memory::store::COMMON_SHARE,
             device: crate::state::DeviceSettings {
                 clients: self
                     .device_clients

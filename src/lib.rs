@@ -102,10 +102,14 @@ async fn accept(
     use tower::Service;
 
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that shuts its sending side once the body is sent (half-close) still gets its
+    // answer; without this, hyper closes a connection whose read side ends while the request
+    // is still being handled, and the answer is lost.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .half_close(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));

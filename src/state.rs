@@ -51,6 +51,9 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
+    /// A keyword-query word in more than this share of its owner's memories only scores what
+    /// the query's rarer words find (1: every word finds; benches compare the two).
+    pub keyword_common_share: f64,
 }
 
 /// Where plans come from, the default plan's request rate from the command line, the limit on
@@ -116,6 +119,7 @@ impl Default for Settings {
             plans: PlansSettings::default(),
             trusted_proxies: Vec::new(),
             max_connections: 4096,
+            keyword_common_share: crate::memory::store::COMMON_SHARE,
         }
     }
 }

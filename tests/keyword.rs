@@ -256,6 +256,32 @@ async fn common_words_are_dropped_by_the_owners_own_memories() {
         )
         .await;
     assert_eq!(only["total"], 2_500, "{}", only["keywordTerms"]);
+    // A common word finds nothing by itself but still counts in the score of what the rarer
+    // words find: of two memories holding the rare word, the one that also holds the common
+    // one ranks first, though it is the older (ties go to the newer).
+    for content in ["zebracorn everywhere here", "zebracorn plain here"] {
+        let (st, _) = s
+            .post(
+                "/v1/memory/write",
+                &s.owner_key,
+                json!({ "content": content }),
+            )
+            .await;
+        assert_eq!(st, 201);
+        s.clock.advance_ms(1000);
+    }
+    let (_, ranked) = s
+        .post(
+            "/v1/memory/query",
+            &s.owner_key,
+            json!({ "query": "everywhere zebracorn", "mode": "keyword" }),
+        )
+        .await;
+    assert_eq!(ranked["total"], 2, "{ranked}");
+    assert_eq!(
+        ranked["results"][0]["memory"]["content"], "zebracorn everywhere here",
+        "{ranked}"
+    );
     // Another tenant's few memories: nothing of alpha's decides what beta's query drops.
     let beta = s.create_tenant("beta", "owner@beta.test");
     let (st, _) = s

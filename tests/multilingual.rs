@@ -152,6 +152,37 @@ async fn memories_are_found_by_meaning_in_and_across_languages() {
     ] {
         assert_eq!(top(&s, query).await, expected, "{query}");
     }
+    // Scores are on the scale every model shares (MiniLM's cosine): a threshold keeps its
+    // meaning. e5's raw cosine between unrelated texts is about 0.8; calibrated it is near 0.
+    let (st, r) = s
+        .post(
+            "/v1/memory/query",
+            &s.owner_key,
+            json!({ "query": "Where does the cat sleep?", "similarityThreshold": 0.3 }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let kept: Vec<&str> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["memory"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [memories[5]], "{r}");
+    let (_, all) = s
+        .post(
+            "/v1/memory/search",
+            &s.owner_key,
+            json!({ "query": "Where does the cat sleep?", "limit": 6 }),
+        )
+        .await;
+    let scores: Vec<f64> = all["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores[0] > 0.3 && scores[5] < 0.2, "{scores:?}");
 }
 
 /// A new data directory gets the multilingual model; the model in use is on /healthz, whoami

@@ -52,6 +52,8 @@ pub struct ModelInfo {
     /// Put before every search's text and every stored text (see [`catalog::BundledModel`]).
     pub query_prefix: &'static str,
     pub passage_prefix: &'static str,
+    /// Cosines onto the scale every model's scores share.
+    pub calibration: catalog::Calibration,
 }
 
 /// Texts that may wait for the model at once, across all callers; more is refused with
@@ -850,6 +852,7 @@ mod tests {
             max_tokens: 8,
             query_prefix: "",
             passage_prefix: "",
+            calibration: catalog::Calibration::IDENTITY,
         }
     }
 

@@ -243,6 +243,7 @@ impl OnnxBackend {
             max_tokens: bundled.max_tokens,
             query_prefix: bundled.query_prefix,
             passage_prefix: bundled.passage_prefix,
+            calibration: bundled.calibration,
         };
         let backend = OnnxBackend {
             model,

@@ -117,12 +117,23 @@ async fn nearest(
     allow: Option<HashSet<RowId>>,
 ) -> ApiResult<Vec<Hit>> {
     let (index, key) = (state.memory.index.clone(), owner.key());
+    let calibration = state.memory.embedder.info().calibration;
     run_blocking(move || {
         index
             .search(&key, &vector, k, allow.as_ref())
+            .map(|hits| calibrated(hits, calibration))
             .map_err(ApiError::internal)
     })
     .await
+}
+
+/// Hits with their cosines as scores on the scale every model shares (see
+/// [`crate::embed::catalog::Calibration`]).
+fn calibrated(mut hits: Vec<Hit>, calibration: crate::embed::catalog::Calibration) -> Vec<Hit> {
+    for h in &mut hits {
+        h.score = calibration.score(h.score);
+    }
+    hits
 }
 
 /// `GET`/`POST /memory/search`: the most similar memories, best first.
@@ -261,6 +272,8 @@ async fn semantic(
 ) -> ApiResult<(Vec<Hit>, usize)> {
     let vector = embed_one(state, owner, q.text.clone()).await?;
     let (index, key) = (state.memory.index.clone(), owner.key());
+    let calibration = state.memory.embedder.info().calibration;
+    let threshold = threshold.map(|t| calibration.cosine(t));
     run_blocking(move || {
         match threshold {
             // Without a floor every candidate counts: the total is how many there are, and the
@@ -274,6 +287,7 @@ async fn semantic(
             }
             Some(_) => index.scan(&key, &vector, k, allow.as_ref(), threshold),
         }
+        .map(|(hits, total)| (calibrated(hits, calibration), total))
         .map_err(ApiError::internal)
     })
     .await
@@ -289,10 +303,11 @@ async fn keyword(
 ) -> ApiResult<(Vec<(RowId, f64)>, usize, KeywordPlan)> {
     let (o, f, text) = (owner.clone(), q.filter.clone(), q.text.clone());
     let corpus = state.memory.index.owner_len(&owner.key());
+    let share = state.settings.keyword_common_share;
     state
         .db
         .read(move |c| {
-            let plan = store::plan_keywords(c, &o, &text, corpus)?;
+            let plan = store::plan_keywords(c, &o, &text, corpus, share)?;
             let (hits, total) = store::keyword_search(c, &o, &plan, &f, k)?;
             Ok((hits, total, plan))
         })
@@ -456,6 +471,7 @@ async fn search_all(
     depths: Vec<usize>,
 ) -> ApiResult<Vec<Vec<Hit>>> {
     let key = owner.key();
+    let calibration = state.memory.embedder.info().calibration;
     let searches = vectors
         .into_iter()
         .zip(allows)
@@ -474,6 +490,7 @@ async fn search_all(
                 run_blocking(move || {
                     index
                         .search(&key, &v, k, allow.as_ref())
+                        .map(|hits| calibrated(hits, calibration))
                         .map_err(ApiError::internal)
                 })
                 .await

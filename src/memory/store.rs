@@ -531,17 +531,24 @@ pub fn filtered_rows(
     Ok(rows)
 }
 
-/// A term that occurs in more than this share of the owner's memories is too common to search
-/// by (a stopword by document frequency): it would make a query score most of them while
-/// barely changing the order. Below [`COMMON_FLOOR`] memories nothing is dropped.
-const COMMON_SHARE: f64 = 0.02;
+/// A term that occurs in more than this share of the owner's memories is too common to find
+/// memories by: searching by it would make a query score most of them. It is not dropped,
+/// though: it still counts in the score of the memories the query's rarer words find (in a
+/// technical corpus a query's content words are often common, and BM25's IDF already weighs
+/// them down). Below [`COMMON_FLOOR`] memories every word finds.
+pub const COMMON_SHARE: f64 = 0.02;
 const COMMON_FLOOR: usize = 2_000;
+/// Memories the rarer words find that are scored again with every word of the query: the
+/// ranking of a keyword query is BM25 over all its words within this many best candidates.
+const RESCORED: usize = 300;
 
-/// What a keyword query searches by: the tokens it matches on, and the query words left out as
-/// too common.
+/// What a keyword query searches by: the tokens that find memories, the common ones that only
+/// score them, and the query words that find nothing by themselves (too common).
 #[derive(Debug, Clone, Default)]
 pub struct KeywordPlan {
     pub tokens: Vec<String>,
+    /// Tokens too common to find memories by, counted in the score of those found.
+    pub scored: Vec<String>,
     pub ignored: Vec<String>,
     pub terms: Vec<Term>,
     /// The FTS5 expression narrowing a match to the owner's memories (made once a query).
@@ -564,13 +571,15 @@ fn capped_df(conn: &Connection, owner: &str, token: &str, cap: usize) -> ApiResu
 }
 
 /// Plans a keyword query over the owner's `corpus` memories: each word is a token (stemmed by
-/// the index), each unspaced run its bigrams; tokens occurring in more than [`COMMON_SHARE`] of
-/// them are dropped, unless all are, then the rarest is kept.
+/// the index), each unspaced run its bigrams; tokens occurring in more than `common_share` of
+/// them (normally [`COMMON_SHARE`]; 1: none) only score what the others find, unless all are,
+/// then the rarest finds.
 pub fn plan_keywords(
     conn: &Connection,
     owner: &Owner,
     text: &str,
     corpus: usize,
+    common_share: f64,
 ) -> ApiResult<KeywordPlan> {
     let terms = fts::terms(text);
     let owner = fts::owner_filter(owner.tenant.as_str(), owner.user.as_str());
@@ -582,28 +591,34 @@ pub fn plan_keywords(
             }
         }
     }
-    if corpus < COMMON_FLOOR || tokens.is_empty() {
+    if corpus < COMMON_FLOOR || tokens.is_empty() || common_share >= 1.0 {
         return Ok(KeywordPlan {
             tokens,
+            scored: Vec::new(),
             ignored: Vec::new(),
             terms,
             owner,
         });
     }
-    let cutoff = ((corpus as f64) * COMMON_SHARE) as usize;
+    let cutoff = ((corpus as f64) * common_share) as usize;
     let mut counted = Vec::with_capacity(tokens.len());
     for tok in tokens {
         let df = capped_df(conn, &owner, &tok, cutoff + 1)?;
         counted.push((tok, df));
     }
-    let (mut kept, common): (Vec<_>, Vec<_>) =
+    let (mut kept, mut common): (Vec<_>, Vec<_>) =
         counted.into_iter().partition(|(_, df)| *df <= cutoff);
     if kept.is_empty()
-        && let Some(rarest) = common.iter().min_by_key(|(_, df)| *df)
+        && let Some(at) = common
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, df))| *df)
+            .map(|(i, _)| i)
     {
-        kept.push(rarest.clone());
+        kept.push(common.remove(at));
     }
     let kept: Vec<String> = kept.into_iter().map(|(t, _)| t).collect();
+    let scored: Vec<String> = common.into_iter().map(|(t, _)| t).collect();
     // A word is ignored when none of its tokens is searched by.
     let ignored = terms
         .iter()
@@ -612,14 +627,17 @@ pub fn plan_keywords(
         .collect();
     Ok(KeywordPlan {
         tokens: kept,
+        scored,
         ignored,
         terms,
         owner,
     })
 }
 
-/// The owner's memories matching any token of `plan` under `filter`, best BM25 first (scores
-/// made positive, higher is better), at most `limit`; and how many match in all.
+/// The owner's memories matching any finding token of `plan` under `filter`, best BM25 first
+/// (scores made positive, higher is better), at most `limit`; and how many match in all. With
+/// common tokens in the plan, the best [`RESCORED`] candidates are scored again by BM25 over
+/// every token of the query.
 /// Matches a keyword query counts at most: past it, `total` says "at least this many"
 /// (`totalCapped`), so a query of common words does not walk every memory to count them.
 pub const MAX_KEYWORD_TOTAL: usize = 10_000;
@@ -655,18 +673,63 @@ pub fn keyword_search(
     );
     let mut stmt = conn.prepare(&sql)?;
     let mut total = 0;
-    let mut hits = Vec::new();
+    let mut hits: Vec<(RowId, f64)> = Vec::new();
+    let depth = if plan.scored.is_empty() {
+        limit
+    } else {
+        limit.max(RESCORED)
+    };
     let mut rows = stmt.query(params_from_iter(params.iter()))?;
     while let Some(r) = rows.next()? {
-        if hits.len() < limit {
+        if hits.len() < depth {
             hits.push((r.get(0)?, r.get(1)?));
         }
         total += 1;
-        if total >= MAX_KEYWORD_TOTAL && hits.len() >= limit {
+        if total >= MAX_KEYWORD_TOTAL && hits.len() >= depth {
             break;
         }
     }
+    if !plan.scored.is_empty() && !hits.is_empty() {
+        hits = rescored(conn, plan, &hits)?;
+    }
+    hits.truncate(limit);
     Ok((hits, total))
+}
+
+/// `candidates` scored by BM25 over every token of the query, common ones included, best
+/// first (ties: newer first, as the search orders them).
+fn rescored(
+    conn: &Connection,
+    plan: &KeywordPlan,
+    candidates: &[(RowId, f64)],
+) -> ApiResult<Vec<(RowId, f64)>> {
+    let words: Vec<String> = plan
+        .tokens
+        .iter()
+        .chain(&plan.scored)
+        .map(|t| fts::quote(t))
+        .collect();
+    let expr = format!(
+        "{} AND {} : ({})",
+        plan.owner,
+        fts::TEXT_COLUMNS,
+        words.join(" OR ")
+    );
+    let list = candidates
+        .iter()
+        .map(|(r, _)| r.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!(
+        "SELECT rowid, -bm25(memories_fts, 1.0, 1.0, 1.0, 0.0) FROM memories_fts
+         WHERE memories_fts MATCH ?1 AND rowid IN ({list})"
+    );
+    let mut out: Vec<(RowId, f64)> = conn
+        .prepare(&sql)?
+        .query_map([expr], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+    Ok(out)
 }
 
 /// Which of the query's words occur in each of `rows` (a run of an unspaced script counts when
