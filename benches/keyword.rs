@@ -424,8 +424,10 @@ async fn import_plain(base: &str, key: &str, texts: &[String]) -> Vec<String> {
 async fn common_words() {
     const DISTRACTORS: usize = 10_000;
     let distractors = common::corpus::natural_sentences(DISTRACTORS);
+    let only = std::env::var("MEMESH_BENCH_SETS").unwrap_or_default();
     let mut sets = appstream();
     sets.push(jsquad());
+    sets.retain(|s| only.is_empty() || only.split(',').any(|o| s.name.contains(o.trim())));
     println!("## Common words: keyword nDCG@10 among {DISTRACTORS} other memories, p50 / p99\n");
     println!("| set | every word finds | common words only score (default) |\n|---|---|---|");
     for set in &sets {

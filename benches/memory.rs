@@ -69,10 +69,16 @@ fn backend() -> OnnxBackend {
 }
 
 /// Embeddings of `texts`, cached on disk by name.
-fn cached_embeddings(name: &str, texts: &[String], backend: &mut OnnxBackend) -> Vec<Embedding> {
+fn cached_embeddings(
+    name: &str,
+    texts: &[String],
+    prefix: &str,
+    backend: &mut OnnxBackend,
+) -> Vec<Embedding> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    texts.hash(&mut h);
+    let model = common::bench_model();
+    (model.id, prefix, texts).hash(&mut h);
     let path = root()
         .join("target/bench-cache")
         .join(format!("{name}-{:016x}.bin", h.finish()));
@@ -91,7 +97,9 @@ fn cached_embeddings(name: &str, texts: &[String], backend: &mut OnnxBackend) ->
     let started = Instant::now();
     let mut out = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(256) {
-        out.extend(backend.embed(chunk).unwrap());
+        // As the server embeds them (e5 reads `passage: …` and `query: …`).
+        let chunk: Vec<String> = chunk.iter().map(|t| format!("{prefix}{t}")).collect();
+        out.extend(backend.embed(&chunk).unwrap());
         if out.len() % 10_240 == 0 {
             eprintln!(
                 "  embedded {}/{} ({:.0}/s)",
@@ -111,7 +119,13 @@ fn cached_embeddings(name: &str, texts: &[String], backend: &mut OnnxBackend) ->
 }
 
 /// Raw model throughput vs. HTTP batch writes and concurrent single writes of the same texts.
-async fn write_throughput(backend: &mut OnnxBackend, texts: &[String]) -> (f64, f64, f64, f64) {
+async fn write_throughput(backend: &mut OnnxBackend, plain: &[String]) -> (f64, f64, f64, f64) {
+    // The raw model gets the texts as the server hands them to it (e5: `passage: …`).
+    let prefixed: Vec<String> = plain
+        .iter()
+        .map(|t| format!("{}{t}", common::bench_model().passage_prefix))
+        .collect();
+    let texts = &prefixed[..];
     backend.embed(&texts[..100]).unwrap();
     let started = Instant::now();
     for chunk in texts.chunks(100) {
@@ -124,6 +138,8 @@ async fn write_throughput(backend: &mut OnnxBackend, texts: &[String]) -> (f64, 
         backend.embed(chunk).unwrap();
     }
     let raw8 = texts.len() as f64 / started.elapsed().as_secs_f64();
+    // Through the API the texts go plain: the server adds the prefix.
+    let texts = plain;
 
     let dir = tempfile::tempdir().unwrap();
     let server = InProcess::start(dir.path(), "bench@localhost").await;
@@ -631,8 +647,18 @@ fn main() {
     }
 
     eprintln!("embedding the {CORPUS}-memory corpus (cached after the first run)…");
-    let vectors = cached_embeddings("natural-100k", &corpus, &mut model);
-    let queries = cached_embeddings("natural-queries-300", &query_texts, &mut model);
+    let vectors = cached_embeddings(
+        "natural-100k",
+        &corpus,
+        common::bench_model().passage_prefix,
+        &mut model,
+    );
+    let queries = cached_embeddings(
+        "natural-queries-300",
+        &query_texts,
+        common::bench_model().query_prefix,
+        &mut model,
+    );
     // What a search's end-to-end time starts from: one query alone through the raw model.
     let mut alone: Vec<f64> = query_texts
         .iter()

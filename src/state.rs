@@ -143,6 +143,8 @@ pub struct App {
     pub refusals: crate::audit::refusals::RefusalDigest,
     /// Imports running per tenant.
     pub imports: crate::memory::transfer::ImportSlots,
+    /// Keyword words' document frequencies per owner, remembered between queries.
+    pub keyword_df: crate::memory::store::DocFrequencies,
 }
 
 #[derive(Clone)]
@@ -181,6 +183,7 @@ impl AppState {
             plans,
             refusals: crate::audit::refusals::RefusalDigest::default(),
             imports: crate::memory::transfer::ImportSlots::default(),
+            keyword_df: crate::memory::store::DocFrequencies::default(),
         })))
     }
 }

@@ -304,10 +304,11 @@ async fn keyword(
     let (o, f, text) = (owner.clone(), q.filter.clone(), q.text.clone());
     let corpus = state.memory.index.owner_len(&owner.key());
     let share = state.settings.keyword_common_share;
+    let st = state.clone();
     state
         .db
         .read(move |c| {
-            let plan = store::plan_keywords(c, &o, &text, corpus, share)?;
+            let plan = store::plan_keywords(c, &o, &text, corpus, share, &st.keyword_df)?;
             let (hits, total) = store::keyword_search(c, &o, &plan, &f, k)?;
             Ok((hits, total, plan))
         })
