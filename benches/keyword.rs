@@ -106,16 +106,7 @@ async fn latency() {
         lines.push_str(&record.to_string());
         lines.push('\n');
         if (i + 1) % 5_000 == 0 || i + 1 == texts.len() {
-            let resp = client
-                .post(format!("{}/v1/memory/import", server.base))
-                .header("x-api-key", &key)
-                .header("content-type", "application/x-ndjson")
-                .body(std::mem::take(&mut lines))
-                .send()
-                .await
-                .unwrap();
-            let report: Value = resp.json().await.unwrap();
-            assert_eq!(report["failed"], 0, "{report}");
+            common::import_ndjson(&server.base, &key, std::mem::take(&mut lines)).await;
         }
     }
     eprintln!(
@@ -382,7 +373,6 @@ async fn quality() {
 /// Imports `texts` for `key` with one fixed vector each (keyword cost and quality do not depend
 /// on the vectors, and importing skips the model); returns the memory ids in order.
 async fn import_plain(base: &str, key: &str, texts: &[String]) -> Vec<String> {
-    let client = reqwest::Client::new();
     let mut v = vec![0f32; memesh::embed::MODEL_DIM];
     v[0] = 1.0;
     let blob: Vec<u8> = v.iter().flat_map(|a| a.to_le_bytes()).collect();
@@ -401,18 +391,7 @@ async fn import_plain(base: &str, key: &str, texts: &[String]) -> Vec<String> {
             lines.push('\n');
             ids.push(id);
         }
-        let report: Value = client
-            .post(format!("{base}/v1/memory/import"))
-            .header("x-api-key", key)
-            .header("content-type", "application/x-ndjson")
-            .body(lines)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(report["failed"], 0, "{report}");
+        common::import_ndjson(base, key, lines).await;
     }
     ids
 }

@@ -254,18 +254,7 @@ async fn fill_database(
             lines.push('\n');
         }
         for (key, lines) in [(&t.key, big_lines), (&small_key, small_lines)] {
-            let report: Value = client
-                .post(format!("{base}/v1/memory/import"))
-                .header("x-api-key", key)
-                .header("content-type", "application/x-ndjson")
-                .body(lines)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(report["failed"], 0, "{report}");
+            common::import_ndjson(&base, key, lines).await;
         }
     }
     let big = Owner {

@@ -160,3 +160,19 @@ pub fn bench_model() -> &'static memesh::embed::BundledModel {
         Err(_) => &memesh::embed::catalog::ALL_MINILM_L6_V2,
     }
 }
+
+/// Posts JSON lines to `POST /v1/memory/import` for `key` and checks that none failed.
+pub async fn import_ndjson(base: &str, key: &str, lines: String) {
+    let report: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/v1/memory/import"))
+        .header("x-api-key", key)
+        .header("content-type", "application/x-ndjson")
+        .body(lines)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["failed"], 0, "{report}");
+}
