@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use memesh::clock::{Clock, SystemClock};
 use memesh::db::Db;
-use memesh::embed::{EmbedBackend, Embedding, MODEL_DIM, ModelFiles, OnnxBackend, RuntimeLibrary};
+use memesh::embed::{
+    EmbedBackend, Embedding, MODEL_DIM, ModelFiles, ModelTokenizer, OnnxBackend, RuntimeLibrary,
+};
 use memesh::ids::{TenantId, UserId};
 use memesh::index::{IndexConfig, MemorySource, OwnerKey, VectorIndex};
 use memesh::memory::engine::SqliteVectors;
@@ -65,7 +67,8 @@ fn backend() -> OnnxBackend {
     let files = ModelFiles::locate(model, Some(&root().join("models").join(model.id))).unwrap();
     let runtime =
         RuntimeLibrary::locate(Some(&root().join("runtime/libonnxruntime.so.1.31.1"))).unwrap();
-    OnnxBackend::load(&files, &runtime, 2).unwrap().0
+    let tokenizer = std::sync::Arc::new(ModelTokenizer::load(&files).unwrap());
+    OnnxBackend::load(&files, &runtime, tokenizer, 2).unwrap()
 }
 
 /// Embeddings of `texts`, cached on disk by name.

@@ -5,6 +5,7 @@
 pub mod catalog;
 mod onnx;
 pub mod tokens;
+pub mod unigram;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 pub use catalog::{BundledModel, DEFAULT_MODEL};
-pub use onnx::{MODEL_DIM, ModelFiles, OnnxBackend, RuntimeLibrary};
+pub use onnx::{MODEL_DIM, ModelFiles, ModelTokenizer, OnnxBackend, RuntimeLibrary};
 
 /// Texts taken from the queue at once; more queued texts wait for the next batch. A batch runs
 /// as several model calls of similar length (the backend's plan), and a search that arrives
@@ -505,27 +506,37 @@ pub fn load_bundled(
 ) -> anyhow::Result<(Embedder, EmbedWorker)> {
     let files = ModelFiles::locate(model, model_dir)?;
     let runtime = RuntimeLibrary::locate(ort_lib)?;
-    let (backend, info) = if query_threads > 0 {
+    // One tokenizer for the model's sessions (the worker's and the query helper's).
+    let tokenizer = Arc::new(ModelTokenizer::load(&files)?);
+    let loader = |threads: usize| {
+        let (files, runtime, tokenizer) = (files.clone(), runtime.clone(), tokenizer.clone());
+        move || OnnxBackend::load(&files, &runtime, tokenizer.clone(), threads)
+    };
+    let backend = if query_threads > 0 {
         // With a query helper, the bulk model runs at a lower CPU priority, so a search's model
         // call (and the server's other threads) get the cores first when both want them.
         // ONNX Runtime's pool threads inherit the priority of the thread that creates the
         // session, so it is created on a thread that lowered its own.
-        let (f, r) = (files.clone(), runtime.clone());
+        let load = loader(threads);
         std::thread::Builder::new()
             .name("memesh-embed".into())
             .spawn(move || {
                 crate::lower_thread_priority();
-                OnnxBackend::load(&f, &r, threads)
+                load()
             })?
             .join()
             .map_err(|_| anyhow::anyhow!("loading the model panicked"))??
     } else {
-        OnnxBackend::load(&files, &runtime, threads)?
+        loader(threads)()?
     };
     tokens::warm_up();
-    let loader = |threads: usize| {
-        let (files, runtime) = (files.clone(), runtime.clone());
-        move || OnnxBackend::load(&files, &runtime, threads).map(|(b, _)| b)
+    let info = ModelInfo {
+        id: model.id.to_owned(),
+        dim: model.dim,
+        max_tokens: model.max_tokens,
+        query_prefix: model.query_prefix,
+        passage_prefix: model.passage_prefix,
+        calibration: model.calibration,
     };
     let helper = (query_threads > 0).then(|| loader(query_threads));
     Ok(Embedder::spawn_with_helper(

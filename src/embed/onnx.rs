@@ -1,19 +1,21 @@
-//! A bundled model (see [`super::catalog`]) run by fastembed on ONNX Runtime, loaded from local
+//! A bundled model (see [`super::catalog`]) run on ONNX Runtime, loaded from local
 //! files only. Every file is checked against the checksums compiled into the binary, and a
 //! missing or wrong file is reported with what to do about it.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, bail};
-use fastembed::{
-    InitOptionsUserDefined, Pooling, QuantizationMode, TextEmbedding, TokenizerFiles,
-    UserDefinedEmbeddingModel,
-};
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::value::Tensor;
 use sha2::{Digest, Sha256};
+use tokenizers::{AddedToken, Encoding, TruncationParams};
 
 use super::catalog::BundledModel;
-use super::{EmbedBackend, Embedding, ModelInfo};
+use super::unigram::{self, CompactTokenizer};
+use super::{EmbedBackend, Embedding};
 
 /// The output size of every bundled model (a test keeps the catalogue to it).
 pub const MODEL_DIM: usize = 384;
@@ -158,16 +160,18 @@ impl RuntimeLibrary {
         Ok(RuntimeLibrary { path })
     }
 
-    /// Loads the library into the process (once; later calls reuse it).
-    fn load(&self) -> anyhow::Result<()> {
-        static LOADED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    /// Loads the library into the process and makes its environment (once; later calls reuse
+    /// both).
+    fn load(&self) -> anyhow::Result<Environment> {
+        static LOADED: OnceLock<Result<Environment, String>> = OnceLock::new();
         let loaded = LOADED.get_or_init(|| {
             ort::init_from(&self.path)
-                .map(|_builder| self.path.clone())
+                .map_err(|e| format!("{e}"))?
+                .build()
                 .map_err(|e| format!("{e}"))
         });
         match loaded {
-            Ok(_) => Ok(()),
+            Ok(environment) => Ok(environment.clone()),
             Err(e) => bail!(
                 "could not load the ONNX Runtime library {}: {e}; run scripts/fetch-runtime.sh",
                 self.path.display()
@@ -202,9 +206,115 @@ pub(crate) fn trim_freed_memory() {
     }
 }
 
-/// fastembed's text embedding over the bundled model.
+/// A bundled model's tokenizer, read once and shared by every session of the model: the
+/// Hugging Face pipeline from the model's `tokenizer.json`, with a [`CompactUnigram`] in place
+/// of the crate's Unigram model where the model is one (e5's 250k pieces; see
+/// [`super::unigram`]), settings as fastembed made them (truncation at the model's window, the
+/// special tokens of `special_tokens_map.json`, padding with the configured pad token to the
+/// longest text of a call, done by [`OnnxBackend`] rather than by a padding setting in the file).
+///
+/// [`CompactUnigram`]: super::unigram::CompactUnigram
+pub struct ModelTokenizer {
+    inner: TokenizerKind,
+    pad_id: u32,
+}
+
+enum TokenizerKind {
+    Compact(Box<CompactTokenizer>),
+    Hf(Box<tokenizers::Tokenizer>),
+}
+
+impl ModelTokenizer {
+    pub fn load(files: &ModelFiles) -> anyhow::Result<ModelTokenizer> {
+        let json = files.read("tokenizer.json")?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&files.read("config.json")?).context("reading config.json")?;
+        let tokenizer_config: serde_json::Value =
+            serde_json::from_slice(&files.read("tokenizer_config.json")?)
+                .context("reading tokenizer_config.json")?;
+        let special: serde_json::Value =
+            serde_json::from_slice(&files.read("special_tokens_map.json")?)
+                .context("reading special_tokens_map.json")?;
+        let max_length = tokenizer_config["model_max_length"]
+            .as_f64()
+            .map_or(files.model.max_tokens, |m| {
+                files.model.max_tokens.min(m as usize)
+            });
+        let truncation = Some(TruncationParams {
+            max_length,
+            ..Default::default()
+        });
+        let added: Vec<AddedToken> = special
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|v| v.as_str())
+            .map(|content| AddedToken {
+                content: content.into(),
+                special: true,
+                ..Default::default()
+            })
+            .collect();
+        let inner = if unigram::is_unigram(&json) {
+            let mut t = unigram::read_tokenizer(&json)?;
+            t.with_truncation(truncation)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .with_padding(None);
+            t.add_special_tokens(added.clone())
+                .map_err(|e| anyhow::anyhow!("adding the special tokens: {e}"))?;
+            TokenizerKind::Compact(Box::new(t))
+        } else {
+            let mut t = tokenizers::Tokenizer::from_bytes(&json)
+                .map_err(|e| anyhow::anyhow!("reading tokenizer.json: {e}"))?;
+            t.with_truncation(truncation)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .with_padding(None);
+            t.add_special_tokens(added.clone())
+                .map_err(|e| anyhow::anyhow!("adding the special tokens: {e}"))?;
+            TokenizerKind::Hf(Box::new(t))
+        };
+        let mut tokenizer = ModelTokenizer { inner, pad_id: 0 };
+        let pad_token = tokenizer_config["pad_token"]
+            .as_str()
+            .or_else(|| tokenizer_config["pad_token"]["content"].as_str());
+        tokenizer.pad_id = config["pad_token_id"]
+            .as_u64()
+            .map(|id| id as u32)
+            .or_else(|| pad_token.and_then(|p| tokenizer.token_to_id(p)))
+            .unwrap_or(0);
+        Ok(tokenizer)
+    }
+
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        match &self.inner {
+            TokenizerKind::Compact(t) => t.token_to_id(token),
+            TokenizerKind::Hf(t) => t.token_to_id(token),
+        }
+    }
+
+    /// `text`'s tokens, with the special tokens, cut at the model's window.
+    pub fn encode(&self, text: &str) -> anyhow::Result<Encoding> {
+        match &self.inner {
+            TokenizerKind::Compact(t) => t.encode(text, true),
+            TokenizerKind::Hf(t) => t.encode(text, true),
+        }
+        .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))
+    }
+}
+
+/// A bundled model run on ONNX Runtime: the tokenizer's ids in, the model's token states
+/// mean-pooled over the attention mask and scaled to unit length out — the computation
+/// fastembed's `TextEmbedding` does for these models, step for step, so the vectors are the
+/// ones it gave (checked bit for bit on 3,052 texts of the labelled sets when this replaced
+/// it). memesh runs the session itself because fastembed keeps the session private and gives
+/// every session its own copy of the tokenizer: ~283 MiB each for e5's vocabulary.
 pub struct OnnxBackend {
-    model: TextEmbedding,
+    session: Session,
+    tokenizer: Arc<ModelTokenizer>,
+    /// The output holding the token states (or already pooled sentence vectors).
+    output: String,
+    /// Whether the graph reads `token_type_ids` (BERT does, XLM-R does not).
+    type_ids: bool,
     max_tokens: usize,
 }
 
@@ -212,62 +322,128 @@ impl OnnxBackend {
     pub fn load(
         files: &ModelFiles,
         runtime: &RuntimeLibrary,
+        tokenizer: Arc<ModelTokenizer>,
         threads: usize,
-    ) -> anyhow::Result<(OnnxBackend, ModelInfo)> {
+    ) -> anyhow::Result<OnnxBackend> {
         return_freed_memory();
-        runtime.load()?;
-        let tokenizer = TokenizerFiles {
-            tokenizer_file: files.read("tokenizer.json")?,
-            config_file: files.read("config.json")?,
-            special_tokens_map_file: files.read("special_tokens_map.json")?,
-            tokenizer_config_file: files.read("tokenizer_config.json")?,
-        };
-        let model = UserDefinedEmbeddingModel::new(files.read("model.onnx")?, tokenizer)
-            .with_pooling(Pooling::Mean)
-            .with_quantization(QuantizationMode::None);
+        let environment = runtime.load()?;
+        let fail =
+            |e: ort::Error<SessionBuilder>| anyhow::anyhow!("loading the embedding model: {e}");
         // ONNX Runtime's pool threads spin between operators by default: on a small machine
         // they take the cores the server's own threads need, and a search then waits for the
         // scheduler. Not spinning: search p99 6.7 ms instead of 10.6-12.8 ms (2 cores, 100k
         // memories), write throughput the same within noise.
-        let bundled = files.model;
-        let options = InitOptionsUserDefined::new()
-            .with_max_length(bundled.max_tokens)
+        let session = Session::builder(&environment)
+            .map_err(|e| anyhow::anyhow!("loading the embedding model: {e}"))?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(fail)?
             .with_intra_threads(threads.max(1))
-            .with_session_config("session.intra_op.allow_spinning", "0");
-        let model = TextEmbedding::try_new_from_user_defined(model, options)
+            .map_err(fail)?
+            .with_config_entry("session.intra_op.allow_spinning", "0")
+            .map_err(fail)?
+            .commit_from_memory(&files.read("model.onnx")?)
             .map_err(|e| anyhow::anyhow!("loading the embedding model: {e}"))?;
+        let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        let output = if names.len() == 1 {
+            names[0]
+        } else {
+            ["text_embeds", "last_hidden_state", "sentence_embedding"]
+                .into_iter()
+                .find(|n| names.contains(n))
+                .with_context(|| format!("the model has no output to pool (it has {names:?})"))?
+        }
+        .to_owned();
+        let type_ids = session
+            .inputs()
+            .iter()
+            .any(|i| i.name() == "token_type_ids");
         trim_freed_memory();
-        let info = ModelInfo {
-            id: bundled.id.to_owned(),
-            dim: bundled.dim,
-            max_tokens: bundled.max_tokens,
-            query_prefix: bundled.query_prefix,
-            passage_prefix: bundled.passage_prefix,
-            calibration: bundled.calibration,
+        Ok(OnnxBackend {
+            session,
+            tokenizer,
+            output,
+            type_ids,
+            max_tokens: files.model.max_tokens,
+        })
+    }
+
+    /// Each text's encoding.
+    fn encode(&self, texts: &[String]) -> anyhow::Result<Vec<Encoding>> {
+        texts.iter().map(|t| self.tokenizer.encode(t)).collect()
+    }
+
+    /// One model call: unit vectors of `group`'s encodings, padded to the longest of them.
+    fn run(&mut self, group: &[&Encoding]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let rows = group.len();
+        let width = group.iter().map(|e| e.len()).max().unwrap_or(0);
+        let mut ids = vec![i64::from(self.tokenizer.pad_id); rows * width];
+        let mut mask = vec![0i64; rows * width];
+        let mut types = vec![0i64; rows * width];
+        for (r, e) in group.iter().enumerate() {
+            let at = r * width;
+            for (j, ((&id, &m), &t)) in e
+                .get_ids()
+                .iter()
+                .zip(e.get_attention_mask())
+                .zip(e.get_type_ids())
+                .enumerate()
+            {
+                ids[at + j] = i64::from(id);
+                mask[at + j] = i64::from(m);
+                types[at + j] = i64::from(t);
+            }
+        }
+        let shape = [rows, width];
+        let mut inputs = ort::inputs![
+            "input_ids" => Tensor::from_array((shape, ids))?,
+            "attention_mask" => Tensor::from_array((shape, mask.clone()))?,
+        ];
+        if self.type_ids {
+            inputs.push((
+                "token_type_ids".into(),
+                Tensor::from_array((shape, types))?.into(),
+            ));
+        }
+        let outputs = self.session.run(inputs)?;
+        let (dims, data) = outputs[self.output.as_str()].try_extract_tensor::<f32>()?;
+        let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+        let pooled: Vec<Vec<f32>> = match dims[..] {
+            [r, dim] if r == rows => data.chunks(dim).map(<[f32]>::to_vec).collect(),
+            [r, w, dim] if r == rows && w == width => (0..rows)
+                .map(|r| {
+                    mean_pool(
+                        &data[r * width * dim..(r + 1) * width * dim],
+                        &mask[r * width..(r + 1) * width],
+                        dim,
+                    )
+                })
+                .collect(),
+            _ => bail!("the model returned a {dims:?} output for {rows} texts of {width} tokens"),
         };
-        let backend = OnnxBackend {
-            model,
-            max_tokens: bundled.max_tokens,
-        };
-        Ok((backend, info))
+        Ok(pooled.iter().map(|v| unit(v)).collect())
     }
 }
 
-impl OnnxBackend {
-    /// Each text's model tokens and whether it is truncated.
-    fn encode(&self, texts: &[String]) -> anyhow::Result<Vec<(usize, bool)>> {
-        texts
-            .iter()
-            .map(|t| {
-                let e = self
-                    .model
-                    .tokenizer
-                    .encode(t.as_str(), true)
-                    .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-                Ok((e.get_ids().len(), !e.get_overflowing().is_empty()))
-            })
-            .collect()
+/// The mean of the token states the attention mask keeps, summed in token order as fastembed
+/// (ndarray's `sum_axis`) sums them.
+fn mean_pool(states: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
+    let mut sum = vec![0f32; dim];
+    let mut count = 0f32;
+    for (token, &m) in states.chunks(dim).zip(mask) {
+        let m = m as f32;
+        for (s, &x) in sum.iter_mut().zip(token) {
+            *s += m * x;
+        }
+        count += m;
     }
+    let count = if count == 0.0 { 1.0 } else { count };
+    sum.iter().map(|s| s / count).collect()
+}
+
+/// `v` scaled to unit length (fastembed's `normalize`, epsilon included).
+fn unit(v: &[f32]) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|&x| x / (norm + 1e-12)).collect()
 }
 
 /// Groups of indexes into `lens` (token counts), shortest first, each at most `ORT_BATCH`
@@ -294,7 +470,7 @@ impl EmbedBackend for OnnxBackend {
     fn plan(&mut self, texts: &[String]) -> Vec<Vec<usize>> {
         match self.encode(texts) {
             Ok(encoded) => {
-                let lens: Vec<usize> = encoded.iter().map(|e| e.0).collect();
+                let lens: Vec<usize> = encoded.iter().map(Encoding::len).collect();
                 plan_calls(&lens, self.max_tokens)
             }
             // `embed` reports the error.
@@ -305,21 +481,11 @@ impl EmbedBackend for OnnxBackend {
     /// Embeds `texts` in the calls [`plan_calls`] makes of them.
     fn embed(&mut self, texts: &[String]) -> anyhow::Result<Vec<Embedding>> {
         let encoded = self.encode(texts)?;
-        let lens: Vec<usize> = encoded.iter().map(|e| e.0).collect();
+        let lens: Vec<usize> = encoded.iter().map(Encoding::len).collect();
         let mut vectors: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
         for group in plan_calls(&lens, self.max_tokens) {
-            let slice: Vec<&str> = group.iter().map(|&i| texts[i].as_str()).collect();
-            let out = self
-                .model
-                .embed(&slice, Some(slice.len()))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            if out.len() != slice.len() {
-                bail!(
-                    "the model returned {} vectors for {} texts",
-                    out.len(),
-                    slice.len()
-                );
-            }
+            let call: Vec<&Encoding> = group.iter().map(|&i| &encoded[i]).collect();
+            let out = self.run(&call)?;
             for (&i, v) in group.iter().zip(out) {
                 vectors[i] = Some(v);
             }
@@ -327,7 +493,7 @@ impl EmbedBackend for OnnxBackend {
         vectors
             .into_iter()
             .zip(encoded)
-            .map(|(vector, (tokens, truncated))| {
+            .map(|(vector, encoding)| {
                 let vector = vector.unwrap_or_default();
                 if vector.len() != MODEL_DIM {
                     bail!(
@@ -337,8 +503,8 @@ impl EmbedBackend for OnnxBackend {
                 }
                 Ok(Embedding {
                     vector,
-                    tokens,
-                    truncated,
+                    tokens: encoding.len(),
+                    truncated: !encoding.get_overflowing().is_empty(),
                 })
             })
             .collect()
