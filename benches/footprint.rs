@@ -59,7 +59,7 @@ async fn fill(dir: &Path, n: usize) -> String {
     );
     let state = server.state.clone();
     let started = Instant::now();
-    tokio::task::spawn_blocking(move || state.memory.index.maintain_now())
+    tokio::task::spawn_blocking(move || state.memory.generation().index.maintain_now())
         .await
         .unwrap();
     eprintln!("  graph built in {:.0} s", started.elapsed().as_secs_f64());

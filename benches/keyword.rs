@@ -115,7 +115,7 @@ async fn latency() {
         started.elapsed().as_secs_f64()
     );
     let state = server.state.clone();
-    tokio::task::spawn_blocking(move || state.memory.index.maintain_now())
+    tokio::task::spawn_blocking(move || state.memory.generation().index.maintain_now())
         .await
         .unwrap();
 

@@ -517,7 +517,7 @@ async fn bulk_write(texts: &[String], queries: &[String]) {
     let dir = tempfile::tempdir().unwrap();
     let server = InProcess::start(dir.path(), "bulk@localhost").await;
     let (base, key) = (server.base.clone(), server.tenant.key.clone());
-    let index = server.state.memory.index.clone();
+    let index = server.state.memory.generation().index.clone();
     let client = reqwest::Client::new();
     let writing = Arc::new(AtomicBool::new(true));
     let max_pending = Arc::new(AtomicUsize::new(0));

@@ -194,6 +194,25 @@ pub fn lower_thread_priority() {
     }
 }
 
+/// Takes the data directory's serving lock (an advisory `flock` on `memesh.lock`, released by
+/// the system when the process ends, however it ends): `None` when another process holds it.
+/// A server holds it while it runs; `memesh reindex` uses it to know whether a server will do
+/// the work.
+pub fn hold_data_dir(dir: &std::path::Path) -> anyhow::Result<Option<std::fs::File>> {
+    use anyhow::Context;
+    use std::os::fd::AsRawFd;
+    let path = dir.join("memesh.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; it only takes an advisory lock.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    Ok(taken.then_some(file))
+}
+
 pub fn tune_allocator() {
     // SAFETY: setting an option is allowed at any time; this one only changes when freed
     // memory is returned.

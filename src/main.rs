@@ -334,6 +334,13 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else if args.owner.bootstrap_key.is_some() {
         tracing::info!("MEMESH_BOOTSTRAP_KEY ignored: the data directory is already initialized");
     }
+    let Some(_serving) = memesh::hold_data_dir(&global.data_dir)? else {
+        anyhow::bail!(
+            "another memesh process is using the data directory {} (a server, or `memesh \
+             reindex` with no server running); stop it first",
+            global.data_dir.display()
+        );
+    };
     let model = serving_model(&db, &args.model)?;
     tracing::info!(model = model.id, "embedding model");
     let engine = MemoryEngine::open(
@@ -356,7 +363,9 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let loader = switch_loader(&args.model);
     runtime.block_on(async move {
+        memesh::memory::switch::spawn_watcher(state.clone(), loader);
         // Signals are caught from before the server says it listens: a SIGTERM right after
         // that line stops it gracefully, never by the default action.
         let shutdown = shutdown_signal()?;
@@ -412,52 +421,127 @@ fn load_embedder(
     )
 }
 
-/// Re-embeds every memory with the bundled model, in batches, each batch one transaction (an
-/// interrupted run can simply be started again), then records the model and drops the graph
-/// snapshot, which the next start rebuilds.
+/// Loads a model for a switch on a thread of lower CPU priority (its session's threads and its
+/// worker inherit it): re-embedding gives the cores to requests when both want them.
+fn switch_loader(args: &ModelArgs) -> memesh::memory::switch::Loader {
+    let (ort_lib, threads) = (args.ort_lib.clone(), args.threads());
+    Arc::new(move |model| {
+        let ort_lib = ort_lib.clone();
+        std::thread::Builder::new()
+            .name("memesh-switch".into())
+            .spawn(move || {
+                memesh::lower_thread_priority();
+                memesh::embed::load_bundled(model, None, ort_lib.as_deref(), threads, 0)
+                    .map(|(embedder, _worker)| embedder)
+            })?
+            .join()
+            .map_err(|_| anyhow::anyhow!("loading the model panicked"))?
+    })
+}
+
+/// `memesh reindex --model NAME`: moves the data directory's memories to another model. With a
+/// server running, asks it to (it re-embeds in the background and keeps serving) and shows its
+/// progress; with none, does the same work itself. Either way an interrupted switch resumes
+/// where it stopped, and the database never holds vectors of two models in one column (see
+/// `memory/switch.rs`).
 fn reindex(global: &GlobalArgs, model: &ModelArgs) -> anyhow::Result<ExitCode> {
-    const BATCH: usize = 64;
+    use memesh::memory::switch::{self, Request};
     let db = open_db(global)?;
     let bundled = model.asked()?.unwrap_or(DEFAULT_MODEL);
-    let (embedder, worker) = load_embedder(bundled, model, false)?;
-    let total = db.read_blocking(memesh::memory::store::count_all)?;
-    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+    let serving = memesh::hold_data_dir(&global.data_dir)?;
+    match db.write_blocking(|tx| switch::request(tx, bundled.id))? {
+        Request::AlreadyInUse => {
+            println!(
+                "memesh: the memories are already embedded with {}",
+                bundled.id
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Request::Cancelled => {
+            println!(
+                "memesh: the model switch under way was cancelled; {} stays",
+                bundled.id
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Request::Started | Request::UnderWay => {}
+    }
+    let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
             "{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    bar.set_message("re-embedding");
-    let mut after = 0;
-    loop {
-        let batch = db.read_blocking(|c| memesh::memory::store::contents_after(c, after, BATCH))?;
-        let Some(&(last, _)) = batch.last() else {
-            break;
-        };
-        let texts = batch.iter().map(|(_, t)| t.clone()).collect();
-        let embeddings = embedder.embed_blocking(texts)?;
-        db.write_blocking(|tx| {
-            for ((row, _), e) in batch.iter().zip(&embeddings) {
-                memesh::memory::store::replace_embedding(tx, *row, e)?;
+    bar.set_message(format!("re-embedding with {}", bundled.id));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let switched = if serving.is_none() {
+        println!("memesh: a server is running: it re-embeds in the background and keeps serving");
+        watch_switch(&db, bundled.id, &bar)?
+    } else {
+        let (embedder, worker) = load_embedder(bundled, model, false)?;
+        let switched = runtime.block_on(async {
+            let counters = switch::Counters::default();
+            let tick = |c: &switch::Counters| {
+                bar.set_length(c.memories.load(std::sync::atomic::Ordering::Relaxed));
+                bar.set_position(c.embedded.load(std::sync::atomic::Ordering::Relaxed));
+            };
+            loop {
+                if !switch::embed_missing(&db, &embedder, bundled.id, None, &counters, tick).await?
+                {
+                    return anyhow::Ok(false);
+                }
+                let id = bundled.id;
+                if db.write(move |tx| switch::finish(tx, id)).await? {
+                    return anyhow::Ok(true);
+                }
             }
-            Ok(())
         })?;
-        bar.inc(batch.len() as u64);
-        after = last;
+        drop(embedder);
+        worker.join();
+        if switched {
+            // The graph snapshot holds the old model's vectors: the next start rebuilds it.
+            let index_dir = global.index_dir();
+            if index_dir.exists() {
+                std::fs::remove_dir_all(&index_dir).with_context(|| {
+                    format!("removing the stale graph snapshot {}", index_dir.display())
+                })?;
+            }
+        }
+        switched
+    };
+    if !switched {
+        bar.abandon_with_message("cancelled");
+        println!(
+            "memesh: the switch to {} was cancelled or retargeted",
+            bundled.id
+        );
+        return Ok(ExitCode::FAILURE);
     }
-    let id = embedder.info().id.clone();
-    db.write_blocking(|tx| memesh::memory::store::set_model(tx, &id))?;
     bar.finish_with_message("re-embedded");
-    let index_dir = global.index_dir();
-    if index_dir.exists() {
-        std::fs::remove_dir_all(&index_dir).with_context(|| {
-            format!("removing the stale graph snapshot {}", index_dir.display())
-        })?;
-    }
-    drop(embedder);
-    worker.join();
-    println!("memesh: re-embedded {total} memories with {id}");
+    println!("memesh: the memories are embedded with {} now", bundled.id);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shows a running server's progress on a switch to `to` until it finishes; `false` when it
+/// was cancelled or retargeted.
+fn watch_switch(db: &Db, to: &str, bar: &indicatif::ProgressBar) -> anyhow::Result<bool> {
+    loop {
+        match db.read_blocking(memesh::memory::switch::progress)? {
+            Some(p) if p.to == to => {
+                bar.set_length(p.memories.max(0) as u64);
+                bar.set_position(p.embedded.max(0) as u64);
+            }
+            Some(_) => return Ok(false),
+            None => {
+                let model = db.read_blocking(memesh::memory::store::stored_model)?;
+                return Ok(model.as_deref() == Some(to));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Installs the SIGINT and SIGTERM handlers now; the future resolves at the first of them.

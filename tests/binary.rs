@@ -370,7 +370,11 @@ async fn another_models_database_is_refused_until_reindexed() {
         "{}",
         String::from_utf8_lossy(&reindex.stderr)
     );
-    assert!(String::from_utf8_lossy(&reindex.stdout).contains("re-embedded 1 memories"));
+    let said = String::from_utf8_lossy(&reindex.stdout);
+    assert!(
+        said.contains("the memories are embedded with all-minilm-l6-v2-int8 now"),
+        "{said}"
+    );
 
     let second = start(dir.path(), &[]);
     let (_, r) = post(

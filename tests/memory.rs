@@ -466,9 +466,9 @@ async fn graph_index_survives_restart_without_re_embedding() {
                 .map(|m| m["id"].as_str().unwrap().to_owned()),
         );
     }
-    s.state.memory.index.maintain_now();
+    s.state.memory.generation().index.maintain_now();
     assert_eq!(
-        s.state.memory.index.stats().graphs,
+        s.state.memory.generation().index.stats().graphs,
         1,
         "400 > threshold of 300"
     );

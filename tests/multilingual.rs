@@ -329,3 +329,236 @@ fn the_committed_model_is_what_the_converter_makes() {
     }
     assert_eq!(checked, 5);
 }
+
+/// Memories an English-only installation wrote, one of them Japanese, and the question that
+/// finds it by meaning only with the multilingual model.
+const SWITCHED: [&str; 4] = [
+    "会議は午後三時から第二会議室で始まります。",
+    "The backup job runs every night at two.",
+    "Invoices are sent on the first business day of the month.",
+    "The staging cluster was upgraded to PostgreSQL 15.",
+];
+const SWITCH_QUESTION: &str = "What time does the meeting start?";
+
+/// `n` filler memories and the four above, written on the English model.
+async fn fill_for_switch(base: &str, key: &str, n: usize) {
+    let mut memories: Vec<Value> = (0..n)
+        .map(|i| json!({ "content": format!("Note {i}: the release train number {i} left on time with {} passengers.", i * 7) }))
+        .collect();
+    memories.extend(SWITCHED.iter().map(|c| json!({ "content": c })));
+    for chunk in memories.chunks(100) {
+        let (st, r) = post(base, "/v1/memory/batch", key, json!({ "memories": chunk })).await;
+        assert!(st.is_success(), "{r}");
+    }
+}
+
+async fn health(base: &str) -> Value {
+    reqwest::get(format!("{base}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn first_hit(base: &str, key: &str, query: &str) -> (StatusCode, Value) {
+    post(
+        base,
+        "/v1/memory/search",
+        key,
+        json!({ "query": query, "limit": 1 }),
+    )
+    .await
+}
+
+/// `memesh reindex --model` while the server serves: the server re-embeds in the background
+/// (progress on /healthz), answers every search meanwhile from the old model, takes writes
+/// (embedded by both), then swaps; the CLI shows progress and exits 0 once the switch is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_switches_while_the_server_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let key = key_in(&server.stdout).unwrap();
+    fill_for_switch(&server.base, &key, 300).await;
+    let before = health(&server.base).await;
+    assert_eq!(before["model"]["id"], common::TEST_MODEL.id, "{before}");
+    assert!(before.get("modelSwitch").is_none(), "{before}");
+
+    let cli = common::binary::memesh(dir.path())
+        .args(["reindex", "--model", "multilingual-e5-small"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut searched = 0;
+    let mut saw_progress = None;
+    let mut written = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        let h = health(&server.base).await;
+        if let Some(p) = h.get("modelSwitch") {
+            assert_eq!(p["from"], common::TEST_MODEL.id, "{h}");
+            assert_eq!(p["to"], E5.id, "{h}");
+            saw_progress = Some(p.clone());
+        }
+        if h["model"]["id"] == E5.id {
+            break;
+        }
+        // Every search is answered meanwhile, by the model in use.
+        let (st, r) = first_hit(&server.base, &key, "nightly backup schedule").await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        assert_eq!(r["results"][0]["memory"]["content"], SWITCHED[1], "{r}");
+        searched += 1;
+        // And writes are taken.
+        if written.len() < 5 {
+            let content = format!("Written during the switch, number {}.", written.len());
+            let (st, r) = post(
+                &server.base,
+                "/v1/memory/write",
+                &key,
+                json!({ "content": content }),
+            )
+            .await;
+            assert_eq!(st, StatusCode::CREATED, "{r}");
+            written.push(content);
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "the switch did not finish: {h}"
+        );
+    }
+    let out = cli.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("embedded with multilingual-e5-small-q4 now"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(searched > 0);
+    let p = saw_progress.expect("/healthz showed the switch under way");
+    assert!(p["memories"].as_i64().unwrap() >= 304, "{p}");
+    // Now the Japanese memory is found by meaning, and what was written meanwhile is found.
+    let (_, r) = first_hit(&server.base, &key, SWITCH_QUESTION).await;
+    assert_eq!(r["results"][0]["memory"]["content"], SWITCHED[0], "{r}");
+    assert_eq!(
+        r["results"][0]["memory"]["embedding"]["model"], E5.id,
+        "{r}"
+    );
+    for content in &written {
+        let (_, r) = first_hit(&server.base, &key, content).await;
+        assert_eq!(r["results"][0]["memory"]["content"], *content, "{r}");
+    }
+    let ready: Value = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["memories"], 304 + written.len(), "{ready}");
+    assert_eq!(ready["index"]["vectors"], ready["memories"], "{ready}");
+    assert!(health(&server.base).await.get("modelSwitch").is_none());
+    stop(server);
+    // The switch is recorded: a restart serves the new model.
+    let again = start(dir.path(), &[("MEMESH_MODEL", "")]);
+    assert_eq!(health(&again.base).await["model"]["id"], E5.id);
+    let (_, r) = first_hit(&again.base, &key, SWITCH_QUESTION).await;
+    assert_eq!(r["results"][0]["memory"]["content"], SWITCHED[0], "{r}");
+    stop(again);
+}
+
+/// A switch killed with SIGKILL part-way resumes at the next start from where it stopped, and
+/// until it finishes the database serves the old model only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_killed_part_way_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path(), &[]);
+    let key = key_in(&server.stdout).unwrap();
+    fill_for_switch(&server.base, &key, 1500).await;
+    // Asked from the CLI; it only watches, so it may go.
+    let mut cli = common::binary::memesh(dir.path())
+        .args(["reindex", "--model", "e5"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let done_at_kill = loop {
+        let h = health(&server.base).await;
+        let embedded = h["modelSwitch"]["embedded"].as_i64().unwrap_or(0);
+        if embedded >= 200 {
+            break embedded;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "no progress: {h}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+
+    // What the kill left: the old model's vectors in use, the next model's kept aside.
+    let conn = rusqlite::Connection::open(dir.path().join("memesh.db")).unwrap();
+    let model: String = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'embedding_model'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(model, common::TEST_MODEL.id);
+    let kept: i64 = conn
+        .query_row("SELECT COUNT(*) FROM memory_vectors_next", [], |r| r.get(0))
+        .unwrap();
+    assert!(kept >= done_at_kill && kept < 1504, "{kept}");
+    drop(conn);
+
+    // Restarted (on the model in use): it answers at once from the old model and resumes.
+    let again = start(dir.path(), &[("MEMESH_MODEL", "")]);
+    assert_eq!(
+        health(&again.base).await["model"]["id"],
+        common::TEST_MODEL.id
+    );
+    let (st, _) = first_hit(&again.base, &key, "nightly backup schedule").await;
+    assert_eq!(st, StatusCode::OK);
+    let mut first_seen = None;
+    let started = std::time::Instant::now();
+    loop {
+        let h = health(&again.base).await;
+        if let Some(p) = h.get("modelSwitch") {
+            first_seen.get_or_insert(p["embedded"].as_i64().unwrap());
+        }
+        if h["model"]["id"] == E5.id {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "the switch did not resume: {h}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // It did not start again from nothing.
+    if let Some(first) = first_seen {
+        assert!(first >= kept, "resumed at {first}, {kept} were kept");
+    }
+    let (_, r) = first_hit(&again.base, &key, SWITCH_QUESTION).await;
+    assert_eq!(r["results"][0]["memory"]["content"], SWITCHED[0], "{r}");
+    let ready: Value = reqwest::get(format!("{}/readyz", again.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["memories"], 1504, "{ready}");
+    assert_eq!(ready["index"]["vectors"], 1504, "{ready}");
+    stop(again);
+    // `memesh reindex` again for the model in use changes nothing.
+    let out = common::binary::memesh(dir.path())
+        .args(["reindex", "--model", "e5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already embedded with"));
+}

@@ -248,8 +248,8 @@ async fn selective_filter_still_fills_the_page_on_a_graph_partition() {
         })
         .collect();
     batch(&s, &k, memories).await;
-    s.state.memory.index.maintain_now();
-    assert_eq!(s.state.memory.index.stats().graphs, 1);
+    s.state.memory.generation().index.maintain_now();
+    assert_eq!(s.state.memory.generation().index.stats().graphs, 1);
     let r = query(
         &s,
         &k,

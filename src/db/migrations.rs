@@ -523,6 +523,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE users ADD COLUMN role_since INTEGER;
     UPDATE users SET role_since = created_at;
     "#,
+    // 15: switching the embedding model while serving. The target model is the meta row
+    // 'embedding_model_next'; each memory's vector from it waits here until every memory has
+    // one, then replaces `memories.embedding` in one transaction (see memory/switch.rs).
+    r#"
+    CREATE TABLE memory_vectors_next (
+        seq              INTEGER PRIMARY KEY REFERENCES memories(seq) ON DELETE CASCADE,
+        embed_tokens     INTEGER NOT NULL,
+        embed_truncated  INTEGER NOT NULL,
+        embedding        BLOB NOT NULL
+    );
+    "#,
 ];
 
 fn migrations() -> Migrations<'static> {

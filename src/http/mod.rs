@@ -467,12 +467,18 @@ async fn not_found() -> impl IntoResponse {
 /// Alive, with the embedding model in use and how each background job is doing (its last
 /// successful pass, its last error).
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    let model = state.memory.embedder.info();
-    axum::Json(serde_json::json!({
+    let g = state.memory.generation();
+    let model = g.embedder.info();
+    let mut health = serde_json::json!({
         "status": "ok",
         "model": { "id": model.id, "dim": model.dim, "maxTokens": model.max_tokens },
         "jobs": state.jobs.snapshot(),
-    }))
+    });
+    // A model switch under way: the current model answers until the next holds every memory.
+    if let Some(p) = state.memory.switch_progress() {
+        health["modelSwitch"] = serde_json::json!(p);
+    }
+    axum::Json(health)
 }
 
 /// Ready when the index holds exactly the memories SQLite holds: two counters kept up to date

@@ -7,6 +7,7 @@ pub mod model;
 pub mod ranking;
 pub mod search;
 pub mod store;
+pub mod switch;
 pub mod transfer;
 pub mod write;
 

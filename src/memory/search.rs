@@ -13,6 +13,7 @@ use crate::http::extract::{Paging, limit_within, parse_value};
 use crate::index::{Hit, RowId};
 use crate::state::AppState;
 
+use super::engine::Generation;
 use super::model::{
     BatchSearchBody, ContextWindowBody, Explain, MAX_BATCH_QUERIES, MAX_CONTENT_CHARS,
     MAX_SENSITIVITIES, MAX_TAGS, Memory, MemoryFilter, Mode, QueryBody, QueryResult, SearchBody,
@@ -65,9 +66,8 @@ impl Search {
 }
 
 /// Embeds one text (a query).
-async fn embed_one(state: &AppState, owner: &Owner, text: String) -> ApiResult<Vec<f32>> {
-    let mut out = state
-        .memory
+async fn embed_one(g: &Generation, owner: &Owner, text: String) -> ApiResult<Vec<f32>> {
+    let mut out = g
         .embedder
         .embed_interactive(owner.tenant.as_str(), vec![text])
         .await
@@ -98,10 +98,11 @@ async fn allowed_rows(
 /// missing from the map: SQLite has the last word.
 async fn load_memories(
     state: &AppState,
+    g: &Generation,
     owner: &Owner,
     rows: Vec<RowId>,
 ) -> ApiResult<HashMap<RowId, Memory>> {
-    let (o, model) = (owner.clone(), state.memory.model_id().to_owned());
+    let (o, model) = (owner.clone(), g.model_id().to_owned());
     state
         .db
         .read(move |c| store::by_rows(c, &o, &rows, &model))
@@ -110,14 +111,14 @@ async fn load_memories(
 
 /// Searches the owner's index partition on the blocking pool.
 async fn nearest(
-    state: &AppState,
+    g: &Generation,
     owner: &Owner,
     vector: Vec<f32>,
     k: usize,
     allow: Option<HashSet<RowId>>,
 ) -> ApiResult<Vec<Hit>> {
-    let (index, key) = (state.memory.index.clone(), owner.key());
-    let calibration = state.memory.embedder.info().calibration;
+    let (index, key) = (g.index.clone(), owner.key());
+    let calibration = g.embedder.info().calibration;
     run_blocking(move || {
         index
             .search(&key, &vector, k, allow.as_ref())
@@ -138,14 +139,27 @@ fn calibrated(mut hits: Vec<Hit>, calibration: crate::embed::catalog::Calibratio
 
 /// `GET`/`POST /memory/search`: the most similar memories, best first.
 pub async fn search(state: &AppState, owner: &Owner, s: Search) -> ApiResult<Value> {
-    let vector = embed_one(state, owner, s.query.clone()).await?;
-    let allow = allowed_rows(state, owner, MemoryFilter::spaces_only(s.spaces)).await?;
+    let s = &s;
+    state
+        .memory
+        .stable(|g| async move { search_in(state, &g, owner, s).await })
+        .await
+}
+
+async fn search_in(
+    state: &AppState,
+    g: &Generation,
+    owner: &Owner,
+    s: &Search,
+) -> ApiResult<Value> {
+    let vector = embed_one(g, owner, s.query.clone()).await?;
+    let allow = allowed_rows(state, owner, MemoryFilter::spaces_only(s.spaces.clone())).await?;
     let hits = if allow.as_ref().is_some_and(HashSet::is_empty) {
         Vec::new()
     } else {
-        nearest(state, owner, vector, s.limit, allow).await?
+        nearest(g, owner, vector, s.limit, allow).await?
     };
-    let mut found = load_memories(state, owner, hits.iter().map(|h| h.row).collect()).await?;
+    let mut found = load_memories(state, g, owner, hits.iter().map(|h| h.row).collect()).await?;
     let results: Vec<SearchResult> = hits
         .into_iter()
         .filter_map(|h| {
@@ -263,16 +277,16 @@ type Ranked = Vec<(RowId, f64, Explain)>;
 
 /// The exact semantic ranking of the owner's filtered memories, `k` deep, and how many pass.
 async fn semantic(
-    state: &AppState,
+    g: &Generation,
     owner: &Owner,
     q: &Query,
     allow: Option<HashSet<RowId>>,
     k: usize,
     threshold: Option<f32>,
 ) -> ApiResult<(Vec<Hit>, usize)> {
-    let vector = embed_one(state, owner, q.text.clone()).await?;
-    let (index, key) = (state.memory.index.clone(), owner.key());
-    let calibration = state.memory.embedder.info().calibration;
+    let vector = embed_one(g, owner, q.text.clone()).await?;
+    let (index, key) = (g.index.clone(), owner.key());
+    let calibration = g.embedder.info().calibration;
     let threshold = threshold.map(|t| calibration.cosine(t));
     run_blocking(move || {
         match threshold {
@@ -297,12 +311,13 @@ async fn semantic(
 /// query searched by.
 async fn keyword(
     state: &AppState,
+    g: &Generation,
     owner: &Owner,
     q: &Query,
     k: usize,
 ) -> ApiResult<(Vec<(RowId, f64)>, usize, KeywordPlan)> {
     let (o, f, text) = (owner.clone(), q.filter.clone(), q.text.clone());
-    let corpus = state.memory.index.owner_len(&owner.key());
+    let corpus = g.index.owner_len(&owner.key());
     let share = state.settings.keyword_common_share;
     let st = state.clone();
     state
@@ -319,6 +334,7 @@ async fn keyword(
 /// for keyword and hybrid, what the keyword side searched by.
 async fn rank(
     state: &AppState,
+    g: &Generation,
     owner: &Owner,
     q: &Query,
     allow: Option<HashSet<RowId>>,
@@ -326,7 +342,7 @@ async fn rank(
 ) -> ApiResult<(Ranked, usize, Option<KeywordPlan>)> {
     match q.mode {
         Mode::Semantic => {
-            let (hits, total) = semantic(state, owner, q, allow, depth, q.threshold).await?;
+            let (hits, total) = semantic(g, owner, q, allow, depth, q.threshold).await?;
             let ranked = hits.iter().enumerate().map(|(i, h)| {
                 let e = Explain {
                     semantic_rank: Some(i + 1),
@@ -338,7 +354,7 @@ async fn rank(
             Ok((ranked.collect(), total, None))
         }
         Mode::Keyword => {
-            let (hits, total, plan) = keyword(state, owner, q, depth).await?;
+            let (hits, total, plan) = keyword(state, g, owner, q, depth).await?;
             let ranked = hits.iter().enumerate().map(|(i, (row, score))| {
                 let e = Explain {
                     keyword_rank: Some(i + 1),
@@ -352,8 +368,8 @@ async fn rank(
         Mode::Hybrid => {
             let d = depth.max(HYBRID_DEPTH);
             let ((sem, total), (kw, _, plan)) = tokio::try_join!(
-                semantic(state, owner, q, allow, d, None),
-                keyword(state, owner, q, d)
+                semantic(g, owner, q, allow, d, None),
+                keyword(state, g, owner, q, d)
             )?;
             let fused = fuse(&sem, &kw).into_iter();
             let ranked = fused.map(|f| (f.row, f.score, f.explain)).collect();
@@ -365,10 +381,17 @@ async fn rank(
 /// `POST /memory/query`: semantic, keyword or hybrid retrieval under tag, time, space,
 /// sensitivity and source filters, with a similarity floor and offset paging.
 pub async fn query(state: &AppState, owner: &Owner, body: QueryBody) -> ApiResult<Value> {
-    let q = Query::new(body)?;
+    let q = &Query::new(body)?;
+    state
+        .memory
+        .stable(|g| async move { query_in(state, &g, owner, q).await })
+        .await
+}
+
+async fn query_in(state: &AppState, g: &Generation, owner: &Owner, q: &Query) -> ApiResult<Value> {
     let allow = allowed_rows(state, owner, q.filter.clone()).await?;
     let (offset, limit) = (q.paging.offset as usize, q.paging.limit as usize);
-    let (ranked, total, plan) = rank(state, owner, &q, allow, offset + limit).await?;
+    let (ranked, total, plan) = rank(state, g, owner, q, allow, offset + limit).await?;
     let mut page: Ranked = ranked.into_iter().skip(offset).take(limit).collect();
     let rows: Vec<RowId> = page.iter().map(|(r, _, _)| *r).collect();
     let mut keyword_terms = None;
@@ -389,7 +412,7 @@ pub async fn query(state: &AppState, owner: &Owner, body: QueryBody) -> ApiResul
             e.matched_terms = Some(matched.remove(row).unwrap_or_default());
         }
     }
-    let mut found = load_memories(state, owner, rows).await?;
+    let mut found = load_memories(state, g, owner, rows).await?;
     let results: Vec<QueryResult> = page
         .into_iter()
         .filter_map(|(row, score, e)| {
@@ -402,7 +425,7 @@ pub async fn query(state: &AppState, owner: &Owner, body: QueryBody) -> ApiResul
         })
         .collect();
     let mut answer = json!({
-        "query": q.text,
+        "query": &q.text,
         "mode": q.mode,
         "total": total,
         "totalCapped": q.mode == Mode::Keyword && total >= store::MAX_KEYWORD_TOTAL,
@@ -466,23 +489,20 @@ fn batch_queries(queries: Vec<Value>) -> ApiResult<Vec<Search>> {
 /// requests (the engine's search slots); a search that panics fails the request.
 async fn search_all(
     state: &AppState,
+    g: &Generation,
     owner: &Owner,
     vectors: Vec<Vec<f32>>,
     allows: Vec<Option<HashSet<RowId>>>,
     depths: Vec<usize>,
 ) -> ApiResult<Vec<Vec<Hit>>> {
     let key = owner.key();
-    let calibration = state.memory.embedder.info().calibration;
+    let calibration = g.embedder.info().calibration;
     let searches = vectors
         .into_iter()
         .zip(allows)
         .zip(depths)
         .map(|((v, allow), k)| {
-            let (index, key, slots) = (
-                state.memory.index.clone(),
-                key.clone(),
-                state.memory.search_slots(),
-            );
+            let (index, key, slots) = (g.index.clone(), key.clone(), state.memory.search_slots());
             async move {
                 let _slot = slots
                     .acquire_owned()
@@ -507,11 +527,23 @@ pub async fn batch_search(
     owner: &Owner,
     body: BatchSearchBody,
 ) -> ApiResult<Value> {
-    let searches = batch_queries(body.queries)?;
+    let searches = &batch_queries(body.queries)?;
     let deduplicate = body.deduplicate.unwrap_or(false);
-    let texts: Vec<String> = searches.iter().map(|s| s.query.clone()).collect();
-    let vectors = state
+    state
         .memory
+        .stable(|g| async move { batch_search_in(state, &g, owner, searches, deduplicate).await })
+        .await
+}
+
+async fn batch_search_in(
+    state: &AppState,
+    g: &Generation,
+    owner: &Owner,
+    searches: &[Search],
+    deduplicate: bool,
+) -> ApiResult<Value> {
+    let texts: Vec<String> = searches.iter().map(|s| s.query.clone()).collect();
+    let vectors = g
         .embedder
         .embed_interactive(owner.tenant.as_str(), texts)
         .await
@@ -520,7 +552,7 @@ pub async fn batch_search(
         .map(|e| e.vector)
         .collect();
     let mut allows = Vec::with_capacity(searches.len());
-    for s in &searches {
+    for s in searches {
         let filter = MemoryFilter::spaces_only(s.spaces.clone());
         allows.push(allowed_rows(state, owner, filter).await?);
     }
@@ -530,12 +562,12 @@ pub async fn batch_search(
         .iter()
         .map(|l| if deduplicate { sum } else { *l })
         .collect();
-    let mut per_query = search_all(state, owner, vectors, allows, depths).await?;
+    let mut per_query = search_all(state, g, owner, vectors, allows, depths).await?;
     if deduplicate {
         per_query = ranking::dedupe(per_query, &limits);
     }
     let rows: Vec<RowId> = per_query.iter().flatten().map(|h| h.row).collect();
-    let found = load_memories(state, owner, rows).await?;
+    let found = load_memories(state, g, owner, rows).await?;
     let results: Vec<Value> = searches
         .iter()
         .zip(per_query)
@@ -602,20 +634,33 @@ pub async fn context_window(
     owner: &Owner,
     body: ContextWindowBody,
 ) -> ApiResult<Value> {
-    let Window {
-        search,
-        budget,
-        tokenizer,
-        min_score,
-    } = Window::new(body)?;
-    let vector = embed_one(state, owner, search.query.clone()).await?;
-    let allow = allowed_rows(state, owner, MemoryFilter::spaces_only(search.spaces)).await?;
-    let hits: Vec<Hit> = nearest(state, owner, vector, CONTEXT_CANDIDATES, allow)
+    let w = &Window::new(body)?;
+    state
+        .memory
+        .stable(|g| async move { context_window_in(state, &g, owner, w).await })
+        .await
+}
+
+async fn context_window_in(
+    state: &AppState,
+    g: &Generation,
+    owner: &Owner,
+    w: &Window,
+) -> ApiResult<Value> {
+    let (search, budget, tokenizer, min_score) = (&w.search, w.budget, w.tokenizer, w.min_score);
+    let vector = embed_one(g, owner, search.query.clone()).await?;
+    let allow = allowed_rows(
+        state,
+        owner,
+        MemoryFilter::spaces_only(search.spaces.clone()),
+    )
+    .await?;
+    let hits: Vec<Hit> = nearest(g, owner, vector, CONTEXT_CANDIDATES, allow)
         .await?
         .into_iter()
         .filter(|h| h.score >= min_score)
         .collect();
-    let mut found = load_memories(state, owner, hits.iter().map(|h| h.row).collect()).await?;
+    let mut found = load_memories(state, g, owner, hits.iter().map(|h| h.row).collect()).await?;
     let candidates: Vec<(f32, Memory)> = hits
         .into_iter()
         .filter_map(|h| found.remove(&h.row).map(|m| (h.score, m)))

@@ -308,11 +308,23 @@ pub fn recent(
 /// Calls `f` with every stored vector, in rowid order, without holding them all in memory.
 pub fn for_each_vector(
     conn: &Connection,
+    f: impl FnMut(OwnerKey, RowId, i64, Vec<f32>),
+) -> ApiResult<()> {
+    vectors_by_owner(
+        conn,
+        "SELECT tenant_id, user_id, seq, created_at, embedding FROM memories ORDER BY seq",
+        f,
+    )
+}
+
+/// Runs `sql` (selecting tenant, user, rowid, creation time and vector) and hands each row to
+/// `f` with its owner's key.
+pub(super) fn vectors_by_owner(
+    conn: &Connection,
+    sql: &str,
     mut f: impl FnMut(OwnerKey, RowId, i64, Vec<f32>),
 ) -> ApiResult<()> {
-    let mut stmt = conn.prepare(
-        "SELECT tenant_id, user_id, seq, created_at, embedding FROM memories ORDER BY seq",
-    )?;
+    let mut stmt = conn.prepare(sql)?;
     let mut rows = stmt.query([])?;
     let mut owners: HashMap<(String, String), OwnerKey> = HashMap::new();
     while let Some(r) = rows.next()? {
@@ -423,11 +435,16 @@ pub fn stored_model(conn: &Connection) -> ApiResult<Option<String>> {
 /// Records which model the stored vectors come from (start-up and `memesh reindex`, which act
 /// on the whole database, not for a caller).
 pub fn set_model(tx: &Transaction<'_>, model: &str) -> ApiResult<()> {
+    set_meta(tx, "embedding_model", model)
+}
+
+/// Sets a server-wide fact (`meta`).
+pub(super) fn set_meta(tx: &Transaction<'_>, key: &str, value: &str) -> ApiResult<()> {
     crate::db::exec(
         tx,
-        "INSERT INTO meta (key, value) VALUES ('embedding_model', ?1)
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [model],
+        [key, value],
     )?;
     Ok(())
 }

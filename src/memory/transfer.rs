@@ -21,12 +21,12 @@ use crate::error::{ApiError, ApiResult, Code};
 use crate::http::extract::parse_value;
 use crate::ids::MemoryId;
 use crate::index::RowId;
-use crate::memory::engine::Indexed;
+use crate::memory::engine::{Generation, Indexed};
 use crate::state::AppState;
 
 use super::model::{ExportRecord, NewMemory, Space, WriteRequest};
 use super::store::{self, Owner, Prepared};
-use super::write::embedding_failed;
+use super::write::{self, embedding_failed};
 
 /// Memories per export page (one short read each).
 const EXPORT_PAGE: usize = 1000;
@@ -84,10 +84,11 @@ impl Cursor {
     /// The next page of records, serialised on the blocking pool with the read.
     async fn next_page(&self) -> ApiResult<Vec<(RowId, String)>> {
         let (o, s, after) = (self.owner.clone(), self.spaces.clone(), self.after);
-        let model = self.state.memory.model_id().to_owned();
         self.state
             .db
             .read(move |conn| {
+                // The model of the vectors, read with them (a switch may finish between pages).
+                let model = store::stored_model(conn)?.unwrap_or_default();
                 let records = store::export_page(conn, &o, &s, after, EXPORT_PAGE, &model)?;
                 records
                     .into_iter()
@@ -397,10 +398,10 @@ impl ImportTally {
     }
 }
 
-/// Gives every checked record its embedding: the exported one when it came from this model,
-/// else a fresh one from the model.
+/// Gives every checked record its embedding: the exported one when it came from `g`'s model,
+/// else a fresh one from it.
 async fn embed_missing(
-    state: &AppState,
+    g: &Generation,
     lane: &str,
     ready: Vec<Incoming>,
 ) -> ApiResult<Vec<(Incoming, Prepared)>> {
@@ -412,9 +413,7 @@ async fn embed_missing(
     let mut embedded = if missing.is_empty() {
         Vec::new()
     } else {
-        state
-            .memory
-            .embedder
+        g.embedder
             .embed(lane, missing)
             .await
             .map_err(embedding_failed)?
@@ -450,8 +449,9 @@ async fn import_chunk(
     records: Vec<RawRecord>,
     tally: &mut ImportTally,
 ) -> ApiResult<()> {
-    let model = state.memory.model_id().to_owned();
-    let dim = state.memory.embedder.info().dim;
+    let g = state.memory.generation();
+    let model = g.model_id().to_owned();
+    let dim = g.embedder.info().dim;
     // Parsing, decoding and token counting are CPU work: off the async workers.
     let checked = run_blocking(move || {
         Ok(records
@@ -467,43 +467,73 @@ async fn import_chunk(
             Err(e) => tally.fail(line, &e),
         }
     }
-    let prepared = embed_missing(state, grant.tenant().as_str(), ready).await?;
+    let mut prepared = embed_missing(&g, grant.tenant().as_str(), ready).await?;
+    let mut model = g.model_id().to_owned();
     let owner = Owner::of(grant);
-    let s = state.clone();
-    let outcomes = grant
-        .write(&state.db, move |w| {
-            let mut outcomes = Vec::new();
-            let mut entries: Vec<Indexed> = Vec::new();
-            for (incoming, item) in prepared {
-                let outcome = match store::id_owner(w, &incoming.id)? {
-                    Some((t, u)) if t == owner.tenant && u == owner.user => Ok(false),
-                    Some(_) => Err(ApiError::new(
-                        Code::MemoryIdTaken,
-                        "this memory id is already taken",
-                    )),
-                    None => {
-                        let row =
-                            store::insert_imported(w, &incoming.id, &item, incoming.created_at)?;
-                        let at = incoming.created_at.millis();
-                        entries.push((row, at, item.embedding.vector));
-                        Ok(true)
-                    }
-                };
-                outcomes.push((incoming.line, outcome));
+    for _ in 0..write::SWITCH_RETRIES {
+        let (s, owner) = (state.clone(), owner.clone());
+        let written = grant
+            .write(&state.db, move |w| {
+                // A model switch committed since these vectors were made (read in this
+                // transaction, so one earlier in the same group commit counts): embed again.
+                if store::stored_model(w)?.as_deref() != Some(model.as_str()) {
+                    return Ok(Err(prepared));
+                }
+                let mut outcomes = Vec::new();
+                let mut entries: Vec<Indexed> = Vec::new();
+                for (incoming, item) in prepared {
+                    let outcome = match store::id_owner(w, &incoming.id)? {
+                        Some((t, u)) if t == owner.tenant && u == owner.user => Ok(false),
+                        Some(_) => Err(ApiError::new(
+                            Code::MemoryIdTaken,
+                            "this memory id is already taken",
+                        )),
+                        None => {
+                            let row = store::insert_imported(
+                                w,
+                                &incoming.id,
+                                &item,
+                                incoming.created_at,
+                            )?;
+                            let at = incoming.created_at.millis();
+                            entries.push((row, at, item.embedding.vector));
+                            Ok(true)
+                        }
+                    };
+                    outcomes.push((incoming.line, outcome));
+                }
+                let key = owner.key();
+                w.after_commit(move || s.memory.committed_inserts(&key, &entries));
+                Ok(Ok(outcomes))
+            })
+            .await?;
+        let outcomes = match written {
+            Ok(outcomes) => outcomes,
+            Err(back) => {
+                // Every vector, exported or made here, was the old model's: all anew.
+                let g = state.memory.generation();
+                model = g.model_id().to_owned();
+                let ready = back
+                    .into_iter()
+                    .map(|(mut incoming, _)| {
+                        incoming.vector = None;
+                        incoming
+                    })
+                    .collect();
+                prepared = embed_missing(&g, grant.tenant().as_str(), ready).await?;
+                continue;
             }
-            let key = owner.key();
-            w.after_commit(move || s.memory.committed_inserts(&key, &entries));
-            Ok(outcomes)
-        })
-        .await?;
-    for (line, outcome) in outcomes {
-        match outcome {
-            Ok(true) => tally.imported += 1,
-            Ok(false) => tally.skipped += 1,
-            Err(e) => tally.fail(line, &e),
+        };
+        for (line, outcome) in outcomes {
+            match outcome {
+                Ok(true) => tally.imported += 1,
+                Ok(false) => tally.skipped += 1,
+                Err(e) => tally.fail(line, &e),
+            }
         }
+        return Ok(());
     }
-    Ok(())
+    Err(write::switched_meanwhile())
 }
 
 fn too_large_import() -> ApiError {

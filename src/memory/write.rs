@@ -16,7 +16,7 @@ use crate::embed::tokens::llm_tokens;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::http::extract::{parse_value, required_text};
 use crate::ids::MemoryId;
-use crate::memory::engine::Indexed;
+use crate::memory::engine::{Generation, Indexed};
 use crate::state::AppState;
 
 use super::model::{BatchItem, BatchRequest, MAX_BATCH, Memory, NewMemory, WriteRequest};
@@ -36,14 +36,15 @@ pub(super) fn embedding_failed(e: EmbedError) -> ApiError {
     }
 }
 
-/// Embeds `items` and counts their tokens (both off the async workers, concurrently).
-async fn prepare(state: &AppState, lane: &str, items: Vec<NewMemory>) -> ApiResult<Vec<Prepared>> {
+/// Embeds `items` with `g`'s model and counts their tokens (both off the async workers,
+/// concurrently).
+async fn prepare(g: &Generation, lane: &str, items: Vec<NewMemory>) -> ApiResult<Vec<Prepared>> {
     let texts: Vec<String> = items.iter().map(|m| m.content.clone()).collect();
     let counts = {
         let texts = texts.clone();
         run_blocking(move || Ok(texts.iter().map(|t| llm_tokens(t)).collect::<Vec<_>>()))
     };
-    let (embeddings, counts) = tokio::join!(state.memory.embedder.embed(lane, texts), counts);
+    let (embeddings, counts) = tokio::join!(g.embedder.embed(lane, texts), counts);
     let embeddings = embeddings.map_err(embedding_failed)?;
     Ok(items
         .into_iter()
@@ -57,10 +58,22 @@ async fn prepare(state: &AppState, lane: &str, items: Vec<NewMemory>) -> ApiResu
         .collect())
 }
 
+/// How often a write is embedded again when a model switch finished while it was embedded.
+pub(super) const SWITCH_RETRIES: usize = 3;
+
+/// A write's answer when the model changed between its embedding and its transaction.
+pub(super) fn switched_meanwhile() -> ApiError {
+    ApiError::new(
+        Code::Unavailable,
+        "the embedding model changed while this write was embedded; retry it",
+    )
+}
+
 /// Longest idempotency key, in characters.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 /// A write sent with an idempotency key: the key and a digest of what was asked.
+#[derive(Clone)]
 pub struct Idempotency {
     key: String,
     request_hash: String,
@@ -116,33 +129,47 @@ pub async fn store_memories(
             return Ok(Answer::Replayed(first));
         }
     }
-    let prepared = prepare(state, grant.tenant().as_str(), items).await?;
-    let model = state.memory.model_id().to_owned();
-    let s = state.clone();
-    grant
-        .write(&state.db, move |w| {
-            if let Some(idem) = &idempotency {
-                // A retry that raced the first request: it committed while this one embedded.
-                if let Some(first) = idem.replay(store::replay(w, &owner, &idem.key)?)? {
-                    return Ok(Answer::Replayed(first));
+    let mut respond = respond;
+    for _ in 0..SWITCH_RETRIES {
+        let g = state.memory.generation();
+        let prepared = prepare(&g, grant.tenant().as_str(), items.clone()).await?;
+        let model = g.model_id().to_owned();
+        let (s, owner, idempotency) = (state.clone(), owner.clone(), idempotency.clone());
+        let written = grant
+            .write(&state.db, move |w| {
+                if let Some(idem) = &idempotency {
+                    // A retry that raced the first request: it committed while this one embedded.
+                    if let Some(first) = idem.replay(store::replay(w, &owner, &idem.key)?)? {
+                        return Ok(Ok(Answer::Replayed(first)));
+                    }
                 }
-            }
-            let stored = store::insert(w, &prepared, &model)?;
-            let created = w.now().millis();
-            let entries: Vec<Indexed> = stored
-                .iter()
-                .zip(prepared)
-                .map(|((row, _), p)| (*row, created, p.embedding.vector))
-                .collect();
-            let key = owner.key();
-            w.after_commit(move || s.memory.committed_inserts(&key, &entries));
-            let response = respond(stored.into_iter().map(|(_, m)| m).collect());
-            if let Some(idem) = &idempotency {
-                store::remember(w, &idem.key, &idem.request_hash, &response)?;
-            }
-            Ok(Answer::Created(response))
-        })
-        .await
+                // A model switch committed since these vectors were made (read in this
+                // transaction, so one earlier in the same group commit counts): embed again.
+                if store::stored_model(w)?.as_deref() != Some(model.as_str()) {
+                    return Ok(Err(respond));
+                }
+                let stored = store::insert(w, &prepared, &model)?;
+                let created = w.now().millis();
+                let entries: Vec<Indexed> = stored
+                    .iter()
+                    .zip(prepared)
+                    .map(|((row, _), p)| (*row, created, p.embedding.vector))
+                    .collect();
+                let key = owner.key();
+                w.after_commit(move || s.memory.committed_inserts(&key, &entries));
+                let response = respond(stored.into_iter().map(|(_, m)| m).collect());
+                if let Some(idem) = &idempotency {
+                    store::remember(w, &idem.key, &idem.request_hash, &response)?;
+                }
+                Ok(Ok(Answer::Created(response)))
+            })
+            .await?;
+        match written {
+            Ok(answer) => return Ok(answer),
+            Err(r) => respond = r,
+        }
+    }
+    Err(switched_meanwhile())
 }
 
 fn parse_item(index: usize, value: Value) -> ApiResult<NewMemory> {
