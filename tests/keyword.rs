@@ -285,6 +285,41 @@ async fn common_words_are_dropped_by_the_owners_own_memories() {
         ranked["results"][0]["memory"]["content"], "zebracorn occasionally here",
         "{ranked}"
     );
+    // Where a common word occurs is remembered from that query; memories written since count
+    // all the same.
+    for content in ["zebracorn plain later", "zebracorn occasionally later"] {
+        let (st, _) = s
+            .post(
+                "/v1/memory/write",
+                &s.owner_key,
+                json!({ "content": content }),
+            )
+            .await;
+        assert_eq!(st, 201);
+        s.clock.advance_ms(1000);
+    }
+    let (_, ranked) = s
+        .post(
+            "/v1/memory/query",
+            &s.owner_key,
+            json!({ "query": "occasionally zebracorn", "mode": "keyword" }),
+        )
+        .await;
+    let order: Vec<&str> = ranked["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["memory"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "zebracorn occasionally later",
+            "zebracorn occasionally here",
+            "zebracorn plain later",
+            "zebracorn plain here"
+        ]
+    );
     // Another tenant's few memories: nothing of alpha's decides what beta's query drops.
     let beta = s.create_tenant("beta", "owner@beta.test");
     let (st, _) = s

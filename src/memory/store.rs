@@ -3,6 +3,7 @@
 //! vector to fill the index at start-up.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use base64::Engine;
 use rusqlite::{
@@ -573,52 +574,102 @@ pub struct KeywordPlan {
     pub terms: Vec<Term>,
     /// The FTS5 expression narrowing a match to the owner's memories (made once a query).
     owner: String,
+    /// Where each of `scored` occurs, when remembered (see [`Postings`]).
+    postings: Vec<Option<Arc<Postings>>>,
+}
+
+/// The owner's memories holding a token, as of a rowid: every one up to `upto`, ascending.
+/// Rowids are never reused and a memory's text does not change, so the list stays true for
+/// them; memories written after `upto` are asked of the index when one is a candidate.
+#[derive(Debug)]
+pub struct Postings {
+    rows: Vec<RowId>,
+    upto: RowId,
 }
 
 /// How many of an owner's memories hold a token (counted up to the stopword share), remembered
 /// while the owner's count of memories stays within a tenth of what it was: document
 /// frequencies move slowly, and counting a common word walks its whole posting list.
+/// With each count, where the token occurs (the count walked that list anyway), so a common
+/// word scores the memories a query found without another pass over its posting list.
 #[derive(Default)]
-pub struct DocFrequencies(std::sync::Mutex<HashMap<(String, String), (usize, usize)>>);
+pub struct DocFrequencies(std::sync::Mutex<Known>);
+
+#[derive(Default)]
+struct Known {
+    entries: HashMap<(String, String), Counted>,
+    /// Rowids held in all the postings.
+    rows: usize,
+}
+
+#[derive(Clone)]
+struct Counted {
+    df: usize,
+    at: usize,
+    postings: Option<Arc<Postings>>,
+}
 
 /// Counts remembered at most; past that the memory starts over.
 const DF_ENTRIES: usize = 50_000;
+/// Rowids remembered in postings at most (8 bytes each: 64 MiB); past that it starts over.
+const POSTING_ROWS: usize = 8 << 20;
 
 impl DocFrequencies {
-    fn get(&self, owner: &str, token: &str, corpus: usize) -> Option<usize> {
+    fn get(&self, owner: &str, token: &str, corpus: usize) -> Option<Counted> {
         let known = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let &(df, at) = known.get(&(owner.to_owned(), token.to_owned()))?;
-        (corpus.abs_diff(at) * 10 <= at).then_some(df)
+        let c = known.entries.get(&(owner.to_owned(), token.to_owned()))?;
+        (corpus.abs_diff(c.at) * 10 <= c.at).then(|| c.clone())
     }
 
-    fn put(&self, owner: &str, token: &str, corpus: usize, df: usize) {
+    fn put(&self, owner: &str, token: &str, counted: Counted) {
         let mut known = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if known.len() >= DF_ENTRIES {
-            known.clear();
+        let rows = counted.postings.as_ref().map_or(0, |p| p.rows.len());
+        if known.entries.len() >= DF_ENTRIES || known.rows + rows > POSTING_ROWS {
+            *known = Known::default();
         }
-        known.insert((owner.to_owned(), token.to_owned()), (df, corpus));
+        known.rows += rows;
+        let old = known
+            .entries
+            .insert((owner.to_owned(), token.to_owned()), counted);
+        if let Some(p) = old.and_then(|o| o.postings) {
+            known.rows -= p.rows.len();
+        }
     }
 }
 
 /// In how many of the owner's memories `token` occurs, counted up to `cap` only: the cost of
 /// the count is bounded by the cap, not by how common the token is. The owner's own count (the
 /// index narrows to the owner's token), so what a query drops says nothing about other
-/// people's memories.
-fn capped_df(conn: &Connection, owner: &str, token: &str, cap: usize) -> ApiResult<usize> {
+/// people's memories. Below the cap, also which memories they are.
+fn capped_df(conn: &Connection, owner: &str, token: &str, cap: usize) -> ApiResult<Counted> {
+    // Read first: rows the list holds past it are harmless, rows it misses are newer.
+    let upto: RowId = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM memories")?
+        .query_row([], |r| r.get(0))?;
     let expr = format!("{owner} AND {} : {}", fts::TEXT_COLUMNS, fts::quote(token));
-    let n: i64 = conn
-        .prepare_cached(
-            "SELECT COUNT(*) FROM (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1
-             LIMIT ?2)",
-        )?
-        .query_row(rusqlite::params![expr, cap as i64], |r| r.get(0))?;
-    Ok(n as usize)
+    let mut stmt =
+        conn.prepare_cached("SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1 LIMIT ?2")?;
+    let mut found = stmt.query(rusqlite::params![expr, cap as i64])?;
+    let mut rows: Vec<RowId> = Vec::new();
+    while let Some(r) = found.next()? {
+        rows.push(r.get(0)?);
+    }
+    let df = rows.len();
+    let postings = (df < cap).then(|| {
+        rows.sort_unstable();
+        Arc::new(Postings { rows, upto })
+    });
+    Ok(Counted {
+        df,
+        at: 0,
+        postings,
+    })
 }
 
 /// Plans a keyword query over the owner's `corpus` memories: each word is a token (stemmed by
@@ -650,6 +701,7 @@ pub fn plan_keywords(
             ignored: Vec::new(),
             terms,
             owner,
+            postings: Vec::new(),
         });
     }
     let cutoff = ((corpus as f64) * common_share) as usize;
@@ -658,34 +710,42 @@ pub fn plan_keywords(
     for tok in tokens {
         // Counted once up to the stopword share (exact below it), and remembered: a common
         // word's count walks a long posting list, and the next query has the same words.
-        let df = match known.get(&owner, &tok, corpus) {
-            Some(df) => df,
+        let c = match known.get(&owner, &tok, corpus) {
+            Some(c) => c,
             None => {
-                let df = capped_df(conn, &owner, &tok, stop_cutoff + 1)?;
-                known.put(&owner, &tok, corpus, df);
-                df
+                let mut c = capped_df(conn, &owner, &tok, stop_cutoff + 1)?;
+                c.at = corpus;
+                // Only a common word's list is asked for again (a rarer word finds).
+                if c.df <= cutoff {
+                    c.postings = None;
+                }
+                known.put(&owner, &tok, c.clone());
+                c
             }
         };
-        counted.push((tok, df));
+        counted.push((tok, c));
     }
     let (mut kept, mut common): (Vec<_>, Vec<_>) =
-        counted.into_iter().partition(|(_, df)| *df <= cutoff);
+        counted.into_iter().partition(|(_, c)| c.df <= cutoff);
     if kept.is_empty()
         && let Some(at) = common
             .iter()
             .enumerate()
-            .min_by_key(|(_, (_, df))| *df)
+            .min_by_key(|(_, (_, c))| c.df)
             .map(|(i, _)| i)
     {
         kept.push(common.remove(at));
     }
     let kept: Vec<String> = kept.into_iter().map(|(t, _)| t).collect();
     let mut scored = Vec::with_capacity(common.len());
-    for (tok, df) in common {
+    let mut postings = Vec::with_capacity(common.len());
+    for (tok, c) in common {
+        let df = c.df;
         if df <= stop_cutoff {
             // BM25's IDF, as FTS5 computes it, over the owner's memories.
             let idf = (((corpus - df) as f64 + 0.5) / (df as f64 + 0.5)).ln();
             scored.push((tok, idf.max(1e-6)));
+            postings.push(c.postings);
         }
     }
     // A word is ignored when none of its tokens is searched by.
@@ -700,6 +760,7 @@ pub fn plan_keywords(
         ignored,
         terms,
         owner,
+        postings,
     })
 }
 
@@ -768,10 +829,13 @@ pub fn keyword_search(
 
 /// The memories `found` (by the rarer words, with their BM25 over those) ranked with every word
 /// of the query: a common word a memory holds adds its IDF (its BM25 part for one occurrence in
-/// a document of average length). Its memories among those found are matched with one FTS5
-/// query each, `rare AND "common"`, which only seeks in the common word's long posting list;
-/// scoring it with FTS5's own BM25 would count its documents for the IDF on every query, a pass
-/// over the whole list (measured: keyword p50 45-51 ms instead of about 12 at 100k memories).
+/// a document of average length). Which of those found hold it: from its remembered posting
+/// list (see [`Postings`]; memories written since are asked of the index, `rowid > upto`), or
+/// else with one FTS5 query, `rare AND "common"`, which only seeks in the common word's long
+/// posting list. Scoring it with FTS5's own BM25 would count its documents for the IDF on every
+/// query, a pass over the whole list (measured: keyword p50 45-51 ms instead of about 12 at
+/// 100k memories); the query per common word cost 27.7 / 52.3 ms p50 / p99 at 100k where the
+/// remembered lists cost (see docs/benchmarks.md, issue 23).
 fn with_common_words(
     conn: &Connection,
     plan: &KeywordPlan,
@@ -780,16 +844,29 @@ fn with_common_words(
     let quoted: Vec<String> = plan.tokens.iter().map(|t| fts::quote(t)).collect();
     let rare = format!("{} : ({})", fts::TEXT_COLUMNS, quoted.join(" OR "));
     let mut score: HashMap<RowId, f64> = found.iter().copied().collect();
-    let mut stmt =
-        conn.prepare_cached("SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1")?;
-    for (token, idf) in &plan.scored {
+    let mut stmt = conn.prepare_cached(
+        "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1 AND rowid > ?2",
+    )?;
+    for (i, (token, idf)) in plan.scored.iter().enumerate() {
+        let mut newer_than = 0;
+        if let Some(Some(p)) = plan.postings.get(i) {
+            for (row, s) in score.iter_mut() {
+                if *row <= p.upto && p.rows.binary_search(row).is_ok() {
+                    *s += idf;
+                }
+            }
+            if !score.keys().any(|row| *row > p.upto) {
+                continue;
+            }
+            newer_than = p.upto;
+        }
         let expr = format!(
             "{} AND {rare} AND {} : {}",
             plan.owner,
             fts::TEXT_COLUMNS,
             fts::quote(token)
         );
-        let mut rows = stmt.query([expr])?;
+        let mut rows = stmt.query(rusqlite::params![expr, newer_than])?;
         while let Some(r) = rows.next()? {
             if let Some(s) = score.get_mut(&r.get::<_, RowId>(0)?) {
                 *s += idf;
