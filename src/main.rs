@@ -421,17 +421,22 @@ fn load_embedder(
     )
 }
 
-/// Loads a model for a switch on a thread of lower CPU priority (its session's threads and its
-/// worker inherit it): re-embedding gives the cores to requests when both want them.
+/// Loads a model for a switch, configured as the served one (it serves once the switch
+/// commits): with a query helper, its bulk session runs at nice 10 (`load_bundled` sees to it),
+/// so re-embedding gives the cores to requests; without one, the whole model is loaded on a
+/// thread of lower priority (its session's threads and its worker inherit it).
 fn switch_loader(args: &ModelArgs) -> memesh::memory::switch::Loader {
     let (ort_lib, threads) = (args.ort_lib.clone(), args.threads());
+    let query_threads = usize::from(args.embed_query_threads);
     Arc::new(move |model| {
         let ort_lib = ort_lib.clone();
         std::thread::Builder::new()
             .name("memesh-switch".into())
             .spawn(move || {
-                memesh::lower_thread_priority();
-                memesh::embed::load_bundled(model, None, ort_lib.as_deref(), threads, 0)
+                if query_threads == 0 {
+                    memesh::lower_thread_priority();
+                }
+                memesh::embed::load_bundled(model, None, ort_lib.as_deref(), threads, query_threads)
                     .map(|(embedder, _worker)| embedder)
             })?
             .join()

@@ -108,7 +108,8 @@ impl Swap {
         g.swapped.store(true, Ordering::Release);
         g.epoch.fetch_add(1, Ordering::AcqRel);
         self.armed = false;
-        old.stop();
+        // Off the writer thread: stopping waits for the old index's upkeep to finish a step.
+        std::thread::spawn(move || old.stop());
         tracing::info!(model = self.next.model_id(), "embedding model switched");
     }
 }
