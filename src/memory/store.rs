@@ -424,12 +424,13 @@ pub fn indexed_rows(
 }
 
 pub fn stored_model(conn: &Connection) -> ApiResult<Option<String>> {
+    meta(conn, "embedding_model")
+}
+
+/// A server-wide fact (`meta`), if set.
+pub(super) fn meta(conn: &Connection, key: &str) -> ApiResult<Option<String>> {
     Ok(conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'embedding_model'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()?)
 }
 
@@ -834,8 +835,8 @@ pub fn keyword_search(
 /// else with one FTS5 query, `rare AND "common"`, which only seeks in the common word's long
 /// posting list. Scoring it with FTS5's own BM25 would count its documents for the IDF on every
 /// query, a pass over the whole list (measured: keyword p50 45-51 ms instead of about 12 at
-/// 100k memories); the query per common word cost 27.7 / 52.3 ms p50 / p99 at 100k where the
-/// remembered lists cost (see docs/benchmarks.md, issue 23).
+/// 100k memories); a query per common word cost keyword 27.7 / 52.3 ms p50 / p99 at 100k, the
+/// remembered lists 16.3 / 36.8 (docs/benchmarks.md, issue 23).
 fn with_common_words(
     conn: &Connection,
     plan: &KeywordPlan,

@@ -45,13 +45,7 @@ const BATCH: usize = 64;
 
 /// The target model a switch is moving to, if one is under way.
 pub fn target(conn: &Connection) -> ApiResult<Option<String>> {
-    Ok(conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'embedding_model_next'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?)
+    store::meta(conn, "embedding_model_next")
 }
 
 /// Asks for a switch to `model` (the CLI). Asking for the model in use cancels a switch under
