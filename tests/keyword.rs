@@ -224,6 +224,21 @@ async fn import_many(s: &TestServer, key: &str, n: usize, common: &str) {
     assert_eq!(report["failed"], 0, "{report}");
 }
 
+/// Writes `contents` for the owner in turn, the clock a second on after each.
+async fn write_a_second_apart(s: &TestServer, contents: &[&str]) {
+    for content in contents {
+        let (st, _) = s
+            .post(
+                "/v1/memory/write",
+                &s.owner_key,
+                json!({ "content": content }),
+            )
+            .await;
+        assert_eq!(st, 201);
+        s.clock.advance_ms(1000);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn common_words_are_dropped_by_the_owners_own_memories() {
     let s = TestServer::start().await;
@@ -261,17 +276,7 @@ async fn common_words_are_dropped_by_the_owners_own_memories() {
     // words find: of two memories holding the rare word, the one that also holds the common
     // one ranks first, though it is the older (ties go to the newer).
     import_many(&s, &s.owner_key, 300, "occasionally").await;
-    for content in ["zebracorn occasionally here", "zebracorn plain here"] {
-        let (st, _) = s
-            .post(
-                "/v1/memory/write",
-                &s.owner_key,
-                json!({ "content": content }),
-            )
-            .await;
-        assert_eq!(st, 201);
-        s.clock.advance_ms(1000);
-    }
+    write_a_second_apart(&s, &["zebracorn occasionally here", "zebracorn plain here"]).await;
     let (_, ranked) = s
         .post(
             "/v1/memory/query",
@@ -287,17 +292,11 @@ async fn common_words_are_dropped_by_the_owners_own_memories() {
     );
     // Where a common word occurs is remembered from that query; memories written since count
     // all the same.
-    for content in ["zebracorn plain later", "zebracorn occasionally later"] {
-        let (st, _) = s
-            .post(
-                "/v1/memory/write",
-                &s.owner_key,
-                json!({ "content": content }),
-            )
-            .await;
-        assert_eq!(st, 201);
-        s.clock.advance_ms(1000);
-    }
+    write_a_second_apart(
+        &s,
+        &["zebracorn plain later", "zebracorn occasionally later"],
+    )
+    .await;
     let (_, ranked) = s
         .post(
             "/v1/memory/query",
